@@ -1,0 +1,54 @@
+"""Exceptions raised by berg-ray. Every message names the bad value and what is allowed."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class BergRayError(Exception):
+    """Base class of every error berg-ray raises on purpose."""
+
+
+class InvalidInputError(BergRayError, ValueError):
+    """A value passed by the user is not allowed (the message says what is)."""
+
+
+class UnknownModelError(InvalidInputError, KeyError):
+    """A model id that is not in the registry."""
+
+    def __str__(self) -> str:  # KeyError would otherwise quote the message
+        return str(self.args[0])
+
+
+class UnsupportedModelError(InvalidInputError):
+    """A model that is registered in brainscore-language but cannot be run by berg-ray."""
+
+
+class UnknownSubjectError(InvalidInputError, KeyError):
+    """A subject id that is not in the dataset."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class DatasetError(BergRayError):
+    """A neural dataset that cannot be loaded or does not have the expected layout."""
+
+
+class CacheIntegrityError(BergRayError):
+    """A cache entry whose files do not match the sha256 recorded in its manifest."""
+
+
+class DeviceError(InvalidInputError):
+    """A device that is not available on this machine (e.g. ``cuda`` without a GPU)."""
+
+
+def closest(value: str, allowed: Iterable[str], n: int = 5) -> list[str]:
+    """Return up to ``n`` entries of ``allowed`` that are spelled most like ``value``."""
+    allowed = list(allowed)
+    hits = difflib.get_close_matches(value, allowed, n=n, cutoff=0.5)
+    if not hits:
+        lowered = value.lower()
+        hits = [a for a in allowed if lowered in a.lower()][:n]
+    return hits

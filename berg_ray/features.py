@@ -1,0 +1,401 @@
+"""Language-model features: the mapped layer's output at the last real token of each sentence's context.
+
+This reproduces what brainscore-language's ``HuggingfaceSubject.digest_text`` computes, batched:
+
+* the context of sentence *k* is ``prepare_context(parts[:k+1])`` of the parts that precede it under the chosen
+  context policy, tokenized with the model's tokenizer (``truncation=True``, left side, at the model's maximum length);
+* a forward hook on the mapped module keeps its output (``output[0]`` for tuple outputs), read at the last token.
+
+Batching differs from brainscore's batch-size-1 loop only in ways that leave the numbers unchanged: sequences are
+right-padded with an attention mask (padding never changes real tokens' outputs), sorted by length, and the forward
+pass stops as soon as the mapped layer has run. For causal models, contexts that are token-prefixes of a longer
+context are read from that one forward pass at their own last token (the causal mask makes the outputs equal).
+
+No Ray and no storage here: this module is the numeric core that Ray actors wrap.
+"""
+
+from __future__ import annotations
+
+import berg_ray._environment  # noqa: F401  (must precede brainscore/transformers imports)
+
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from berg_ray.errors import DeviceError, InvalidInputError
+from berg_ray.registry import ModelSpec, get_spec
+
+logger = logging.getLogger(__name__)
+
+CONTEXTS: tuple[str, ...] = ("sentence", "passage", "running")
+DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DEFAULT_BATCH_SIZE = 32
+
+
+def prepare_context(parts: Sequence[str]) -> str:
+    """brainscore-language's ``prepare_context``: join parts with spaces, drop blank parts, no space before punctuation."""
+    from brainscore_language.model_helpers.preprocessing import prepare_context as _brainscore_prepare_context
+
+    return _brainscore_prepare_context(list(parts))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Input checking
+
+
+def check_sentences(sentences: str | Sequence[str]) -> list[str]:
+    """Return ``sentences`` as a list, or raise :class:`InvalidInputError` naming the first bad entry."""
+    if isinstance(sentences, str):
+        sentences = [sentences]
+    if isinstance(sentences, np.ndarray):
+        sentences = sentences.tolist()
+    if not isinstance(sentences, Sequence):
+        raise InvalidInputError(f"sentences must be a string or a list of strings, got {type(sentences).__name__}")
+    sentences = list(sentences)
+    if not sentences:
+        raise InvalidInputError("sentences is an empty list; give at least one non-empty sentence")
+    for index, sentence in enumerate(sentences):
+        if not isinstance(sentence, str):
+            raise InvalidInputError(f"sentence {index} is {type(sentence).__name__} {sentence!r}, not a string")
+        if not sentence.strip():
+            raise InvalidInputError(f"sentence {index} is empty ({sentence!r}); every sentence needs some text")
+    return sentences
+
+
+def check_context(context: str) -> str:
+    if context not in CONTEXTS:
+        raise InvalidInputError(f"unknown context policy {context!r}; allowed: {', '.join(CONTEXTS)}")
+    return context
+
+
+def context_groups(n_sentences: int, context: str, passages: Sequence[Any] | None = None) -> list[list[int]]:
+    """Split sentence indices into groups that share a running context, in input order.
+
+    Returns:
+        list of groups, each a list of sentence indices; sentence ``g[k]``'s context is sentences ``g[:k+1]``.
+    """
+    check_context(context)
+    if passages is not None and len(passages) != n_sentences:
+        raise InvalidInputError(f"passages has {len(passages)} entries but there are {n_sentences} sentences; "
+                                "give one passage label per sentence")
+    if context == "sentence":
+        return [[i] for i in range(n_sentences)]
+    if context == "running":
+        return [list(range(n_sentences))]
+    if passages is None:
+        raise InvalidInputError("context='passage' needs passages=[one label per sentence]")
+    groups: OrderedDict[Any, list[int]] = OrderedDict()
+    for index, label in enumerate(passages):
+        groups.setdefault(label, []).append(index)
+    return list(groups.values())
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Devices and model loading
+
+
+def resolve_device(device: str | torch.device = "cpu") -> torch.device:
+    """``"cpu"``, ``"cuda"``/``"cuda:N"`` or ``"auto"`` (CUDA if available, else CPU) -> a usable torch device."""
+    name = str(device)
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise DeviceError(f"device {name!r} was asked for but this machine has no CUDA GPU; "
+                              "use device='cpu' or device='auto'")
+        return torch.device(name)
+    raise DeviceError(f"unknown device {name!r}; allowed: 'cpu', 'cuda', 'cuda:N', 'auto'")
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """fp32 unless asked otherwise; half precision only where it runs (bf16 on CPU and GPU, fp16 on GPU)."""
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        dtype = str(dtype).removeprefix("torch.")
+    if dtype not in DTYPES:
+        raise InvalidInputError(f"unknown dtype {dtype!r}; allowed: {', '.join(DTYPES)}")
+    if dtype == "float16" and device.type == "cpu":
+        raise InvalidInputError("dtype 'float16' needs a GPU; on CPU use 'float32' or 'bfloat16'")
+    return DTYPES[dtype]
+
+
+class _StopForward(Exception):
+    """Raised by the readout hook: nothing after the mapped layer needs to run."""
+
+
+@dataclass
+class LanguageModel:
+    """A loaded model with its tokenizer, readout module and the facts the extractor needs."""
+
+    spec: ModelSpec
+    model: torch.nn.Module
+    tokenizer: Any
+    layer: torch.nn.Module
+    device: torch.device
+    dtype: torch.dtype
+    max_length: int
+    causal: bool
+
+
+def _get_module(model: torch.nn.Module, name: str) -> torch.nn.Module:
+    module = model
+    for part in name.split("."):
+        child = module._modules.get(part)
+        if child is None:
+            blocks = [n for n, _ in model.named_modules() if n.count(".") <= name.count(".")]
+            hint = [n for n in blocks if n.split(".")[:-1] == name.split(".")[:-1]][:8] or blocks[:8]
+            raise InvalidInputError(f"layer {name!r} does not exist in this model (no submodule {part!r}); "
+                                    f"modules at that depth include: {', '.join(hint)}")
+        module = child
+    return module
+
+
+def load_language_model(model: str | ModelSpec, device: str | torch.device = "cpu",
+                        dtype: str | torch.dtype | None = None) -> LanguageModel:
+    """Load a registered model the way brainscore's ``HuggingfaceSubject`` does.
+
+    ``AutoModelForCausalLM.from_pretrained(source)`` (so module names match brainscore's layer mapping) and
+    ``AutoTokenizer.from_pretrained(source, truncation_side='left')``.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    spec = get_spec(model)
+    torch_device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, torch_device)
+    logger.info("loading %s (%s, layer %s) on %s as %s", spec.model_id, spec.source, spec.layer, torch_device,
+                torch_dtype)
+    revision = None if spec.is_local else spec.revision
+    net = AutoModelForCausalLM.from_pretrained(spec.source, revision=revision, low_cpu_mem_usage=True,
+                                               dtype=torch_dtype)
+    net.to(torch_device).eval()
+    tokenizer = AutoTokenizer.from_pretrained(spec.source, revision=revision, **spec.tokenizer_kwargs)
+    limits = [tokenizer.model_max_length]
+    for attr in ("n_positions", "max_position_embeddings"):
+        value = getattr(net.config, attr, None)
+        if isinstance(value, int) and value > 0:
+            limits.append(value)
+    max_length = int(min(limits))
+    loaded = LanguageModel(spec, net, tokenizer, _get_module(net, spec.layer), torch_device, torch_dtype,
+                           max_length, causal=False)
+    loaded.causal = _probe_causal(loaded)
+    logger.info("%s: max length %d tokens, %s attention", spec.model_id, max_length,
+                "causal" if loaded.causal else "bidirectional")
+    return loaded
+
+
+def _probe_causal(lm: LanguageModel) -> bool:
+    """Whether outputs at earlier positions ignore later tokens (then prefixes can share one forward pass).
+
+    Checked on the model itself rather than guessed from its class: ``BertLMHeadModel`` is an "LM head model" yet
+    attends both ways unless ``is_decoder`` is set.
+    """
+    ids = lm.tokenizer("The quick brown fox jumps over the lazy dog near the river bank.")["input_ids"]
+    ids = ids[: min(len(ids), lm.max_length)]
+    if len(ids) < 3:
+        return False
+    full = _layer_output(lm, [ids])[0]
+    short = _layer_output(lm, [ids[:-1]])[0]
+    tolerance = 1e-4 if lm.dtype == torch.float32 else 2e-2
+    scale = float(full.abs().max()) or 1.0
+    return bool((full[: len(ids) - 1] - short).abs().max() <= tolerance * scale)
+
+
+def _layer_output(lm: LanguageModel, sequences: list[list[int]], token_types: list[list[int]] | None = None
+                  ) -> torch.Tensor:
+    """Run right-padded ``sequences`` up to the mapped layer; returns its output (batch, max_len, units)."""
+    width = max(len(s) for s in sequences)
+    input_ids = torch.zeros((len(sequences), width), dtype=torch.long)
+    attention = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        input_ids[row, : len(seq)] = torch.as_tensor(seq)
+        attention[row, : len(seq)] = 1
+    inputs = {"input_ids": input_ids.to(lm.device), "attention_mask": attention.to(lm.device)}
+    if token_types is not None:
+        types = torch.zeros_like(input_ids)
+        for row, seq in enumerate(token_types):
+            types[row, : len(seq)] = torch.as_tensor(seq)
+        inputs["token_type_ids"] = types.to(lm.device)
+    captured: dict[str, torch.Tensor] = {}
+
+    def hook(_module: torch.nn.Module, _inputs: Any, output: Any) -> None:
+        captured["out"] = output[0] if isinstance(output, (tuple, list)) else output
+        raise _StopForward
+
+    handle = lm.layer.register_forward_hook(hook)
+    try:
+        with torch.inference_mode():
+            lm.model(**inputs, use_cache=False)
+    except _StopForward:
+        pass
+    finally:
+        handle.remove()
+    if "out" not in captured:
+        raise RuntimeError(f"layer {lm.spec.layer!r} did not run in the forward pass of {lm.spec.model_id}")
+    return captured["out"]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Extraction
+
+
+@dataclass
+class _Sequence:
+    ids: list[int]
+    token_types: list[int] | None
+    readouts: list[tuple[int, int]]  # (sentence index, token position)
+
+
+class FeatureExtractor:
+    """Holds one loaded model and turns sentences into features; what a Ray actor keeps alive.
+
+    Args:
+        model: registered model id or :class:`ModelSpec`.
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"``.
+        dtype: ``None``/``"float32"`` (default), ``"bfloat16"`` or ``"float16"`` (GPU only) for the forward pass;
+            features are always returned as float32.
+        batch_size: sequences per forward pass.
+    """
+
+    def __init__(self, model: str | ModelSpec, device: str = "cpu", dtype: str | None = None,
+                 batch_size: int = DEFAULT_BATCH_SIZE):
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise InvalidInputError(f"batch_size must be a positive integer, got {batch_size!r}")
+        self.lm = load_language_model(model, device=device, dtype=dtype)
+        self.batch_size = batch_size
+        self._lock = threading.Lock()
+
+    @property
+    def spec(self) -> ModelSpec:
+        return self.lm.spec
+
+    @property
+    def n_units(self) -> int:
+        config = self.lm.model.config
+        return int(getattr(config, "hidden_size", None) or getattr(config, "n_embd"))
+
+    def _tokenize(self, contexts: list[str]) -> tuple[list[list[int]], list[list[int]] | None]:
+        tok = self.lm.tokenizer
+        encoded = tok(contexts, truncation=True, max_length=self.lm.max_length)
+        ids = encoded["input_ids"]
+        long = [i for i, seq in enumerate(ids) if len(seq) >= self.lm.max_length]
+        if long:
+            # Only sequences that hit the limit can have been cut: count their full length to say so.
+            full = tok([contexts[i] for i in long], truncation=False, verbose=False)["input_ids"]
+            cut = [(i, len(f)) for i, f in zip(long, full) if len(f) > self.lm.max_length]
+            if cut:
+                logger.warning("%d context(s) longer than %s's maximum of %d tokens were left-truncated, as "
+                               "brainscore does (longest: %d tokens)", len(cut), self.spec.model_id,
+                               self.lm.max_length, max(n for _, n in cut))
+        types = encoded.get("token_type_ids")
+        return ids, types
+
+    def _plan(self, sentences: list[str], groups: list[list[int]]) -> list[_Sequence]:
+        contexts: list[str] = []
+        owners: list[int] = []
+        boundaries: list[bool] = []  # True where a new context group starts
+        for group in groups:
+            for k, index in enumerate(group):
+                contexts.append(prepare_context([sentences[i] for i in group[: k + 1]]))
+                owners.append(index)
+                boundaries.append(k == 0)
+        ids, types = self._tokenize(contexts)
+        plan: list[_Sequence] = []
+        for n, (seq, owner, first) in enumerate(zip(ids, owners, boundaries)):
+            token_types = types[n] if types is not None else None
+            reading = (owner, len(seq) - 1)
+            if (self.lm.causal and not first and plan and len(seq) >= len(plan[-1].ids)
+                    and seq[: len(plan[-1].ids)] == plan[-1].ids
+                    and (token_types is None or token_types[: len(plan[-1].ids)] == plan[-1].token_types)):
+                # The previous context is a prefix of this one: one causal pass serves both.
+                plan[-1].ids, plan[-1].token_types = seq, token_types
+                plan[-1].readouts.append(reading)
+            else:
+                plan.append(_Sequence(seq, token_types, [reading]))
+        return plan
+
+    def __call__(self, sentences: str | Sequence[str], context: str = "sentence",
+                 passages: Sequence[Any] | None = None, show_progress: bool = False) -> np.ndarray:
+        """Features of ``sentences``: array of shape (n_sentences, n_units), float32, in input order."""
+        sentences = check_sentences(sentences)
+        groups = context_groups(len(sentences), context, passages)
+        with self._lock:  # one forward at a time per model (threads in an actor share it)
+            plan = self._plan(sentences, groups)
+            order = sorted(range(len(plan)), key=lambda i: -len(plan[i].ids))
+            out = np.empty((len(sentences), self.n_units), dtype=np.float32)
+            batches = [order[i: i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+            iterator: Any = batches
+            if show_progress:
+                from tqdm.auto import tqdm
+
+                iterator = tqdm(batches, desc=f"features {self.spec.model_id}", unit="batch")
+            for batch in iterator:
+                seqs = [plan[i] for i in batch]
+                types = [s.token_types for s in seqs] if seqs[0].token_types is not None else None
+                hidden = _layer_output(self.lm, [s.ids for s in seqs], types)
+                rows, positions, targets = [], [], []
+                for row, seq in enumerate(seqs):
+                    for index, position in seq.readouts:
+                        rows.append(row)
+                        positions.append(position)
+                        targets.append(index)
+                picked = hidden[torch.as_tensor(rows), torch.as_tensor(positions)]
+                out[targets] = picked.float().cpu().numpy()
+        return out
+
+
+_loaded: OrderedDict[tuple, FeatureExtractor] = OrderedDict()
+_loaded_lock = threading.Lock()
+_MAX_LOADED = 2
+
+
+def get_extractor(model: str | ModelSpec, device: str = "cpu", dtype: str | None = None,
+                  batch_size: int = DEFAULT_BATCH_SIZE) -> FeatureExtractor:
+    """A process-wide :class:`FeatureExtractor`, loaded once per (model, device, dtype) and reused (LRU of 2)."""
+    spec = get_spec(model)
+    key = (spec.model_id, spec.source, spec.layer, spec.revision, str(resolve_device(device)), str(dtype or "float32"))
+    with _loaded_lock:
+        if key in _loaded:
+            _loaded.move_to_end(key)
+            extractor = _loaded[key]
+        else:
+            extractor = FeatureExtractor(spec, device=device, dtype=dtype, batch_size=batch_size)
+            _loaded[key] = extractor
+            while len(_loaded) > _MAX_LOADED:
+                _loaded.popitem(last=False)
+    extractor.batch_size = batch_size
+    return extractor
+
+
+def extract_features(model_id: str | ModelSpec, sentences: str | Sequence[str], context: str = "sentence",
+                     passages: Sequence[Any] | None = None, device: str = "cpu",
+                     batch_size: int = DEFAULT_BATCH_SIZE, dtype: str | None = None,
+                     show_progress: bool = False) -> np.ndarray:
+    """Activations of the model's mapped language-system layer, one row per sentence.
+
+    Args:
+        model_id: a registered id (``berg_ray.list_models()``), e.g. ``"brainscore_language-gpt2"``.
+        sentences: a string or a list of n_sentences non-empty strings.
+        context: ``"sentence"`` (each alone), ``"passage"`` (context within each passage group) or ``"running"``
+            (one running context over the whole list, BERG's behaviour).
+        passages: one label per sentence; required for ``context="passage"``.
+        device: ``"cpu"``, ``"cuda"`` or ``"auto"``.
+        batch_size: sequences per forward pass.
+        dtype: forward-pass precision (``None`` = float32).
+
+    Returns:
+        array of shape (n_sentences, n_units), float32: the layer output at each context's last token.
+    """
+    sentences = check_sentences(sentences)
+    check_context(context)
+    context_groups(len(sentences), context, passages)  # validate before loading a model
+    extractor = get_extractor(model_id, device=device, dtype=dtype, batch_size=batch_size)
+    return extractor(sentences, context=context, passages=passages, show_progress=show_progress)
