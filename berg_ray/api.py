@@ -1,0 +1,137 @@
+"""BERG-compatible Python API: ``BERG(berg_dir).get_encoding_model(...)`` and ``.encode(...)``.
+
+A user of BERG's ``brainscore_language`` gateway changes one import (``from berg_ray import BERG``).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from berg_ray.encoding_model import EncodingModel
+from berg_ray.errors import InvalidInputError
+from berg_ray.features import check_context, check_sentences, extract_features, resolve_device
+from berg_ray.fitting import fit_subjects_local
+from berg_ray.neural import PereiraAssembly, load_pereira
+from berg_ray.provenance import package_versions
+from berg_ray.registry import list_models as _list_models
+from berg_ray.regression import PLSSettings
+from berg_ray.store import EncodingModelStore
+
+logger = logging.getLogger(__name__)
+
+#: BERG's gateway id without a model name means its default model
+GATEWAY_ID = "brainscore_language"
+GATEWAY_DEFAULT_MODEL = "brainscore_language-gpt2"
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_assembly(dataset: str, cache_dir: str | None) -> PereiraAssembly:
+    return load_pereira(dataset, cache_dir=cache_dir)
+
+
+def dataset_cache_dir(berg_dir: str | os.PathLike) -> str | None:
+    """Where datasets derived for a cache root live (synthetic files, downloaded copies); None for remote roots."""
+    text = os.fspath(berg_dir)
+    return None if "://" in text else str(Path(text) / "datasets")
+
+
+class BERG:
+    """Encoding models of BrainScore language models trained on Pereira (2018), cached under ``berg_dir``.
+
+    Args:
+        berg_dir: cache root: a local folder or an fsspec URL (``s3://bucket/prefix``).
+        dataset: ``"brainscore"`` (brainscore's own loader), a path/URL to a Pereira ``.nc`` file, or ``"synthetic"``.
+        context: default context policy for new encoding models (``"sentence"``, ``"passage"``, ``"running"``).
+        n_components: PLS components (BERG: 25).
+    """
+
+    def __init__(self, berg_dir: str | os.PathLike, dataset: str = "brainscore", *, context: str = "sentence",
+                 n_components: int = 25):
+        self.berg_dir = os.fspath(berg_dir)
+        self.dataset = dataset
+        self.context = check_context(context)
+        self.settings = PLSSettings(n_components=n_components)
+        self.store = EncodingModelStore(self.berg_dir)
+
+    def __repr__(self) -> str:
+        return f"BERG({self.berg_dir!r}, dataset={self.dataset!r})"
+
+    def assembly(self) -> PereiraAssembly:
+        """The training data (loaded once per process)."""
+        return _cached_assembly(self.dataset, dataset_cache_dir(self.berg_dir))
+
+    @staticmethod
+    def list_models(expand_brainscore_language: bool = True) -> list[str]:
+        """Model ids accepted by :meth:`get_encoding_model` (see :func:`berg_ray.list_models`)."""
+        return _list_models(expand_brainscore_language)
+
+    def get_encoding_model(self, model_id: str, subject: str, device: str = "auto", *, context: str | None = None,
+                           show_progress: bool = False, batch_size: int = 32, dtype: str | None = None
+                           ) -> EncodingModel:
+        """Load the cached encoding model of ``model_id`` for ``subject``, fitting and caching it first if needed.
+
+        Args:
+            model_id: e.g. ``"brainscore_language-gpt2"`` (``"brainscore_language"`` alone means gpt2, as in BERG).
+            subject: one of the nine Pereira subjects, e.g. ``"018"``.
+            device: ``"cpu"``, ``"cuda"`` or ``"auto"``; used for feature extraction (fit and encode).
+        """
+        if model_id == GATEWAY_ID:
+            model_id = GATEWAY_DEFAULT_MODEL
+        context = check_context(context or self.context)
+        device_name = str(resolve_device(device))
+        from berg_ray import distributed
+
+        assembly = self.assembly()
+        if distributed.ray_is_available():
+            models = distributed.fit_subjects(model_id, [subject], dataset=assembly, cache=self.store,
+                                              context=context, settings=self.settings, device=device_name,
+                                              show_progress=show_progress)
+        else:
+            models = fit_subjects_local(model_id, assembly, [subject], store=self.store, context=context,
+                                        settings=self.settings, device=device_name, dtype=dtype,
+                                        batch_size=batch_size, show_progress=show_progress)
+        model = next(iter(models.values()))
+        return model.replace(device=device_name)
+
+    def encode(self, model: EncodingModel, stimulus: str | Sequence[str], show_progress: bool = False,
+               return_metadata: bool = False, *, passages: Sequence[Any] | None = None, batch_size: int = 32
+               ) -> np.ndarray | tuple[np.ndarray, dict[str, Any]]:
+        """Predicted responses to ``stimulus``: float32 array of shape (n_sentences, n_voxels), z-scored units.
+
+        Args:
+            model: from :meth:`get_encoding_model`.
+            stimulus: a sentence or a list of sentences.
+            return_metadata: also return a dict describing the model, voxels, data and versions.
+            passages: passage label per sentence, for models trained with ``context="passage"``.
+        """
+        if not isinstance(model, EncodingModel):
+            raise InvalidInputError(f"model must come from get_encoding_model(), got {type(model).__name__}")
+        sentences = check_sentences(stimulus)
+        features = extract_features(model.model_id, sentences, context=model.context, passages=passages,
+                                    device=model.device, batch_size=batch_size, show_progress=show_progress)
+        responses = model.predict(features)
+        if not return_metadata:
+            return responses
+        return responses, encode_metadata(model, len(sentences))
+
+
+def encode_metadata(model: EncodingModel, n_sentences: int) -> dict[str, Any]:
+    """What ``encode(..., return_metadata=True)`` returns beside the responses."""
+    described = model.describe()
+    return {
+        **described,
+        "hub_id": model.source,
+        "n_sentences": n_sentences,
+        "voxels": model.voxels.copy(),
+        "shape": ["n_sentences", "n_voxels"],
+        "units": "z-scored BOLD response per voxel (as the Pereira 2018 training data)",
+        "versions": package_versions(),
+        "device": model.device,
+    }

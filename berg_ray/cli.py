@@ -1,0 +1,249 @@
+"""``berg-ray`` command line: the same functions as the Python API and the Ray jobs.
+
+    berg-ray models [--all]
+    berg-ray register MODEL_ID --source DIR_OR_HUB_ID --layer LAYER
+    berg-ray fit MODEL --subjects all|018 199 ... [--dataset D] [--cache DIR_OR_S3] [--context C]
+    berg-ray encode MODEL --subject S (--text T ... | --input FILE) --out FILE.parquet|.npy
+    berg-ray encode-corpus MODEL --input PATH_OR_GLOB --output DIR [--subjects ...]
+    berg-ray sweep --models M ... --out DIR [--layers mapped|all] [--contexts sentence passage]
+    berg-ray demo [--dataset synthetic|brainscore|PATH] [--model MODEL] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from berg_ray.errors import BergRayError
+
+logger = logging.getLogger("berg_ray.cli")
+
+DEFAULT_CACHE = os.environ.get("BERG_RAY_CACHE", "berg_dir")
+
+
+def _add_common(parser: argparse.ArgumentParser, subjects: bool = True) -> None:
+    parser.add_argument("--dataset", default=os.environ.get("BERG_RAY_DATASET", "brainscore"),
+                        help="'brainscore' (download via brainscore-language), 'synthetic', or a path/URL to a "
+                             "Pereira .nc file (default: %(default)s)")
+    parser.add_argument("--cache", default=DEFAULT_CACHE,
+                        help="cache root: a folder or s3://bucket/prefix ($BERG_RAY_CACHE; default: %(default)s)")
+    parser.add_argument("--context", default="sentence", choices=("sentence", "passage", "running"),
+                        help="context policy (default: %(default)s)")
+    parser.add_argument("--n-components", type=int, default=25, help="PLS components (default: %(default)s)")
+    parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default: %(default)s)")
+    parser.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"),
+                        help="forward-pass precision (default: float32)")
+    parser.add_argument("--batch-size", type=int, default=32, help="sequences per forward pass")
+    if subjects:
+        parser.add_argument("--subjects", nargs="+", default=["all"], help="'all' or subject ids (e.g. 018 199)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="berg-ray", description="In-silico fMRI for BrainScore language models.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    models = sub.add_parser("models", help="list the models berg-ray can run")
+    models.add_argument("--all", action="store_true", help="also list registrations berg-ray cannot run, and why")
+    models.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    register = sub.add_parser("register", help="add a custom model (saved in the user registry file)")
+    register.add_argument("model_id")
+    register.add_argument("--source", required=True, help="local model folder or Hugging Face hub id")
+    register.add_argument("--layer", required=True, help="dotted module name, e.g. transformer.h.5")
+    register.add_argument("--revision", default=None)
+
+    fit = sub.add_parser("fit", help="fit (or load) the encoding models of one model for some subjects")
+    fit.add_argument("model")
+    _add_common(fit)
+    fit.add_argument("--ray", action="store_true", help="fit on Ray (local Ray unless RAY_ADDRESS is set)")
+
+    encode = sub.add_parser("encode", help="predict one subject's responses to sentences")
+    encode.add_argument("model")
+    encode.add_argument("--subject", required=True)
+    source = encode.add_mutually_exclusive_group(required=True)
+    source.add_argument("--text", nargs="+", help="sentences")
+    source.add_argument("--input", help=".txt (one sentence per line), .jsonl or .parquet (column 'sentence')")
+    encode.add_argument("--out", required=True, help="output .parquet or .npy (metadata beside it as .json)")
+    _add_common(encode, subjects=False)
+
+    corpus = sub.add_parser("encode-corpus", help="stream a corpus through Ray into Parquet predictions")
+    corpus.add_argument("model")
+    corpus.add_argument("--input", required=True, help="file, folder or glob (.txt/.jsonl/.parquet), local or s3://")
+    corpus.add_argument("--output", required=True, help="output folder, local or s3://")
+    corpus.add_argument("--num-extractors", type=int, default=1)
+    corpus.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per extractor actor (fractional ok)")
+    corpus.add_argument("--address", default=None, help="Ray address (default: $RAY_ADDRESS or a local Ray)")
+    _add_common(corpus)
+
+    sweep = sub.add_parser("sweep", help="score a model × layer × context × subject grid")
+    sweep.add_argument("--models", nargs="+", required=True)
+    sweep.add_argument("--layers", default="mapped", help="'mapped', 'all', or comma-separated layer names")
+    sweep.add_argument("--contexts", nargs="+", default=["sentence"])
+    sweep.add_argument("--protocol", default="pls-groupkfold", choices=("pls-groupkfold", "brainscore-linear"))
+    sweep.add_argument("--out", required=True)
+    sweep.add_argument("--address", default=None)
+    _add_common(sweep)
+
+    demo = sub.add_parser("demo", help="the README's main job: fit nine subjects and encode a few sentences")
+    demo.add_argument("--dataset", default="synthetic")
+    demo.add_argument("--model", default="minilm-l6")
+    demo.add_argument("--berg-dir", default=DEFAULT_CACHE)
+    demo.add_argument("--out", default="demo_out", help="folder for the table and the PNG")
+    demo.add_argument("--context", default="sentence", choices=("sentence", "passage", "running"))
+    demo.add_argument("--device", default="auto")
+    demo.add_argument("--no-ray", action="store_true", help="fit in this process instead of on a local Ray")
+    return parser
+
+
+def _read_sentences(path: str) -> list[str]:
+    from berg_ray.corpus_io import read_sentences_file
+
+    return read_sentences_file(path)
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from berg_ray.registry import all_specs
+
+    specs = all_specs(include_unsupported=args.all)
+    if args.json:
+        print(json.dumps([s.to_dict() for s in specs], indent=2))
+        return 0
+    rows = [(s.model_id, s.source or "-", s.layer or "-", "yes" if s.supported else f"no: {s.reason}")
+            for s in specs]
+    header = ("model id", "hub id / folder", "layer", "supported")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(3)]
+    print("  ".join(h.ljust(w) for h, w in zip(header, [*widths, 0])))
+    for row in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(row, [*widths, 0])))
+    print(f"\n{sum(s.supported for s in specs)} runnable model(s)"
+          + ("" if args.all else "; --all lists the registrations that cannot run"))
+    return 0
+
+
+def _cmd_register(args: argparse.Namespace) -> int:
+    from berg_ray.registry import register_model, registry_path
+
+    spec = register_model(args.model_id, args.source, args.layer, revision=args.revision, persist=True)
+    print(f"registered {spec.model_id} -> {spec.source} (layer {spec.layer}) in {registry_path()}")
+    return 0
+
+
+def _cmd_fit(args: argparse.Namespace) -> int:
+    from berg_ray.api import BERG
+
+    berg = BERG(args.cache, dataset=args.dataset, context=args.context, n_components=args.n_components)
+    if args.ray:
+        from berg_ray.distributed import fit_subjects, init_ray
+
+        init_ray()
+        models = fit_subjects(args.model, args.subjects, dataset=berg.assembly(), cache=berg.store,
+                              context=args.context, settings=berg.settings, device=args.device, show_progress=True)
+    else:
+        from berg_ray.features import resolve_device
+        from berg_ray.fitting import fit_subjects_local
+
+        models = fit_subjects_local(args.model, berg.assembly(), args.subjects, store=berg.store,
+                                    context=args.context, settings=berg.settings,
+                                    device=str(resolve_device(args.device)), dtype=args.dtype,
+                                    batch_size=args.batch_size, show_progress=True)
+    print(format_cv_table(models))
+    return 0
+
+
+def format_cv_table(models: dict) -> str:
+    """A text table of per-subject CV r (median, mean) for fitted encoding models."""
+    import numpy as np
+
+    lines = []
+    first = next(iter(models.values()))
+    if first.synthetic:
+        lines.append("*** SYNTHETIC DATA: scores measure recovery of a planted map, not brain predictivity ***")
+    lines.append(f"model {first.model_id}  layer {first.layer}  context {first.context}  "
+                 f"CV: GroupKFold({first.settings.cv_folds}) by {first.settings.cv_group}")
+    lines.append(f"{'subject':>8} {'voxels':>7} {'median r':>9} {'mean r':>8}")
+    for subject, model in models.items():
+        lines.append(f"{subject:>8} {model.n_voxels:>7d} {np.nanmedian(model.cv_r):>9.3f} {np.nanmean(model.cv_r):>8.3f}")
+    medians = [np.nanmedian(m.cv_r) for m in models.values()]
+    lines.append(f"{'all':>8} {sum(m.n_voxels for m in models.values()):>7d} {np.median(medians):>9.3f}")
+    return "\n".join(lines)
+
+
+def _cmd_encode(args: argparse.Namespace) -> int:
+    from berg_ray.api import BERG
+    from berg_ray.corpus_io import write_encoded
+
+    sentences = args.text if args.text else _read_sentences(args.input)
+    berg = BERG(args.cache, dataset=args.dataset, context=args.context, n_components=args.n_components)
+    model = berg.get_encoding_model(args.model, subject=args.subject, device=args.device, show_progress=True,
+                                    batch_size=args.batch_size, dtype=args.dtype)
+    responses, meta = berg.encode(model, sentences, show_progress=True, return_metadata=True,
+                                  batch_size=args.batch_size)
+    written = write_encoded(args.out, sentences, responses, meta)
+    print(f"wrote {responses.shape[0]} × {responses.shape[1]} responses to {', '.join(map(str, written))}")
+    return 0
+
+
+def _cmd_encode_corpus(args: argparse.Namespace) -> int:
+    from berg_ray.corpus import encode_corpus
+    from berg_ray.distributed import init_ray
+
+    init_ray(args.address)
+    summary = encode_corpus(args.model, args.input, args.output, subjects=args.subjects, dataset=args.dataset,
+                            cache=args.cache, context=args.context, batch_size=args.batch_size,
+                            num_extractors=args.num_extractors, num_gpus=args.num_gpus, device=args.device,
+                            dtype=args.dtype, n_components=args.n_components)
+    print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from berg_ray.distributed import init_ray
+    from berg_ray.sweep import run_sweep
+
+    init_ray(args.address)
+    layers = args.layers if args.layers in ("mapped", "all") else args.layers.split(",")
+    table = run_sweep(args.models, subjects=args.subjects, layers=layers, contexts=tuple(args.contexts),
+                      dataset=args.dataset, cache=args.cache, out=args.out, protocol=args.protocol,
+                      n_components=args.n_components, device=args.device)
+    print(table.to_string(index=False))
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from berg_ray.demo import run_demo
+
+    summary = run_demo(model_id=args.model, dataset=args.dataset, berg_dir=args.berg_dir, out=args.out,
+                       context=args.context, device=args.device, use_ray=not args.no_ray)
+    print(summary["table"])
+    shapes = ", ".join(f"{s}: {tuple(v['response_shape'])}" for s, v in list(summary["subjects"].items())[:3])
+    print(f"\nencoded {len(summary['sentences'])} sentences for {len(summary['subjects'])} subjects ({shapes}, ...)")
+    print(f"wrote {', '.join(summary['files'])}")
+    print(f"done in {summary['seconds']} s")
+    return 0
+
+
+COMMANDS = {"models": _cmd_models, "register": _cmd_register, "fit": _cmd_fit, "encode": _cmd_encode,
+            "encode-corpus": _cmd_encode_corpus, "sweep": _cmd_sweep, "demo": _cmd_demo}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("transformers", "urllib3", "botocore", "s3fs", "fsspec", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        return COMMANDS[args.command](args)
+    except BergRayError as error:
+        print(f"berg-ray {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

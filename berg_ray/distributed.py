@@ -1,0 +1,211 @@
+"""Ray layer: extractor actors that hold a model, and the nine per-subject PLS fits as parallel tasks.
+
+The numbers come from the same core functions as the in-process path (``berg_ray.fitting``); Ray only decides where
+they run. Features of the 384 training sentences are computed once on an extractor actor and passed to the fit
+tasks by reference (an ``ObjectRef``: workers on the same node read them from shared memory, no copy per task).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+
+from berg_ray.encoding_model import EncodingModel
+from berg_ray.errors import InvalidInputError
+from berg_ray.features import FeatureExtractor, check_context
+from berg_ray.fitting import fit_encoding_model, load_cached, resolve_subjects
+from berg_ray.neural import PereiraAssembly, load_pereira
+from berg_ray.registry import ModelSpec, get_spec
+from berg_ray.regression import PLSSettings
+from berg_ray.store import EncodingModelStore
+
+logger = logging.getLogger(__name__)
+
+#: driver environment variables forwarded to Ray workers (S3 endpoint/credentials, registry, offline flags).
+#: Values travel in the job's runtime_env and are never logged.
+FORWARDED_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+                 "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "AWS_REGION", "BERG_RAY_REGISTRY", "HF_HUB_OFFLINE",
+                 "HF_HOME", "BRAINIO_HOME", "BS_INSTALL_DEPENDENCIES", "TOKENIZERS_PARALLELISM")
+
+
+def ray_is_available() -> bool:
+    """True when this process is connected to a Ray cluster (``ray.init`` was called)."""
+    try:
+        import ray
+    except ImportError:
+        return False
+    return ray.is_initialized()
+
+
+def forwarded_env() -> dict[str, str]:
+    return {name: os.environ[name] for name in FORWARDED_ENV if name in os.environ}
+
+
+def init_ray(address: str | None = None, **kwargs: Any) -> None:
+    """Connect to ``address`` (or ``$RAY_ADDRESS``), or start a local Ray that never joins another instance.
+
+    Driver environment variables in :data:`FORWARDED_ENV` are passed to the workers through the runtime_env.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    runtime_env = kwargs.pop("runtime_env", {}) or {}
+    runtime_env.setdefault("env_vars", {}).update(forwarded_env())
+    if address:
+        logger.info("connecting to Ray at %s", address)
+        ray.init(address=address, runtime_env=runtime_env, **kwargs)
+    else:
+        logger.info("starting a local Ray instance")
+        kwargs.setdefault("include_dashboard", False)
+        ray.init(address="local", runtime_env=runtime_env, **kwargs)
+
+
+def cluster_gpus() -> float:
+    import ray
+
+    return float(ray.cluster_resources().get("GPU", 0.0))
+
+
+def actor_resources(num_gpus: float = 0.0, num_cpus: float | None = None, device: str = "auto"
+                    ) -> tuple[dict[str, float], str]:
+    """Ray resource request and torch device for an extractor actor.
+
+    ``num_gpus > 0`` asks for (a fraction of) a GPU and runs on ``cuda``; on a cluster without GPUs that request
+    could never be scheduled, so it is refused here with a clear error instead of waiting forever. ``device="auto"``
+    with ``num_gpus=0`` runs on CPU.
+    """
+    if num_gpus < 0 or num_gpus != num_gpus:
+        raise InvalidInputError(f"num_gpus must be ≥ 0 (fractions allowed), got {num_gpus!r}")
+    if num_gpus == 0 and (device.startswith("cuda") or (device == "auto" and cluster_gpus() > 0)):
+        num_gpus = 1.0
+    if num_gpus > 0:
+        available = cluster_gpus()
+        if available <= 0:
+            raise InvalidInputError(
+                f"num_gpus={num_gpus} was asked for but this Ray cluster has no GPUs (resources: "
+                f"{_resource_summary()}); such an actor would never be scheduled. Use num_gpus=0 to run on CPU, "
+                "or add GPU nodes to the cluster")
+        if num_gpus > 1 and num_gpus > available:
+            raise InvalidInputError(f"num_gpus={num_gpus} exceeds the cluster's {available} GPUs")
+        return {"num_gpus": float(num_gpus), "num_cpus": float(num_cpus if num_cpus is not None else 1)}, "cuda"
+    if device.startswith("cuda"):
+        raise InvalidInputError(f"device {device!r} needs num_gpus > 0 on Ray")
+    return {"num_gpus": 0.0, "num_cpus": float(num_cpus if num_cpus is not None else 1)}, "cpu"
+
+
+def _resource_summary() -> str:
+    import ray
+
+    resources = ray.cluster_resources()
+    return ", ".join(f"{k}={v:g}" for k, v in sorted(resources.items()) if not k.startswith("node:")
+                     and "memory" not in k and k != "object_store_memory")
+
+
+class ExtractorActor:
+    """Ray actor around :class:`FeatureExtractor`: the model is loaded once, in ``__init__``."""
+
+    def __init__(self, spec: ModelSpec, device: str = "cpu", dtype: str | None = None, batch_size: int = 32):
+        self.extractor = FeatureExtractor(spec, device=device, dtype=dtype, batch_size=batch_size)
+
+    def features(self, sentences: Sequence[str], context: str = "sentence",
+                 passages: Sequence[Any] | None = None) -> np.ndarray:
+        """(n_sentences, n_units) float32."""
+        return self.extractor(list(sentences), context=context, passages=passages)
+
+    def device(self) -> str:
+        return str(self.extractor.lm.device)
+
+
+def _fit_task(spec: ModelSpec, features: np.ndarray, assembly: PereiraAssembly, subject: str, context: str,
+              settings: PLSSettings, cache_url: str | None) -> EncodingModel:
+    """One subject: PLS fit + CV r, written to the cache (if any) by the task itself."""
+    model = fit_encoding_model(spec, features, assembly, subject, context, settings)
+    if cache_url is not None:
+        EncodingModelStore(cache_url).save(model, spec.name)
+    return model
+
+
+def _as_store(cache: str | os.PathLike | EncodingModelStore | None) -> EncodingModelStore | None:
+    if cache is None or isinstance(cache, EncodingModelStore):
+        return cache
+    return EncodingModelStore(cache)
+
+
+def fit_subjects(model_id: str | ModelSpec, subjects: str | Iterable[str] = "all",
+                 dataset: str | PereiraAssembly = "brainscore",
+                 cache: str | os.PathLike | EncodingModelStore | None = "berg_dir", context: str = "sentence",
+                 n_components: int = 25, settings: PLSSettings | None = None, device: str = "auto",
+                 num_gpus: float = 0.0, dtype: str | None = None, batch_size: int = 32,
+                 show_progress: bool = False) -> dict[str, EncodingModel]:
+    """Encoding models for ``subjects`` on Ray: cached ones are loaded, the others fitted as parallel tasks.
+
+    Args:
+        model_id: registered id or :class:`ModelSpec`.
+        subjects: ``"all"`` or a list of subject ids.
+        dataset: ``"brainscore"``, ``"synthetic"``, a path/URL to a ``.nc`` file, or a loaded assembly.
+        cache: cache root (folder or ``s3://`` URL) or a store; ``None`` disables caching.
+        num_gpus: GPUs for the extractor actor (fractions allowed); 0 runs it on CPU.
+
+    Returns:
+        ``{subject: EncodingModel}`` in the order of ``subjects``.
+    """
+    import ray
+
+    init_ray()
+    spec = get_spec(model_id)
+    check_context(context)
+    settings = settings or PLSSettings(n_components=n_components)
+    assembly = dataset if isinstance(dataset, PereiraAssembly) else load_pereira(dataset)
+    store = _as_store(cache)
+    chosen = resolve_subjects(assembly, subjects)
+    models: dict[str, EncodingModel] = {}
+    for subject in chosen:
+        cached = load_cached(store, spec, assembly, subject, context, settings)
+        if cached is not None:
+            models[subject] = cached
+    missing = [s for s in chosen if s not in models]
+    if models:
+        logger.info("%s: %d subject(s) loaded from cache", spec.model_id, len(models))
+    if missing:
+        resources, torch_device = actor_resources(num_gpus, device=device)
+        actor = ray.remote(ExtractorActor).options(**resources).remote(spec, torch_device, dtype, batch_size)
+        try:
+            features_ref = actor.features.remote(list(assembly.sentences), context, list(assembly.passages))
+            assembly_ref = ray.put(assembly)
+            task = ray.remote(_fit_task).options(num_cpus=1)
+            refs = {task.remote(spec, features_ref, assembly_ref, s, context, settings,
+                                store.url if store else None): s for s in missing}
+            models.update(_gather(refs, show_progress, f"fit PLS {spec.model_id}"))
+        finally:
+            ray.kill(actor)
+    return {s: models[s] for s in chosen}
+
+
+def _gather(refs: dict, show_progress: bool, description: str) -> dict[str, EncodingModel]:
+    import ray
+
+    bar = None
+    if show_progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(refs), desc=description, unit="subject")
+    done: dict[str, EncodingModel] = {}
+    pending = list(refs)
+    while pending:
+        ready, pending = ray.wait(pending, num_returns=1)
+        for ref in ready:
+            model = ray.get(ref)
+            done[refs[ref]] = model
+            logger.info("%s subject %s: median CV r %.3f (%.1f s)", model.model_id, model.subject,
+                        np.nanmedian(model.cv_r), model.fit_seconds)
+            if bar is not None:
+                bar.update(1)
+    if bar is not None:
+        bar.close()
+    return done

@@ -1,0 +1,209 @@
+"""PLS regression (BERG's encoding model) and its cross-validated score. Pure numpy: no Ray, no I/O.
+
+:func:`fit_pls` computes exactly what ``sklearn.cross_decomposition.PLSRegression`` computes (PLS2, NIPALS power
+iterations with sklearn's start vector, tolerance, iteration cap, sign flip and regression-mode deflation), but runs
+the power iterations in sample space: with ``K = Xk Xk'`` and ``S = yk yk'`` (n_samples × n_samples) each iteration
+costs two n×n products instead of four products with the (n × n_features) and (n × n_voxels) matrices, and the Gram
+matrices are deflated in place. For the Pereira shapes (384 sentences, 768 units, ~1,350 voxels) that is the
+difference between seconds and tens of milliseconds per fit, with predictions equal to sklearn's (tested ≤1e-5).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from berg_ray.errors import InvalidInputError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PLSSettings:
+    """Everything that changes a fitted encoding model (part of the cache key).
+
+    Defaults are BERG's: ``PLSRegression(n_components=25, scale=False)`` on all 384 sentences, plus a
+    ``cv_folds``-fold GroupKFold by story for the held-out score.
+    """
+
+    n_components: int = 25
+    scale: bool = False
+    max_iter: int = 500
+    tol: float = 1e-06
+    cv_folds: int = 10
+    cv_group: str = "story"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.n_components, int) or self.n_components < 1:
+            raise InvalidInputError(f"n_components must be a positive integer, got {self.n_components!r}")
+        if not isinstance(self.cv_folds, int) or self.cv_folds < 2:
+            raise InvalidInputError(f"cv_folds must be an integer ≥ 2, got {self.cv_folds!r}")
+        if self.cv_group not in ("story", "passage"):
+            raise InvalidInputError(f"cv_group must be 'story' or 'passage', got {self.cv_group!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class PLSFit:
+    """A fitted PLS map: ``predict(X) = (X - x_mean) @ coef.T + intercept`` (sklearn's ``coef_`` layout).
+
+    Attributes:
+        x_mean: (n_features,) training feature means.
+        coef: (n_targets, n_features) regression coefficients, already divided by ``x_std`` as in sklearn ≥1.7.
+        intercept: (n_targets,) training target means.
+        n_iter: NIPALS iterations per component.
+    """
+
+    x_mean: np.ndarray
+    coef: np.ndarray
+    intercept: np.ndarray
+    n_iter: list[int] = field(default_factory=list)
+
+    def predict(self, features: np.ndarray) -> np.ndarray:
+        """(n_samples, n_features) -> (n_samples, n_targets), in the dtype of ``coef``."""
+        return (np.asarray(features, dtype=self.coef.dtype) - self.x_mean) @ self.coef.T + self.intercept
+
+
+def _check_xy(X: np.ndarray, Y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    X = np.asarray(X, dtype=np.float64)
+    Y = np.asarray(Y, dtype=np.float64)
+    if Y.ndim == 1:
+        Y = Y[:, None]
+    if X.ndim != 2 or Y.ndim != 2 or X.shape[0] != Y.shape[0]:
+        raise InvalidInputError(f"features {X.shape} and responses {Y.shape} must be 2-D with the same rows")
+    if not (np.isfinite(X).all() and np.isfinite(Y).all()):
+        raise InvalidInputError("features and responses must be finite (found NaN or inf)")
+    return X, Y
+
+
+def fit_pls(X: np.ndarray, Y: np.ndarray, n_components: int = 25, scale: bool = False, max_iter: int = 500,
+            tol: float = 1e-06) -> PLSFit:
+    """Fit PLS regression like ``PLSRegression(n_components, scale=scale).fit(X, Y)``, in float64.
+
+    Args:
+        X: features, array of shape (n_samples, n_features).
+        Y: responses, array of shape (n_samples, n_targets).
+
+    Returns:
+        the fitted map; its predictions equal sklearn's.
+    """
+    X, Y = _check_xy(X, Y)
+    n, p = X.shape
+    if n_components > min(n, p):
+        raise InvalidInputError(f"n_components={n_components} exceeds min(n_samples, n_features)={min(n, p)}")
+    eps = np.finfo(np.float64).eps
+    x_mean, y_mean = X.mean(axis=0), Y.mean(axis=0)
+    Xk, yk = X - x_mean, Y - y_mean
+    x_std = np.ones(p)
+    y_std = np.ones(Y.shape[1])
+    if scale:
+        x_std = Xk.std(axis=0, ddof=1)
+        x_std[x_std == 0.0] = 1.0
+        y_std = yk.std(axis=0, ddof=1)
+        y_std[y_std == 0.0] = 1.0
+        Xk /= x_std
+        yk /= y_std
+    K = Xk @ Xk.T  # (n, n) Gram matrices of the deflated blocks
+    S = yk @ yk.T
+    weights = np.zeros((p, n_components))
+    x_loadings = np.zeros((p, n_components))
+    y_loadings = np.zeros((Y.shape[1], n_components))
+    n_iters: list[int] = []
+    single_target = Y.shape[1] == 1
+    for k in range(n_components):
+        zero = np.all(np.abs(yk) < 10 * eps, axis=0)
+        if zero.any():
+            yk[:, zero] = 0.0
+            S = yk @ yk.T
+        live = np.flatnonzero(np.any(np.abs(yk) > eps, axis=0))
+        if live.size == 0:
+            logger.warning("y residual is constant at component %d; stopping early", k)
+            weights, x_loadings, y_loadings = weights[:, :k], x_loadings[:, :k], y_loadings[:, :k]
+            break
+        # sklearn's power method, written for a = y_score in sample space:
+        #   x_weights = Xk'a / |Xk'a|   ->  x_score = K a / sqrt(a'Ka)
+        #   y_score   = yk yk' x_score / (x_score'x_score) / (|y_weights|² + eps),  |y_weights|² = x'Sx / (x'x)²
+        a = yk[:, live[0]].copy()
+        previous = None
+        for iteration in range(max_iter):
+            Ka = K @ a
+            c = np.sqrt(a @ Ka) + eps * (a @ a)
+            x_score = Ka / c
+            xx = x_score @ x_score
+            Sx = S @ x_score
+            current = a / c
+            if previous is not None:
+                # |Δ x_weights|² = b'Kb with b = Δ(a/c), and K b = Δ x_score: no extra product needed.
+                if (current - previous) @ (x_score - previous_score) < tol:
+                    break
+            if single_target:
+                break
+            previous, previous_score = current, x_score
+            last, a = a, (Sx / xx) / ((x_score @ Sx) / xx**2 + eps)
+        else:  # no convergence: sklearn returns the weights of the last iteration (and warns)
+            a = last
+            logger.debug("PLS component %d reached max_iter=%d", k, max_iter)
+        n_iters.append(iteration + 1)
+        x_weights = Xk.T @ (a / np.sqrt(a @ (K @ a)))
+        x_weights /= np.sqrt(x_weights @ x_weights) + eps
+        if x_weights[np.argmax(np.abs(x_weights))] < 0:  # sklearn's _svd_flip_1d
+            x_weights = -x_weights
+        t = Xk @ x_weights
+        tt = t @ t
+        x_load = (t @ Xk) / tt
+        y_load = (t @ yk) / tt
+        Xk -= np.outer(t, x_load)
+        yk -= np.outer(t, y_load)
+        # Deflate the Gram matrices with the projector P = I - t t'/t't:  K <- P K P.
+        u = t / np.sqrt(tt)
+        Ku, Su = K @ u, S @ u
+        K = K - np.outer(u, Ku) - np.outer(Ku, u) + (u @ Ku) * np.outer(u, u)
+        S = S - np.outer(u, Su) - np.outer(Su, u) + (u @ Su) * np.outer(u, u)
+        weights[:, k], x_loadings[:, k], y_loadings[:, k] = x_weights, x_load, y_load
+    rotations = weights @ np.linalg.pinv(x_loadings.T @ weights)
+    coef = ((rotations @ y_loadings.T) * y_std).T / x_std
+    return PLSFit(x_mean=x_mean, coef=coef, intercept=y_mean, n_iter=n_iters)
+
+
+def pearson_r(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
+    """Pearson correlation per column: (n_samples, n_targets) × 2 -> (n_targets,); NaN where a column is constant."""
+    a = y_true - y_true.mean(axis=0)
+    b = y_pred - y_pred.mean(axis=0)
+    denominator = np.sqrt((a * a).sum(axis=0) * (b * b).sum(axis=0))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(denominator > 0, (a * b).sum(axis=0) / denominator, np.nan)
+
+
+def cross_validated_predictions(X: np.ndarray, Y: np.ndarray, groups: Sequence[Any], settings: PLSSettings
+                                ) -> np.ndarray:
+    """Out-of-fold PLS predictions, GroupKFold(``settings.cv_folds``) over ``groups`` (e.g. stories).
+
+    Returns:
+        array of shape (n_samples, n_targets): each row predicted by the PLS fit on the folds that do not hold it.
+    """
+    from sklearn.model_selection import GroupKFold
+
+    X, Y = _check_xy(X, Y)
+    groups = np.asarray(groups)
+    n_groups = len(np.unique(groups))
+    if n_groups < settings.cv_folds:
+        raise InvalidInputError(f"{settings.cv_folds}-fold CV needs at least {settings.cv_folds} distinct "
+                                f"{settings.cv_group} groups, found {n_groups}")
+    predicted = np.empty_like(Y)
+    for train, test in GroupKFold(n_splits=settings.cv_folds).split(X, Y, groups):
+        fold = fit_pls(X[train], Y[train], settings.n_components, settings.scale, settings.max_iter, settings.tol)
+        predicted[test] = fold.predict(X[test])
+    return predicted
+
+
+def cross_validated_r(X: np.ndarray, Y: np.ndarray, groups: Sequence[Any], settings: PLSSettings) -> np.ndarray:
+    """Per-target Pearson r between responses and out-of-fold predictions, shape (n_targets,)."""
+    Y = np.asarray(Y, dtype=np.float64)
+    return pearson_r(Y, cross_validated_predictions(X, Y, groups, settings))

@@ -1,0 +1,509 @@
+"""A synthetic Pereira (2018)-shaped assembly with a planted linear map.
+
+The file written by :func:`write_synthetic_pereira` has the layout of BrainScore's
+``assy_Pereira2018_language.nc`` (a brainio ``NeuroidAssembly``, presentation × neuroid, written with
+brainio's ``write_netcdf``), so it loads through exactly the same code as the real data:
+
+* 627 presentations: 384 rows with ``experiment='384sentences'`` (24 topics × 4 passages × 4 sentences) and
+  243 rows with ``experiment='243sentences'`` (72 passages of 3–4 sentences), like the real experiments.
+* 13,553 neuroids: the nine subjects of the 384-sentence experiment with exactly
+  :data:`berg_ray.neural.VOXELS_PER_SUBJECT` voxels each, plus subject ``'215'`` (1,398 voxels) who, as in the
+  real data, only took part in the 243-sentence experiment: its voxels are NaN on the 384 rows, so
+  ``.sel(experiment='384sentences').dropna('neuroid')`` leaves 384 × 12,155.
+* Responses on the 384 rows: ``Y = signal + noise · E`` with ``signal = z(F) @ A @ B`` scaled to unit overall
+  standard deviation, where ``z(F)`` are the planted features standardised per unit, ``A`` (d × rank) and
+  ``B`` (rank × n_voxels) are standard normal, ``E`` is standard normal; then every voxel is z-scored over the
+  384 sentences (the real responses are z-scored per voxel). Units: standard deviations (dimensionless).
+  The 243 rows are standard normal noise.
+
+Every file records that it is synthetic in its attributes (``berg_ray_synthetic='true'``) together with the
+planted model, seed, rank, noise and the SHA-256 of the planted features (see :func:`features_sha256`), so any
+reader can tell it apart from the real data and trace the planted map.
+"""
+
+from __future__ import annotations
+
+import berg_ray._environment  # noqa: F401  (must precede any brainscore import)
+
+import hashlib
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from berg_ray.errors import InvalidInputError
+
+_logger = logging.getLogger(__name__)
+
+DEFAULT_PLANTED_MODEL = "minilm-l6"
+"""The model whose sentence features plant the default synthetic map (``load_pereira('synthetic')``)."""
+
+SYNTHETIC_ATTR = "berg_ray_synthetic"
+"""Assembly attribute that marks a synthetic file (value ``'true'``)."""
+
+ATTR_PREFIX = "berg_ray_"
+
+N_SENTENCES = 384
+MIN_WORDS, MAX_WORDS = 7, 18
+N_SENTENCES_243 = 243
+EXPERIMENT_384 = "384sentences"
+EXPERIMENT_243 = "243sentences"
+
+# Subject of the real data who only did the 243-sentence experiment, and its voxel count in the real file
+# (13,553 neuroids in all minus 12,155 for the nine others).
+NAN_SUBJECT = "215"
+NAN_SUBJECT_VOXELS = 1398
+
+# Same values as berg_ray.neural.VOXELS_PER_SUBJECT (kept here so that neural can import this module lazily).
+_VOXELS_PER_SUBJECT: dict[str, int] = {
+    "018": 1358, "199": 1358, "288": 1341, "289": 1356, "296": 1323,
+    "343": 1355, "366": 1355, "407": 1352, "426": 1357,
+}
+
+LANGUAGE_ROIS: tuple[str, ...] = (
+    "LH_IFGorb", "LH_IFG", "LH_MFG", "LH_AntTemp", "LH_PostTemp", "LH_AngG",
+    "RH_IFGorb", "RH_IFG", "RH_MFG", "RH_AntTemp", "RH_PostTemp", "RH_AngG",
+)
+_VOLUME_SHAPE = (79, 95, 79)  # 2 mm MNI grid; indices_in_3d are MATLAB (1-based, column-major) linear indices
+
+
+@dataclass(frozen=True)
+class _Topic:
+    slug: str  # passage_category
+    what: str  # singular category noun phrase
+    whats: str  # plural
+    items: tuple[str, ...]  # 7: four passages for the 384 experiment, three for the 243 experiment
+    adjs: tuple[str, ...]
+    where: tuple[str, ...]  # participle phrases: "often heard at folk festivals"
+    does: tuple[str, ...]  # third-person-singular verb phrases
+    has: tuple[str, ...]  # noun phrases: "its shape and its sound"
+
+
+_TOPICS: tuple[_Topic, ...] = (
+    _Topic("profession", "professional", "professionals",
+           ("astronaut", "carpenter", "dentist", "firefighter", "journalist", "librarian", "plumber"),
+           ("respected", "hard-working", "skilled"),
+           ("found in almost every modern city", "described in many school textbooks", "employed around the world"),
+           ("usually needs several years of training", "must hold a licence in many countries",
+            "often works long hours during busy periods"),
+           ("the tools and clothing that go with the job", "the special training it requires",
+            "the uniform worn at work")),
+    _Topic("musical_instrument", "musical instrument", "musical instruments",
+           ("accordion", "banjo", "cello", "clarinet", "harp", "trumpet", "xylophone"),
+           ("popular", "traditional", "versatile"),
+           ("often heard at folk festivals", "played in many orchestras", "taught in music schools"),
+           ("can play a melody and its accompaniment at the same time",
+            "needs regular tuning to sound its best", "takes many years of practice to master"),
+           ("its distinctive sound", "its shape and the way it is held", "the range of notes it can play")),
+    _Topic("animal", "animal", "animals",
+           ("beaver", "camel", "dolphin", "giraffe", "hedgehog", "octopus", "raccoon"),
+           ("remarkable", "intelligent", "well known"),
+           ("found on several continents", "often seen in wildlife documentaries", "kept in many zoos"),
+           ("spends much of the day searching for food", "can survive in surprisingly harsh conditions",
+            "lives in small family groups for most of its life"),
+           ("its body shape and the way it moves", "its colouring", "the sounds it makes")),
+    _Topic("weather", "weather event", "weather events",
+           ("blizzard", "drought", "hailstorm", "hurricane", "monsoon", "thunderstorm", "tornado"),
+           ("dangerous", "dramatic", "seasonal"),
+           ("recorded in many parts of the world", "tracked closely by meteorologists",
+            "reported on the evening news"),
+           ("can cause serious damage to crops and houses", "is often predicted several days in advance",
+            "affects the lives of millions of people every year"),
+           ("the sky and the wind that come before it", "the damage it leaves behind",
+            "the season in which it usually occurs")),
+    _Topic("building", "building", "buildings",
+           ("cathedral", "castle", "lighthouse", "skyscraper", "windmill", "pagoda", "observatory"),
+           ("famous", "historic", "impressive"),
+           ("visited by many tourists", "found in many old towns", "shown on postcards"),
+           ("usually takes several years to build", "requires careful maintenance to remain safe",
+            "was once a symbol of wealth and power"),
+           ("its height and outline", "the materials used to build it", "its windows and towers")),
+    _Topic("vegetable", "vegetable", "vegetables",
+           ("artichoke", "broccoli", "carrot", "cucumber", "eggplant", "potato", "pumpkin"),
+           ("nutritious", "common", "versatile"),
+           ("grown in gardens around the world", "sold in most markets", "used in many traditional recipes"),
+           ("contains vitamins and fibre that are good for health", "can be eaten raw or cooked",
+            "grows best in rich soil with plenty of sunlight"),
+           ("its colour and shape", "its taste and texture", "the way it is usually cooked")),
+    _Topic("fruit", "fruit", "fruits",
+           ("apple", "banana", "cherry", "lemon", "mango", "pineapple", "strawberry"),
+           ("sweet", "popular", "refreshing"),
+           ("grown in warm regions", "exported to many countries", "eaten fresh in summer"),
+           ("is rich in vitamins and natural sugars", "ripens quickly after it is picked",
+            "is often used to make juice and desserts"),
+           ("its colour and smell", "its sweet or sour taste", "the shape of its seeds")),
+    _Topic("vehicle", "vehicle", "vehicles",
+           ("bicycle", "helicopter", "motorcycle", "sailboat", "submarine", "tractor", "tram"),
+           ("useful", "modern", "reliable"),
+           ("used for transport in many countries", "built in large factories", "found in most cities"),
+           ("can carry people over long distances", "needs regular maintenance to run safely",
+            "has changed a great deal since it was invented"),
+           ("its engine noise", "its size and shape", "the number of people it can carry")),
+    _Topic("tool", "hand tool", "hand tools",
+           ("hammer", "chisel", "ladder", "saw", "screwdriver", "shovel", "wrench"),
+           ("simple", "sturdy", "essential"),
+           ("kept in most workshops", "sold in every hardware store", "used by builders and gardeners"),
+           ("has been used in some form for thousands of years",
+            "is usually made of steel with a wooden or plastic handle",
+            "makes heavy work much easier for the person using it"),
+           ("its handle and head", "the job it is designed for", "its weight and length")),
+    _Topic("clothing", "piece of clothing", "pieces of clothing",
+           ("coat", "kimono", "raincoat", "sandal", "scarf", "sweater", "tuxedo"),
+           ("comfortable", "fashionable", "practical"),
+           ("worn in many different climates", "sold in most clothing shops", "seen at formal events"),
+           ("can be made from wool, cotton or synthetic fibres", "is often chosen to match the season",
+            "has changed in style many times over the centuries"),
+           ("its cut and fabric", "the occasions on which it is worn", "its colour and pattern")),
+    _Topic("bird", "bird", "birds",
+           ("eagle", "flamingo", "hummingbird", "owl", "parrot", "pelican", "swan"),
+           ("beautiful", "graceful", "striking"),
+           ("found near lakes and rivers", "watched by many bird lovers", "seen in parks and gardens"),
+           ("builds a nest each spring to raise its young", "can fly long distances during migration",
+            "feeds mainly on fish, insects or seeds"),
+           ("its feathers and beak", "its call", "the way it flies")),
+    _Topic("insect", "insect", "insects",
+           ("ant", "bee", "butterfly", "cricket", "dragonfly", "firefly", "ladybird"),
+           ("small", "fascinating", "common"),
+           ("found in gardens and meadows", "studied by many biologists", "seen on warm summer evenings"),
+           ("goes through several stages of growth before becoming an adult",
+            "plays an important role in its ecosystem", "has six legs and a body divided into three parts"),
+           ("its wings and colours", "the sound it makes", "the way it moves")),
+    _Topic("sports_equipment", "piece of sports equipment", "pieces of sports equipment",
+           ("baseball bat", "football", "golf club", "hockey stick", "skateboard", "surfboard", "tennis racket"),
+           ("popular", "lightweight", "durable"),
+           ("sold in every sports shop", "used by amateurs and professionals", "seen at many competitions"),
+           ("must meet strict rules before it can be used in official games",
+            "is made from materials that have improved greatly over the years",
+            "can cost a great deal of money when made by hand"),
+           ("its shape and weight", "the sport in which it is used", "its colour and brand")),
+    _Topic("kitchen_utensil", "kitchen utensil", "kitchen utensils",
+           ("blender", "colander", "kettle", "ladle", "spatula", "teapot", "whisk"),
+           ("handy", "everyday", "useful"),
+           ("found in almost every kitchen", "sold in department stores", "used by home cooks and chefs"),
+           ("makes preparing food quicker and easier", "is usually made of metal, plastic or glass",
+            "should be washed carefully after every use"),
+           ("its shape and handle", "the task it is used for", "the material it is made of")),
+    _Topic("furniture", "piece of furniture", "pieces of furniture",
+           ("armchair", "bookcase", "cradle", "desk", "hammock", "sofa", "wardrobe"),
+           ("comfortable", "sturdy", "elegant"),
+           ("found in many homes", "sold in furniture shops", "shown in interior design magazines"),
+           ("can last for generations if it is well made", "is often made of wood, metal or fabric",
+            "is usually chosen to match the rest of the room"),
+           ("its size and design", "the wood or fabric it is made of", "the room it usually stands in")),
+    _Topic("body_part", "part of the human body", "parts of the human body",
+           ("ankle", "elbow", "heart", "kidney", "lung", "skull", "tongue"),
+           ("vital", "complex", "important"),
+           ("described in every anatomy textbook", "studied closely by doctors", "found in all vertebrates"),
+           ("can be injured in accidents or during sport", "is examined during a routine medical check",
+            "works together with many other organs and tissues"),
+           ("its position in the body", "its shape and size", "the job it does for the body")),
+    _Topic("landform", "natural landform", "natural landforms",
+           ("canyon", "glacier", "island", "volcano", "waterfall", "valley", "cave"),
+           ("spectacular", "vast", "famous"),
+           ("visited by hikers and tourists", "formed over millions of years", "shown in many photographs"),
+           ("changes slowly because of wind, water and ice",
+            "provides a home for many plants and animals", "is often protected inside a national park"),
+           ("its size and shape", "the rocks it is made of", "the landscape around it")),
+    _Topic("tree", "tree", "trees",
+           ("baobab", "birch", "maple", "oak", "palm", "redwood", "willow"),
+           ("tall", "long-lived", "common"),
+           ("planted in parks and streets", "found in many forests", "grown for its wood"),
+           ("can live for hundreds of years in the right conditions",
+            "loses or keeps its leaves depending on the climate", "provides shade and shelter for wildlife"),
+           ("its leaves and bark", "its height and shape", "the colour of its leaves in autumn")),
+    _Topic("flower", "flower", "flowers",
+           ("daisy", "orchid", "rose", "sunflower", "tulip", "lily", "lotus"),
+           ("beautiful", "fragrant", "colourful"),
+           ("grown in gardens around the world", "sold by florists", "painted by many artists"),
+           ("attracts bees and butterflies with its scent", "blooms for only a few weeks each year",
+            "is often given as a gift on special occasions"),
+           ("its petals and scent", "its colour", "the shape of its leaves")),
+    _Topic("dance", "dance", "dances",
+           ("waltz", "tango", "polka", "minuet", "foxtrot", "jig", "quickstep"),
+           ("lively", "elegant", "traditional"),
+           ("performed at weddings and festivals", "taught in dance schools", "seen in ballroom competitions"),
+           ("is danced to music with a steady rhythm", "became fashionable more than a century ago",
+            "requires partners to move together in time"),
+           ("its steps and rhythm", "the music played for it", "the way the dancers hold each other")),
+    _Topic("computer_device", "computer device", "computer devices",
+           ("keyboard", "laptop", "printer", "router", "scanner", "smartphone", "webcam"),
+           ("modern", "popular", "compact"),
+           ("found in most offices", "sold in electronics stores", "used in schools and homes"),
+           ("has become much cheaper and faster over the last decades",
+            "connects to other devices with a cable or by radio", "needs software updates to work well"),
+           ("its size and buttons", "the way it connects to a computer", "its screen or lights")),
+    _Topic("celestial_object", "celestial object", "celestial objects",
+           ("comet", "asteroid", "galaxy", "moon", "nebula", "planet", "star"),
+           ("distant", "bright", "mysterious"),
+           ("studied by astronomers", "observed through large telescopes", "photographed by space probes"),
+           ("moves through space along a path set by gravity",
+            "can be seen from Earth on a clear night with a telescope",
+            "has been studied by scientists for many centuries"),
+           ("its brightness and colour", "its position in the night sky", "its size and distance from Earth")),
+    _Topic("appliance", "household appliance", "household appliances",
+           ("dishwasher", "microwave", "refrigerator", "toaster", "vacuum cleaner", "washing machine",
+            "hair dryer"),
+           ("useful", "electric", "everyday"),
+           ("found in most homes", "sold in electronics shops", "advertised on television"),
+           ("saves a great deal of time on household chores", "uses electricity from a wall socket",
+            "should be serviced regularly to last many years"),
+           ("its size and controls", "the noise it makes", "the job it does in the home")),
+    _Topic("toy", "toy", "toys",
+           ("kite", "puppet", "teddy bear", "yo-yo", "jigsaw puzzle", "rocking horse", "spinning top"),
+           ("classic", "popular", "simple"),
+           ("sold in toy shops", "given to children as presents", "found in many museums of childhood"),
+           ("has entertained children for many generations", "can be made by hand from simple materials",
+            "helps young children develop new skills through play"),
+           ("its bright colours", "its shape and size", "the way children play with it")),
+)
+assert len(_TOPICS) == 24 and all(len(t.items) == 7 for t in _TOPICS)
+
+# Sentence templates. {A}/{The} are the item with its article, {a}/{the} in lower case.
+_TEMPLATES: tuple[str, ...] = (
+    "{A} is a {adj} {what} {where}.",
+    "{The} {does}.",
+    "Most people can recognise {a} by {has}.",
+    "Encyclopedias describe {the} as one of the best known {whats} in the world.",
+    "In many languages, the word for {item} is among the first words that children learn.",
+    "Scientists and historians have written many books about {the} and its long history.",
+    "According to many experts, {the} is {adj} and {adj2}.",
+    "{The} is {where}, and it {does}.",
+    "People who see {a} for the first time often remember {has}.",
+)
+
+
+def _article(item: str, capital: bool) -> tuple[str, str]:
+    a = "an" if item[0] in "aeiou" else "a"
+    if capital:
+        return f"{a.capitalize()} {item}", f"The {item}"
+    return f"{a} {item}", f"the {item}"
+
+
+def _fill(template: str, topic: _Topic, item: str, rng: np.random.Generator) -> str:
+    adj, adj2 = rng.choice(len(topic.adjs), size=2, replace=False)
+    cap_a, cap_the = _article(item, True)
+    low_a, low_the = _article(item, False)
+    sentence = template.format(
+        A=cap_a, The=cap_the, a=low_a, the=low_the, item=item, what=topic.what, whats=topic.whats,
+        adj=topic.adjs[adj], adj2=topic.adjs[adj2],
+        where=topic.where[rng.integers(len(topic.where))],
+        does=topic.does[rng.integers(len(topic.does))],
+        has=topic.has[rng.integers(len(topic.has))],
+    )
+    return sentence
+
+
+def _passage_sentences(topic: _Topic, item: str, n: int, rng: np.random.Generator) -> list[str]:
+    sentences: list[str] = []
+    for k in rng.permutation(len(_TEMPLATES)):
+        sentence = _fill(_TEMPLATES[k], topic, item, rng)
+        if MIN_WORDS <= len(sentence.split()) <= MAX_WORDS:
+            sentences.append(sentence)
+        if len(sentences) == n:
+            return sentences
+    raise AssertionError(f"too few templates of {MIN_WORDS}-{MAX_WORDS} words for {item!r}")  # pragma: no cover
+
+
+def _stimuli(experiment: str, seed: int) -> pd.DataFrame:
+    rng = np.random.default_rng([seed, 1 if experiment == EXPERIMENT_384 else 2])
+    rows: list[dict[str, object]] = []
+    if experiment == EXPERIMENT_384:
+        plan = [(topic, item, 4) for topic in _TOPICS for item in topic.items[:4]]
+    else:
+        # 72 passages (three per topic): 27 of four sentences and 45 of three, 243 sentences in all.
+        plan = [(topic, item, 0) for topic in _TOPICS for item in topic.items[4:]]
+        four = set(rng.choice(len(plan), size=27, replace=False).tolist())
+        plan = [(topic, item, 4 if k in four else 3) for k, (topic, item, _) in enumerate(plan)]
+    for passage_index, (topic, item, n) in enumerate(plan, start=1):
+        for sentence in _passage_sentences(topic, item, n, rng):
+            rows.append({
+                "stimulus_num": len(rows),
+                "sentence": sentence,
+                "stimulus": sentence,
+                "passage_index": passage_index,
+                "passage_label": item,
+                "passage_category": topic.slug,
+                "experiment": experiment,
+            })
+    frame = pd.DataFrame(rows)
+    # As in the real file (brainscore's packaging code): ids joined from experiment and number/category.
+    frame["stimulus_id"] = [f"{experiment}.{num}" for num in frame["stimulus_num"]]
+    frame["story"] = [f"{experiment}.{category}" for category in frame["passage_category"]]
+    columns = ["stimulus_num", "sentence", "stimulus", "passage_index", "passage_label", "passage_category",
+               "stimulus_id", "story", "experiment"]
+    return frame[columns]
+
+
+def synthetic_stimuli(seed: int = 0) -> pd.DataFrame:
+    """The 384 synthetic sentences of the ``384sentences`` experiment, deterministic for a given ``seed``.
+
+    Returns a DataFrame of 384 rows (24 topics × 4 passages × 4 sentences, in that order) with the presentation
+    columns of the real assembly: ``stimulus_num`` (0..383), ``sentence``, ``stimulus`` (same text),
+    ``passage_index`` (1..96), ``passage_label`` (the passage's item, e.g. ``'accordion'``), ``passage_category``
+    (the topic, e.g. ``'musical_instrument'``), ``stimulus_id`` (``'384sentences.<n>'``), ``story``
+    (``'384sentences.<topic>'``, 24 distinct) and ``experiment`` (``'384sentences'``). Every sentence is a
+    distinct, encyclopedia-style English sentence of 7–18 words, generated from templates (no network).
+    """
+    return _stimuli(EXPERIMENT_384, seed)
+
+
+def features_sha256(features: np.ndarray) -> str:
+    """SHA-256 (hex) that identifies a feature matrix: its shape and its values as little-endian float32."""
+    array = np.ascontiguousarray(np.asarray(features, dtype="<f4"))
+    digest = hashlib.sha256(f"{array.shape}".encode())
+    digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
+def _check_features(features: np.ndarray, rank: int, noise: float) -> np.ndarray:
+    array = np.asarray(features, dtype=np.float64)
+    if array.ndim != 2 or array.shape[0] != N_SENTENCES or array.shape[1] < 1:
+        raise InvalidInputError(
+            f"features must have shape ({N_SENTENCES}, d) (one row per sentence of synthetic_stimuli(), in "
+            f"order), got {np.shape(features)}")
+    if not np.all(np.isfinite(array)):
+        raise InvalidInputError("features contain NaN or infinite values")
+    if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)) or not 1 <= rank <= array.shape[1]:
+        raise InvalidInputError(f"rank must be an integer from 1 to the feature dimension {array.shape[1]}, "
+                                f"got {rank!r}")
+    if not np.isfinite(noise) or noise < 0:
+        raise InvalidInputError(f"noise must be a finite number >= 0, got {noise!r}")
+    return array
+
+
+def _neuroid_coords(rng: np.random.Generator) -> dict[str, np.ndarray]:
+    subjects = sorted([*_VOXELS_PER_SUBJECT, NAN_SUBJECT])
+    counts = {**_VOXELS_PER_SUBJECT, NAN_SUBJECT: NAN_SUBJECT_VOXELS}
+    n_volume = int(np.prod(_VOLUME_SHAPE))
+    columns: dict[str, list[np.ndarray]] = {name: [] for name in (
+        "subject", "voxel_num", "roi", "indices_in_3d", "col_to_coord_1", "col_to_coord_2", "col_to_coord_3")}
+    for subject in subjects:
+        n = counts[subject]
+        # voxel_num indexes the subject's full list of brain voxels, of which the language atlas keeps a subset.
+        voxel_num = np.sort(rng.choice(45_000, size=n, replace=False))
+        linear = rng.choice(n_volume, size=n, replace=False)  # 0-based, column-major
+        i, j, k = np.unravel_index(linear, _VOLUME_SHAPE, order="F")
+        columns["subject"].append(np.full(n, subject, dtype=object))
+        columns["voxel_num"].append(voxel_num)
+        columns["roi"].append(np.asarray(LANGUAGE_ROIS, dtype=object)[rng.integers(len(LANGUAGE_ROIS), size=n)])
+        columns["indices_in_3d"].append(linear + 1)
+        columns["col_to_coord_1"].append(i + 1)
+        columns["col_to_coord_2"].append(j + 1)
+        columns["col_to_coord_3"].append(k + 1)
+    coords = {name: np.concatenate(parts) for name, parts in columns.items()}
+    n_total = len(coords["subject"])
+    coords["filter_strategy"] = np.full(n_total, np.nan)  # language atlas at from90to100prcnt: no filter strategy
+    coords["atlas_selection"] = np.full(n_total, "from90to100prcnt", dtype=object)
+    coords["neuroid_id"] = np.asarray([f"{s}.{v}" for s, v in zip(coords["subject"], coords["voxel_num"])],
+                                      dtype=object)
+    for name in ("voxel_num", "indices_in_3d", "col_to_coord_1", "col_to_coord_2", "col_to_coord_3"):
+        coords[name] = coords[name].astype(np.int64)
+    order = ("subject", "voxel_num", "filter_strategy", "atlas_selection", "roi", "indices_in_3d",
+             "col_to_coord_1", "col_to_coord_2", "col_to_coord_3", "neuroid_id")  # the real file's order
+    return {name: coords[name] for name in order}
+
+
+def planted_responses(features: np.ndarray, n_voxels: int, *, seed: int = 0, rank: int = 10,
+                      noise: float = 1.0) -> np.ndarray:
+    """Responses of ``n_voxels`` voxels to the 384 sentences under the planted map.
+
+    ``features``: (384, d). Returns (384, n_voxels) float64, z-scored per voxel (units: standard deviations):
+    ``z_voxel(s · z(F) @ A @ B + noise · E)`` with ``A`` (d × rank), ``B`` (rank × n_voxels), ``E`` standard
+    normal drawn from ``seed`` and ``s`` scaling the signal to unit overall standard deviation, so ``noise`` is
+    the noise-to-signal ratio of standard deviations (R² of the planted map ≈ 1 / (1 + noise²) per voxel on
+    average).
+    """
+    array = _check_features(features, rank, noise)
+    rng = np.random.default_rng([seed, 3])
+    std = array.std(axis=0)
+    standardised = np.where(std > 0, (array - array.mean(axis=0)) / np.where(std > 0, std, 1.0), 0.0)
+    a = rng.standard_normal((array.shape[1], rank))
+    b = rng.standard_normal((rank, n_voxels))
+    signal = (standardised @ a) @ b
+    scale = signal.std()
+    if scale > 0:
+        signal /= scale
+    responses = signal + noise * rng.standard_normal(signal.shape)
+    responses -= responses.mean(axis=0)
+    responses /= responses.std(axis=0)
+    return responses
+
+
+def make_synthetic_assembly(features: np.ndarray, *, seed: int = 0, rank: int = 10, noise: float = 1.0,
+                            planted_model: str | None = None):
+    """Build the synthetic Pereira-shaped ``NeuroidAssembly`` (presentation × neuroid = 627 × 13,553, float32).
+
+    ``features``: (384, d), the planted features of :func:`synthetic_stimuli` ``(seed)``'s sentences, in order.
+    The nine subjects' voxels carry :func:`planted_responses` on the 384 rows (z-scored, dimensionless) and
+    standard normal noise on the 243 rows; subject ``'215'`` is NaN on the 384 rows. Attributes record
+    ``berg_ray_synthetic='true'``, the planted model (``''`` when unknown), seed, rank, noise and the features'
+    :func:`features_sha256`.
+    """
+    from brainscore_core.supported_data_standards.brainio.assemblies import NeuroidAssembly
+
+    array = _check_features(features, rank, noise)
+    stimuli = pd.concat([_stimuli(EXPERIMENT_384, seed), _stimuli(EXPERIMENT_243, seed)], ignore_index=True)
+    neuroids = _neuroid_coords(np.random.default_rng([seed, 4]))
+    subjects = neuroids["subject"]
+    real = subjects != NAN_SUBJECT
+    data = np.empty((len(stimuli), len(subjects)), dtype=np.float32)
+    data[:N_SENTENCES, real] = planted_responses(array, int(real.sum()), seed=seed, rank=rank, noise=noise)
+    data[:N_SENTENCES, ~real] = np.nan
+    data[N_SENTENCES:, :] = np.random.default_rng([seed, 5]).standard_normal(
+        (N_SENTENCES_243, len(subjects))).astype(np.float32)
+    coords = {name: ("presentation", stimuli[name].to_numpy()) for name in stimuli.columns}
+    coords.update({name: ("neuroid", values) for name, values in neuroids.items()})
+    assembly = NeuroidAssembly(data, coords=coords, dims=["presentation", "neuroid"])
+    assembly.attrs.update({
+        SYNTHETIC_ATTR: "true",
+        f"{ATTR_PREFIX}planted_model": planted_model or "",
+        f"{ATTR_PREFIX}seed": int(seed),
+        f"{ATTR_PREFIX}rank": int(rank),
+        f"{ATTR_PREFIX}noise": float(noise),
+        f"{ATTR_PREFIX}features_sha256": features_sha256(features),
+        f"{ATTR_PREFIX}features_shape": f"{array.shape[0]}x{array.shape[1]}",
+        f"{ATTR_PREFIX}generator": "berg_ray.synthetic: z_voxel(s * z(F) @ A @ B + noise * E)",
+    })
+    return assembly
+
+
+def default_planted_features(sentences: list[str]) -> np.ndarray:
+    """Features of ``sentences`` from :data:`DEFAULT_PLANTED_MODEL`, each sentence alone: (len(sentences), d)."""
+    from berg_ray.features import extract_features  # lazy: loads torch and transformers
+
+    return np.asarray(extract_features(DEFAULT_PLANTED_MODEL, list(sentences), context="sentence"))
+
+
+def write_synthetic_pereira(path: str | os.PathLike, features: np.ndarray | None = None, *, seed: int = 0,
+                            rank: int = 10, noise: float = 1.0, planted_model: str | None = None,
+                            compress: bool = False) -> Path:
+    """Write a synthetic ``assy_Pereira2018_language.nc``-shaped file to ``path`` and return its path.
+
+    ``features``: (384, d) planted features for ``synthetic_stimuli(seed)``'s sentences; ``None`` computes
+    :func:`default_planted_features` (model :data:`DEFAULT_PLANTED_MODEL`, recorded as the planted model unless
+    ``planted_model`` says otherwise). Written with brainio's ``write_netcdf`` (so it loads exactly like the real
+    file) to a temporary name in the same folder, then renamed, so readers never see a partial file.
+    ``compress=True`` uses brainio's default zlib level 9, which takes ~10 s for this ~35 MB of float32 noise;
+    the default writes uncompressed.
+    """
+    from brainscore_core.supported_data_standards.brainio.packaging import write_netcdf
+
+    path = Path(path)
+    if features is None:
+        sentences = synthetic_stimuli(seed)["sentence"].tolist()
+        features = default_planted_features(sentences)
+        planted_model = planted_model or DEFAULT_PLANTED_MODEL
+    assembly = make_synthetic_assembly(features, seed=seed, rank=rank, noise=noise, planted_model=planted_model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp.nc")
+    try:
+        sha1 = write_netcdf(assembly, temporary, compress=compress)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    _logger.info("wrote synthetic Pereira2018 assembly %s (sha1 %s, seed %d, rank %d, noise %g, planted model %s)",
+                 path, sha1, seed, rank, noise, planted_model or "unknown")
+    return path
