@@ -62,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("model")
     _add_common(fit)
     fit.add_argument("--ray", action="store_true", help="fit on Ray (local Ray unless RAY_ADDRESS is set)")
+    fit.add_argument("--address", default=None, help="Ray address for --ray (default: $RAY_ADDRESS or local)")
 
     encode = sub.add_parser("encode", help="predict one subject's responses to sentences")
     encode.add_argument("model")
@@ -138,10 +139,10 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     from berg_ray.api import BERG
 
     berg = BERG(args.cache, dataset=args.dataset, context=args.context, n_components=args.n_components)
-    if args.ray:
+    if args.ray or args.address or os.environ.get("RAY_ADDRESS"):
         from berg_ray.distributed import fit_subjects, init_ray
 
-        init_ray()
+        init_ray(args.address)
         models = fit_subjects(args.model, args.subjects, dataset=berg.assembly(), cache=berg.store,
                               context=args.context, settings=berg.settings, device=args.device, show_progress=True)
     else:

@@ -1,0 +1,12 @@
+"""Ray job entry point: `ray job submit --address ... --working-dir . -- python jobs/encode_corpus.py ARGS`.
+
+Same arguments and code path as `berg-ray encode-corpus ARGS` (see `berg-ray encode-corpus --help`). The job connects to the cluster
+it was submitted to (RAY_ADDRESS is set by Ray for job drivers).
+"""
+
+import sys
+
+from berg_ray.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["encode-corpus", *sys.argv[1:]]))
