@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 from berg_ray.errors import DatasetError, InvalidInputError, UnknownSubjectError, closest
+from berg_ray.synthetic import ATTR_PREFIX, SYNTHETIC_ATTR
 
 _logger = logging.getLogger(__name__)
 
@@ -388,8 +389,6 @@ def _from_assembly(assembly, *, source: str, sha256: str, file: str) -> PereiraA
         start += count
 
     attrs = dict(assembly.attrs)
-    from berg_ray.synthetic import ATTR_PREFIX, SYNTHETIC_ATTR
-
     synthetic = str(attrs.get(SYNTHETIC_ATTR, "")).lower() == "true"
     metadata = {key[len(ATTR_PREFIX):]: _plain(value) for key, value in attrs.items()
                 if synthetic and key.startswith(ATTR_PREFIX) and key != SYNTHETIC_ATTR}

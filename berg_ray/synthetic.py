@@ -63,10 +63,9 @@ _VOXELS_PER_SUBJECT: dict[str, int] = {
     "343": 1355, "366": 1355, "407": 1352, "426": 1357,
 }
 
-LANGUAGE_ROIS: tuple[str, ...] = (
-    "LH_IFGorb", "LH_IFG", "LH_MFG", "LH_AntTemp", "LH_PostTemp", "LH_AngG",
-    "RH_IFGorb", "RH_IFG", "RH_MFG", "RH_AntTemp", "RH_PostTemp", "RH_AngG",
-)
+#: the left-hemisphere language network's parcels (the model card: "language-selective voxels from the left
+#: hemisphere language network")
+LANGUAGE_ROIS: tuple[str, ...] = ("LH_IFGorb", "LH_IFG", "LH_MFG", "LH_AntTemp", "LH_PostTemp", "LH_AngG")
 _VOLUME_SHAPE = (79, 95, 79)  # 2 mm MNI grid; indices_in_3d are MATLAB (1-based, column-major) linear indices
 
 
