@@ -20,6 +20,7 @@ from berg_ray.features import check_context, check_sentences, extract_features, 
 from berg_ray.fitting import fit_subjects_local
 from berg_ray.neural import PereiraAssembly, load_pereira
 from berg_ray.provenance import package_versions
+from berg_ray.registry import get_spec
 from berg_ray.registry import list_models as _list_models
 from berg_ray.regression import PLSSettings
 from berg_ray.store import EncodingModelStore
@@ -84,6 +85,7 @@ class BERG:
         """
         if model_id == GATEWAY_ID:
             model_id = GATEWAY_DEFAULT_MODEL
+        get_spec(model_id)  # an unknown or unsupported id fails here, before any data is loaded
         context = check_context(context or self.context)
         device_name = str(resolve_device(device))
         from berg_ray import distributed

@@ -17,7 +17,6 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 from berg_ray.errors import BergRayError
 

@@ -25,7 +25,6 @@ import logging
 import os
 import posixpath
 import time
-import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -40,48 +39,13 @@ from berg_ray.encoding_model import EncodingModel
 from berg_ray.errors import InvalidInputError
 from berg_ray.corpus_io import INPUT_SUFFIXES
 from berg_ray.features import FeatureExtractor, check_context
+from berg_ray.fsio import FileRoot
 from berg_ray.provenance import package_versions
 from berg_ray.registry import ModelSpec, get_spec
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_ROWS_PER_PART = 2048
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Output filesystem helpers (atomic writes)
-
-
-class _Output:
-    def __init__(self, url: str):
-        self.url = url
-        self.fs, self.root = fsspec.core.url_to_fs(url)
-        self.root = self.root.rstrip("/")
-        protocol = self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,)
-        self.local = "file" in protocol or "local" in protocol
-
-    def path(self, *parts: str) -> str:
-        return posixpath.join(self.root, *parts)
-
-    def write(self, path: str, data: bytes) -> None:
-        if self.local:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-            with open(tmp, "wb") as handle:
-                handle.write(data)
-            os.replace(tmp, path)
-        else:
-            self.fs.pipe_file(path, data)
-
-    def exists(self, path: str) -> bool:
-        return self.fs.exists(path)
-
-    def listdir(self, path: str) -> list[str]:
-        try:
-            self.fs.invalidate_cache(path)
-            return [posixpath.basename(p) for p in self.fs.ls(path, detail=False)]
-        except FileNotFoundError:
-            return []
 
 
 def _parquet_bytes(table: pa.Table) -> bytes:
@@ -271,7 +235,7 @@ class PartEncoder:
         os.environ.update(env or {})
         self.extractor = FeatureExtractor(spec, device=device, dtype=dtype, batch_size=batch_size)
         self.predictor = predictor
-        self.output = _Output(output)
+        self.output = FileRoot(output)
         self.context = context
 
     def encode_part(self, part: Part) -> dict[str, Any]:
@@ -356,7 +320,7 @@ def encode_corpus(model_id: str | ModelSpec, input: str, output: str, subjects: 
                           settings=PLSSettings(n_components=n_components), device=torch_device,
                           num_gpus=resources["num_gpus"], dtype=dtype, batch_size=batch_size)
     predictor = StackedPredictor.from_models(models)
-    out = _Output(output)
+    out = FileRoot(output)
     files = list_inputs(input)
     parts = plan_parts(files, rows_per_part, whole_files=context != "sentence")
     finished = {name[len("part-"):-len(".json")] for name in out.listdir(out.path("_parts"))
@@ -379,7 +343,7 @@ def encode_corpus(model_id: str | ModelSpec, input: str, output: str, subjects: 
     return manifest
 
 
-def _write_voxels(out: _Output, models: dict[str, EncodingModel]) -> None:
+def _write_voxels(out: FileRoot, models: dict[str, EncodingModel]) -> None:
     frames = []
     for subject, model in models.items():
         table = model.voxels.copy()
@@ -393,20 +357,18 @@ def _write_voxels(out: _Output, models: dict[str, EncodingModel]) -> None:
     out.write(out.path("voxels.parquet"), _parquet_bytes(pa.Table.from_pandas(voxels, preserve_index=False)))
 
 
-def _finish(out: _Output, spec: ModelSpec, models: dict[str, EncodingModel], parts: list[Part], assembly: Any,
+def _finish(out: FileRoot, spec: ModelSpec, models: dict[str, EncodingModel], parts: list[Part], assembly: Any,
             context: str, files: list[str], input: str, started: float) -> dict[str, Any]:
     summaries = []
     for part in parts:
         marker = out.path("_parts", f"part-{part.part_id}.json")
         if not out.exists(marker):
             raise RuntimeError(f"part {part.part_id} of {part.source} did not finish; rerun to resume")
-        with out.fs.open(marker, "rb") as handle:
-            summaries.append(json.loads(handle.read()))
+        summaries.append(json.loads(out.read(marker)))
     bad_files = [n for n in out.listdir(out.path("_bad_rows")) if n.endswith(".parquet")]
     bad_tables = []
     for name in sorted(bad_files):
-        with out.fs.open(out.path("_bad_rows", name), "rb") as handle:
-            bad_tables.append(pq.read_table(handle))
+        bad_tables.append(pq.read_table(io.BytesIO(out.read(out.path("_bad_rows", name)))))
     bad = pa.concat_tables(bad_tables) if bad_tables else BAD_ROWS_SCHEMA.empty_table()
     out.write(out.path("bad_rows.parquet"), _parquet_bytes(bad))
     n_rows = sum(s["n_rows"] for s in summaries)
@@ -430,13 +392,12 @@ def _finish(out: _Output, spec: ModelSpec, models: dict[str, EncodingModel], par
 
 def read_predictions(output: str, subject: str) -> pd.DataFrame:
     """One subject's predictions from an output folder: columns sentence_id, subject, responses (arrays)."""
-    out = _Output(output)
+    out = FileRoot(output)
     folder = out.path("predictions", f"subject-{subject}")
     tables = []
     for name in sorted(out.listdir(folder)):
         if name.endswith(".parquet"):
-            with out.fs.open(posixpath.join(folder, name), "rb") as handle:
-                tables.append(pq.read_table(handle))
+            tables.append(pq.read_table(io.BytesIO(out.read(posixpath.join(folder, name)))))
     if not tables:
         raise InvalidInputError(f"no predictions for subject {subject!r} in {output!r}")
     return pa.concat_tables(tables).to_pandas()

@@ -131,7 +131,7 @@ def fit_pls(X: np.ndarray, Y: np.ndarray, n_components: int = 25, scale: bool = 
         #   x_weights = Xk'a / |Xk'a|   ->  x_score = K a / sqrt(a'Ka)
         #   y_score   = yk yk' x_score / (x_score'x_score) / (|y_weights|² + eps),  |y_weights|² = x'Sx / (x'x)²
         a = yk[:, live[0]].copy()
-        previous = None
+        previous = previous_score = None
         for iteration in range(max_iter):
             Ka = K @ a
             c = np.sqrt(a @ Ka) + eps * (a @ a)

@@ -23,10 +23,8 @@ import logging
 import os
 import posixpath
 import time
-import uuid
 from typing import Any
 
-import fsspec
 import numpy as np
 import pandas as pd
 from safetensors.numpy import load as safetensors_load
@@ -34,6 +32,7 @@ from safetensors.numpy import save as safetensors_save
 
 from berg_ray.encoding_model import EncodingModel
 from berg_ray.errors import CacheIntegrityError
+from berg_ray.fsio import FileRoot
 from berg_ray.regression import PLSFit, PLSSettings
 
 logger = logging.getLogger(__name__)
@@ -59,11 +58,9 @@ class EncodingModelStore:
     """
 
     def __init__(self, root: str | os.PathLike, storage_options: dict[str, Any] | None = None):
-        root = os.fspath(root)
-        self.fs, path = fsspec.core.url_to_fs(root, **(storage_options or {}))
-        self.root = path.rstrip("/")
-        self.url = root
-        self.is_local = self.fs.protocol in ("file", ("file", "local")) or "file" in self.fs.protocol
+        self.files = FileRoot(root, storage_options)
+        self.url = self.files.url
+        self.root = self.files.root
 
     def __repr__(self) -> str:
         return f"EncodingModelStore({self.url!r})"
@@ -73,29 +70,6 @@ class EncodingModelStore:
         dataset = "synthetic" if synthetic else "brainscore"
         return posixpath.join(self.root, "encoding_models", "modality-fmri", f"train_dataset-{dataset}",
                               f"model-{name}", "encoding_models_weights", f"{name}_{subject}_pereira384_{key[:16]}")
-
-    # -- low-level atomic I/O -----------------------------------------------------------------------------------
-    def _write(self, path: str, data: bytes) -> None:
-        if self.is_local:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-            with open(tmp, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
-        else:  # one PUT: object stores never show a partially written object
-            self.fs.pipe_file(path, data)
-
-    def _read(self, path: str) -> bytes:
-        return self.fs.cat_file(path)
-
-    def _exists(self, path: str) -> bool:
-        try:
-            return self.fs.exists(path)
-        finally:
-            if not self.is_local:
-                self.fs.invalidate_cache(posixpath.dirname(path))
 
     # -- entries ------------------------------------------------------------------------------------------------
     def save(self, model: EncodingModel, name: str) -> str:
@@ -112,7 +86,7 @@ class EncodingModelStore:
         for role, data, suffix in (("arrays", arrays, "safetensors"), ("voxels", voxels, "json")):
             digest = _sha256(data)
             filename = f"{role}-{digest[:16]}.{suffix}"
-            self._write(posixpath.join(folder, filename), data)
+            self.files.write(posixpath.join(folder, filename), data)
             files[role] = {"name": filename, "sha256": digest, "bytes": len(data)}
         manifest = {
             "format_version": CACHE_FORMAT_VERSION,
@@ -122,7 +96,7 @@ class EncodingModelStore:
             "metadata": {**model.describe(), "n_iter": list(map(int, model.fit.n_iter))},
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
-        self._write(posixpath.join(folder, "manifest.json"), json.dumps(manifest, indent=2).encode())
+        self.files.write(posixpath.join(folder, "manifest.json"), json.dumps(manifest, indent=2).encode())
         logger.info("cached %s subject %s in %s", model.model_id, model.subject, folder)
         return folder
 
@@ -134,10 +108,10 @@ class EncodingModelStore:
         """
         folder = self.entry_dir(name, subject, key, synthetic)
         manifest_path = posixpath.join(folder, "manifest.json")
-        if not self._exists(manifest_path):
+        if not self.files.exists(manifest_path):
             return None
         try:
-            manifest = json.loads(self._read(manifest_path))
+            manifest = json.loads(self.files.read(manifest_path))
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
             raise CacheIntegrityError(f"cache manifest {manifest_path} is not valid JSON: {error}") from error
         if manifest.get("key") != key or manifest.get("format_version") != CACHE_FORMAT_VERSION:
@@ -147,7 +121,7 @@ class EncodingModelStore:
         for role, info in manifest["files"].items():
             path = posixpath.join(folder, info["name"])
             try:
-                data = self._read(path)
+                data = self.files.read(path)
             except FileNotFoundError as error:
                 raise CacheIntegrityError(f"cache entry {folder} lists {info['name']} but it is missing") from error
             if _sha256(data) != info["sha256"]:

@@ -1,0 +1,393 @@
+"""Benchmark: the nine per-subject PLS fits on Ray vs sequential sklearn, and stacked prediction vs nine predicts.
+
+Data: standard normal features (384 × 768, distilgpt2's width, float32, seed 0) planted into a synthetic
+Pereira-shaped file with :func:`berg_ray.synthetic.write_synthetic_pereira` (rank-10 map, noise 1: 384 × 12,155
+responses over the nine subjects), loaded back with :func:`berg_ray.neural.load_pereira`, exactly as the real file
+would be. Every variant does the same work per subject: one PLS fit on all 384 sentences (25 components,
+``scale=False``) plus the ten refits of a 10-fold GroupKFold by story for the cross-validated r.
+
+Measured (same machine, same process, one run):
+
+A. sklearn, sequential, in this process: ``PLSRegression(25, scale=False)`` fit + 10 CV refits per subject
+   (BLAS with this process's default threads).
+B. berg-ray on Ray: one ``num_cpus=1`` task per subject running ``berg_ray.distributed._fit_task`` (what
+   ``fit_subjects`` submits, minus the extractor actor), features and assembly in the object store; timed from the
+   ``ray.put`` to the last result. Cold = first call (worker processes import berg_ray/torch), then warm repeats.
+C. berg-ray's ``fit_encoding_model`` sequentially in this process (solver speed-up without parallelism).
+
+Checks: predictions of A's and B's full fits on 2,000 held-out standard normal feature rows (max |Δ|), and the CV r
+of A vs B (max |Δ|); B vs C must be identical up to BLAS rounding.
+
+Prediction: ``StackedPredictor.from_models(models).predict(X)`` (one float32 matrix multiply for all subjects) vs
+nine ``PLSRegression.predict(X)`` calls, ``X`` = 10,000 × 768 float32; plus, for reference, a bench-local
+prototype that uses the rank (≤ 25) of each PLS map: ``(X @ R) @ Q`` with ``R`` (768 × 9·25) stacked and ``Q`` per
+subject (25 × n_voxels), which needs ~1/20 of the FLOPs.
+
+Usage::
+
+    python bench/fit.py              # full run: ~10–15 min of sklearn alone on 2 busy cores (1 repeat of A)
+    python bench/fit.py --quick      # 2 subjects, fewer repeats, 2,000 prediction rows
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("BS_INSTALL_DEPENDENCIES", "no")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import argparse
+import logging
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+import berg_ray._environment  # noqa: E402,F401  (must precede brainscore imports)
+
+logger = logging.getLogger("bench.fit")
+
+N_UNITS = 768
+N_COMPONENTS = 25
+CV_FOLDS = 10
+TOLERANCE = 1e-4
+TARGET_FIT_RATIO = 3.0
+TARGET_PREDICT_RATIO = 5.0
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Helpers
+
+
+def median(values: list[float]) -> float:
+    return float(statistics.median(values)) if values else float("nan")
+
+
+def timed(fn: Callable[[], Any], repeats: int, label: str) -> tuple[list[float], Any]:
+    times, result = [], None
+    for i in range(repeats):
+        start = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - start)
+        logger.info("%s: repeat %d/%d %.2f s", label, i + 1, repeats, times[-1])
+    return times, result
+
+
+def pearson(y: np.ndarray, p: np.ndarray) -> np.ndarray:
+    a = y - y.mean(axis=0)
+    b = p - p.mean(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (a * b).sum(axis=0) / np.sqrt((a * a).sum(axis=0) * (b * b).sum(axis=0))
+
+
+def blas_threads() -> str:
+    try:
+        from threadpoolctl import threadpool_info
+
+        return ", ".join(sorted({f"{i['internal_api']}={i['num_threads']}" for i in threadpool_info()}))
+    except Exception as error:  # pragma: no cover - informational only
+        return f"unknown ({error})"
+
+
+def remote_blas_threads() -> str:
+    """BLAS/OpenMP threads seen inside a ``num_cpus=1`` Ray task (Ray sets OMP_NUM_THREADS for it)."""
+    import ray
+
+    @ray.remote(num_cpus=1)
+    def probe() -> str:
+        return f"{blas_threads()}; OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}"
+
+    return ray.get(probe.remote())
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Data
+
+
+def make_dataset(folder: Path, seed: int = 0):
+    from berg_ray.neural import load_pereira
+    from berg_ray.synthetic import write_synthetic_pereira
+
+    features = np.random.default_rng(seed).standard_normal((384, N_UNITS)).astype(np.float32)
+    path = folder / "synthetic_pereira_random768.nc"
+    started = time.perf_counter()
+    write_synthetic_pereira(path, features, seed=seed, rank=10, noise=1.0, planted_model="random-normal-768")
+    assembly = load_pereira(path)
+    logger.info("synthetic dataset written and loaded in %.1f s: %r", time.perf_counter() - started, assembly)
+    return features, assembly
+
+
+# --------------------------------------------------------------------------------------------------------------
+# A: sklearn
+
+
+def sklearn_subject(features: np.ndarray, responses: np.ndarray, groups: np.ndarray):
+    """What BERG does per subject (fit on all 384) plus the 10-fold GroupKFold refits: (model, cv r)."""
+    from sklearn.cross_decomposition import PLSRegression
+    from sklearn.model_selection import GroupKFold
+
+    model = PLSRegression(N_COMPONENTS, scale=False).fit(features, responses)
+    predicted = np.empty(responses.shape, dtype=np.float64)
+    for train, test in GroupKFold(n_splits=CV_FOLDS).split(features, responses, groups):
+        fold = PLSRegression(N_COMPONENTS, scale=False).fit(features[train], responses[train])
+        predicted[test] = fold.predict(features[test])
+    return model, pearson(np.asarray(responses, dtype=np.float64), predicted)
+
+
+def run_sklearn(features: np.ndarray, assembly, subjects: list[str]) -> dict[str, tuple[Any, np.ndarray]]:
+    groups = np.asarray(assembly.stories)
+    out = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # max_iter ConvergenceWarnings: same behaviour on both sides
+        for subject in subjects:
+            started = time.perf_counter()
+            out[subject] = sklearn_subject(features, assembly.responses(subject), groups)
+            logger.info("sklearn subject %s: %.1f s", subject, time.perf_counter() - started)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------------
+# B and C: berg-ray
+
+
+def bench_spec():
+    from berg_ray.registry import ModelSpec
+
+    # Features are given directly; the spec only feeds the cache-key fields (a hub-style source: no hashing).
+    return ModelSpec("bench-random-features", "bench/random-features-768", "none", origin="custom")
+
+
+def run_local(features: np.ndarray, assembly, subjects: list[str]) -> dict[str, Any]:
+    from berg_ray.fitting import fit_encoding_model
+    from berg_ray.regression import PLSSettings
+
+    spec, settings = bench_spec(), PLSSettings(n_components=N_COMPONENTS, cv_folds=CV_FOLDS)
+    return {s: fit_encoding_model(spec, features, assembly, s, "sentence", settings) for s in subjects}
+
+
+def run_ray(features: np.ndarray, assembly, subjects: list[str]) -> dict[str, Any]:
+    import ray
+
+    from berg_ray.distributed import _fit_task
+    from berg_ray.regression import PLSSettings
+
+    spec, settings = bench_spec(), PLSSettings(n_components=N_COMPONENTS, cv_folds=CV_FOLDS)
+    features_ref = ray.put(features)
+    assembly_ref = ray.put(assembly)
+    task = ray.remote(_fit_task).options(num_cpus=1)
+    refs = [task.remote(spec, features_ref, assembly_ref, s, "sentence", settings, None) for s in subjects]
+    return dict(zip(subjects, ray.get(refs)))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Prediction
+
+
+def low_rank_factors(models: dict[str, Any], rank: int = N_COMPONENTS):
+    """Bench-local prototype: each PLS coef (n_voxels × n_units) has rank ≤ n_components; factor it once.
+
+    ``coef.T = R_s @ Q_s`` with ``R_s`` (n_units × rank) and ``Q_s`` (rank × n_voxels) from a truncated SVD.
+    (fit_pls could keep ``rotations`` and ``y_loadings`` instead, which are exactly these factors.)
+    """
+    rs, qs, biases, slices, start = [], [], [], {}, 0
+    for subject, model in models.items():
+        coef = model.fit.coef  # (n_voxels, n_units) float64
+        u, s, vt = np.linalg.svd(coef.T, full_matrices=False)
+        rs.append(u[:, :rank] * s[:rank])
+        qs.append(np.ascontiguousarray(vt[:rank], dtype=np.float32))
+        biases.append(model.fit.intercept - model.fit.x_mean @ coef.T)
+        slices[subject] = (start, start + coef.shape[0])
+        start += coef.shape[0]
+    r = np.ascontiguousarray(np.concatenate(rs, axis=1), dtype=np.float32)
+    return r, qs, np.concatenate(biases).astype(np.float32), slices
+
+
+def low_rank_predict(features: np.ndarray, factors) -> np.ndarray:
+    r, qs, bias, slices = factors
+    scores = features.astype(np.float32, copy=False) @ r  # (n, n_subjects · rank)
+    out = np.empty((features.shape[0], bias.shape[0]), dtype=np.float32)
+    for k, (lo, hi) in enumerate(slices.values()):
+        np.matmul(scores[:, k * qs[k].shape[0]:(k + 1) * qs[k].shape[0]], qs[k], out=out[:, lo:hi])
+    out += bias
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Main
+
+
+def status(ok: bool) -> str:
+    return "PASS" if ok else "MISS"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="2 subjects, 1 repeat each, 2,000 prediction rows")
+    parser.add_argument("--subjects", type=int, default=None, help="number of subjects (default 9; --quick 2)")
+    parser.add_argument("--sklearn-repeats", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=None, help="warm repeats of B and C (default 3; quick 1)")
+    parser.add_argument("--predict-rows", type=int, default=None, help="default 10,000 (quick 2,000)")
+    parser.add_argument("--predict-repeats", type=int, default=5)
+    parser.add_argument("--skip-sklearn-fit", action="store_true",
+                        help="skip A (then sklearn models for the predict benchmark come from 1 subject refit)")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    for noisy in ("berg_ray", "ray", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    n_subjects = args.subjects or (2 if args.quick else 9)
+    repeats = args.repeats or (1 if args.quick else 3)
+    predict_rows = args.predict_rows or (2000 if args.quick else 10_000)
+
+    import ray
+    import sklearn
+    import torch  # noqa: F401  (imported by berg_ray anyway; load it before timing)
+
+    with tempfile.TemporaryDirectory(prefix="bench-fit-") as tmp:
+        features, assembly = make_dataset(Path(tmp))
+    subjects = list(assembly.subjects)[:n_subjects]
+    n_voxels = {s: assembly.n_voxels[s] for s in subjects}
+    logger.info("subjects %s, voxels %s", subjects, n_voxels)
+
+    # ---------------- A: sklearn (sequential, this process)
+    a_times, sk = timed(lambda: run_sklearn(features, assembly, subjects), args.sklearn_repeats, "A sklearn")
+
+    # ---------------- C: berg-ray fit_pls sequential in this process
+    c_times, local_models = timed(lambda: run_local(features, assembly, subjects), repeats, "C berg-ray local")
+
+    # ---------------- B: Ray tasks
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
+    try:
+        remote_threads = remote_blas_threads()
+        start = time.perf_counter()
+        ray_models = run_ray(features, assembly, subjects)
+        b_cold = time.perf_counter() - start
+        logger.info("B ray cold: %.2f s", b_cold)
+        b_times, ray_models = timed(lambda: run_ray(features, assembly, subjects), repeats, "B berg-ray Ray")
+        task_seconds = [m.fit_seconds for m in ray_models.values()]
+    finally:
+        ray.shutdown()
+
+    # ---------------- equality checks
+    held_out = np.random.default_rng(1).standard_normal((2000, N_UNITS)).astype(np.float32)
+    pred_diff, cv_diff, bc_diff, scale = 0.0, 0.0, 0.0, 0.0
+    for s in subjects:
+        sk_model, sk_r = sk[s]
+        ours = ray_models[s].fit.predict(held_out)
+        ref = sk_model.predict(held_out)
+        pred_diff = max(pred_diff, float(np.abs(ours - ref).max()))
+        scale = max(scale, float(np.abs(ref).max()))
+        cv_diff = max(cv_diff, float(np.nanmax(np.abs(ray_models[s].cv_r - sk_r))))
+        bc_diff = max(bc_diff, float(np.abs(ours - local_models[s].fit.predict(held_out)).max()))
+    iterations = [sum(m.fit.n_iter) for m in ray_models.values()]
+
+    # ---------------- prediction: stacked vs nine sklearn predicts
+    from berg_ray.corpus import StackedPredictor
+
+    x = np.random.default_rng(2).standard_normal((predict_rows, N_UNITS)).astype(np.float32)
+    start = time.perf_counter()
+    stacked = StackedPredictor.from_models(ray_models)
+    build_seconds = time.perf_counter() - start
+    factors = low_rank_factors(ray_models)
+    sk_models = [sk[s][0] for s in subjects]
+
+    def sklearn_predict():
+        for model in sk_models:
+            model.predict(x)
+
+    def sklearn_predict64():
+        x64 = x.astype(np.float64)
+        for model in sk_models:
+            model.predict(x64)
+
+    # interleave the variants (one repeat of each per round) so machine load hits them alike
+    times: dict[str, list[float]] = {"sklearn": [], "sklearn64": [], "stacked": [], "lowrank": []}
+    fns = {"sklearn": sklearn_predict, "sklearn64": sklearn_predict64, "stacked": lambda: stacked.predict(x),
+           "lowrank": lambda: low_rank_predict(x, factors)}
+    for fn in fns.values():  # warm-up
+        fn()
+    for round_ in range(args.predict_repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+        logger.info("predict round %d: %s", round_ + 1, {k: round(v[-1], 3) for k, v in times.items()})
+    stacked_out = stacked.predict(x)
+    lowrank_out = low_rank_predict(x, factors)
+    stacked_diff = lowrank_diff = 0.0
+    for s, model in zip(subjects, sk_models):
+        lo, hi = stacked.slices[s]
+        ref = model.predict(x)
+        stacked_diff = max(stacked_diff, float(np.abs(stacked_out[:, lo:hi] - ref).max()))
+        lowrank_diff = max(lowrank_diff, float(np.abs(lowrank_out[:, lo:hi] - ref).max()))
+
+    # ---------------- report
+    a, b, c = median(a_times), median(b_times), median(c_times)
+    fit_ratio = a / b
+    print()
+    print(f"# bench/fit.py — {len(subjects)} subject(s) × {sum(n_voxels.values()):,} voxels, features 384 × {N_UNITS} "
+          f"(float32, standard normal, planted rank-10 map), PLS {N_COMPONENTS} components + {CV_FOLDS}-fold "
+          f"GroupKFold by story")
+    print(f"machine: {os.cpu_count()} CPUs; driver BLAS/OpenMP threads: {blas_threads()}; Ray task (num_cpus=1): "
+          f"{remote_threads}; sklearn {sklearn.__version__}, ray {ray.__version__}, numpy {np.__version__}")
+    print()
+    print("## Fit: fit on 384 + 10 CV refits per subject (11 PLS fits per subject)")
+    print()
+    print("| variant | runs | median s | per subject s | A / variant |")
+    print("|---|---:|---:|---:|---:|")
+    print(f"| A sklearn PLSRegression, sequential, in-process | {len(a_times)} | {a:.2f} | {a / len(subjects):.2f} | 1.00 |")
+    print(f"| C berg-ray fit_pls, sequential, in-process | {len(c_times)} | {c:.2f} | {c / len(subjects):.2f} | {a / c:.2f} |")
+    print(f"| B berg-ray, {len(subjects)} Ray tasks (num_cpus=1) on 2 CPUs, warm | {len(b_times)} | {b:.2f} | "
+          f"{b / len(subjects):.2f} | {fit_ratio:.2f} |")
+    print(f"| B cold (first call: worker imports) | 1 | {b_cold:.2f} | {b_cold / len(subjects):.2f} | {a / b_cold:.2f} |")
+    print()
+    print(f"- all runs (s): A {[round(t, 2) for t in a_times]}, C {[round(t, 2) for t in c_times]}, "
+          f"B {[round(t, 2) for t in b_times]}")
+    print(f"- C / B (parallel speed-up of the Ray layer over the same solver in one process): {c / b:.2f}×")
+    print(f"- B task seconds (last run, fit_seconds inside each task): median {median(task_seconds):.2f}, "
+          f"sum {sum(task_seconds):.1f} (sum / wall = {sum(task_seconds) / b_times[-1]:.2f} busy CPUs)")
+    print(f"- NIPALS iterations per subject (25 components, full fit): {iterations}")
+    print(f"- predictions A vs B on 2,000 held-out rows: max |Δ| = {pred_diff:.2e} (max |prediction| {scale:.2f}); "
+          f"CV r max |Δ| = {cv_diff:.2e}; B vs C max |Δ| = {bc_diff:.2e}")
+    print()
+    p_sk, p_sk64, p_st, p_lr = (median(times[k]) for k in ("sklearn", "sklearn64", "stacked", "lowrank"))
+    predict_ratio = p_sk / p_st
+    print(f"## Predict: {predict_rows:,} × {N_UNITS} float32 features, all {len(subjects)} subjects "
+          f"({stacked.weights.shape[1]:,} voxels), median of {args.predict_repeats} interleaved rounds")
+    print()
+    print("| variant | median s | sklearn / variant | max abs Δ vs sklearn |")
+    print("|---|---:|---:|---:|")
+    print(f"| {len(subjects)} × sklearn PLSRegression.predict(X float32) | {p_sk:.3f} | 1.00 | 0 |")
+    print(f"| {len(subjects)} × sklearn predict(X as float64, cast included) | {p_sk64:.3f} | {p_sk / p_sk64:.2f} | 0 |")
+    print(f"| StackedPredictor.predict (one float32 matmul) | {p_st:.3f} | {predict_ratio:.2f} | {stacked_diff:.2e} |")
+    print(f"| prototype: low-rank (X @ R) @ Q_s, float32 (not in berg_ray) | {p_lr:.3f} | {p_sk / p_lr:.2f} | "
+          f"{lowrank_diff:.2e} |")
+    print()
+    print(f"- StackedPredictor.from_models: {build_seconds:.3f} s (once); stacked weights "
+          f"{stacked.weights.nbytes / 2**20:.0f} MiB; low-rank factors "
+          f"{(factors[0].nbytes + sum(q.nbytes for q in factors[1])) / 2**20:.1f} MiB")
+    print()
+    print("## Targets")
+    print()
+    fit_ok = fit_ratio >= TARGET_FIT_RATIO and pred_diff <= TOLERANCE
+    print(f"- {status(fit_ok)}: Ray fit vs sequential sklearn ≥ {TARGET_FIT_RATIO:g}× with predictions ≤ "
+          f"{TOLERANCE:g} apart — {fit_ratio:.2f}× (warm), {a / b_cold:.2f}× (cold), max |Δ| {pred_diff:.1e}, "
+          f"CV r max |Δ| {cv_diff:.1e}")
+    print(f"- {status(predict_ratio >= TARGET_PREDICT_RATIO)}: one stacked matmul vs nine sklearn predicts ≥ "
+          f"{TARGET_PREDICT_RATIO:g}× — {predict_ratio:.2f}× (max |Δ| {stacked_diff:.1e}); low-rank prototype "
+          f"{p_sk / p_lr:.2f}× (max |Δ| {lowrank_diff:.1e})")
+    if len(subjects) < 9:
+        print(f"- note: {len(subjects)} subject(s) only (--quick/--subjects): not the target configuration")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

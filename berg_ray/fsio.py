@@ -1,0 +1,65 @@
+"""Files under one root on any fsspec filesystem (local folder or ``s3://``), with atomic writes.
+
+A write is all-or-nothing: locally the bytes go to a temporary file that is then renamed into place; on object
+stores one PUT of the whole object (readers never see a partial object). Every berg-ray cache entry and corpus
+output goes through here.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import uuid
+from typing import Any
+
+import fsspec
+
+
+class FileRoot:
+    """A folder on an fsspec filesystem: ``FileRoot("s3://bucket/prefix")`` or ``FileRoot("/data/out")``."""
+
+    def __init__(self, url: str | os.PathLike, storage_options: dict[str, Any] | None = None):
+        self.url = os.fspath(url)
+        self.fs, root = fsspec.core.url_to_fs(self.url, **(storage_options or {}))
+        self.root = root.rstrip("/") or "/"
+        protocols = self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,)
+        self.local = "file" in protocols or "local" in protocols
+
+    def __repr__(self) -> str:
+        return f"FileRoot({self.url!r})"
+
+    def path(self, *parts: str) -> str:
+        return posixpath.join(self.root, *parts)
+
+    def write(self, path: str, data: bytes) -> None:
+        """Write ``data`` to ``path`` atomically (creating folders as needed)."""
+        if self.local:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+            try:
+                with open(tmp, "wb") as handle:
+                    handle.write(data)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                os.replace(tmp, path)
+            finally:
+                if os.path.exists(tmp):
+                    os.remove(tmp)
+        else:
+            self.fs.pipe_file(path, data)
+
+    def read(self, path: str) -> bytes:
+        return self.fs.cat_file(path)
+
+    def exists(self, path: str) -> bool:
+        if not self.local:  # listings are cached by s3fs; another writer may have just finished
+            self.fs.invalidate_cache(posixpath.dirname(path))
+        return self.fs.exists(path)
+
+    def listdir(self, path: str) -> list[str]:
+        """Names (not paths) in folder ``path``; empty if it does not exist."""
+        try:
+            self.fs.invalidate_cache(path)
+            return sorted(posixpath.basename(p.rstrip("/")) for p in self.fs.ls(path, detail=False))
+        except FileNotFoundError:
+            return []
