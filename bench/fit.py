@@ -25,8 +25,8 @@ subject (25 × n_voxels), which needs ~1/20 of the FLOPs.
 
 Usage::
 
-    python bench/fit.py              # full run: ~10–15 min of sklearn alone on 2 busy cores (1 repeat of A)
-    python bench/fit.py --quick      # 2 subjects, fewer repeats, 2,000 prediction rows
+    python bench/fit.py              # full run (~20 min on 2 busy cores: sklearn alone is ~10 min per repeat)
+    python bench/fit.py --quick      # 2 subjects, fewer repeats, 2,000 prediction rows (~4 min)
 """
 
 from __future__ import annotations
@@ -72,13 +72,20 @@ def median(values: list[float]) -> float:
     return float(statistics.median(values)) if values else float("nan")
 
 
+CPU: dict[str, list[float]] = {}  # label -> CPU seconds of this process per repeat (all its threads)
+LOAD: dict[str, list[float]] = {}  # label -> 1-min load average after each repeat (other users' jobs show here)
+
+
 def timed(fn: Callable[[], Any], repeats: int, label: str) -> tuple[list[float], Any]:
     times, result = [], None
     for i in range(repeats):
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         result = fn()
         times.append(time.perf_counter() - start)
-        logger.info("%s: repeat %d/%d %.2f s", label, i + 1, repeats, times[-1])
+        CPU.setdefault(label, []).append(time.process_time() - cpu)
+        LOAD.setdefault(label, []).append(os.getloadavg()[0])
+        logger.info("%s: repeat %d/%d %.2f s (CPU %.1f s, load %.1f)", label, i + 1, repeats, times[-1],
+                    CPU[label][-1], LOAD[label][-1])
     return times, result
 
 
@@ -104,6 +111,8 @@ def remote_blas_threads() -> str:
 
     @ray.remote(num_cpus=1)
     def probe() -> str:
+        import numpy  # noqa: F401  (load the BLAS so that threadpoolctl sees it)
+
         return f"{blas_threads()}; OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}"
 
     return ray.get(probe.remote())
@@ -174,18 +183,31 @@ def run_local(features: np.ndarray, assembly, subjects: list[str]) -> dict[str, 
     return {s: fit_encoding_model(spec, features, assembly, s, "sentence", settings) for s in subjects}
 
 
+def _cpu_timed_fit_task(*args: Any) -> tuple[Any, float]:
+    """``berg_ray.distributed._fit_task`` plus the CPU seconds its worker process spent on it."""
+    from berg_ray.distributed import _fit_task
+
+    cpu = time.process_time()
+    model = _fit_task(*args)
+    return model, time.process_time() - cpu
+
+
+TASK_CPU: list[float] = []  # CPU seconds of the B tasks, summed per run
+
+
 def run_ray(features: np.ndarray, assembly, subjects: list[str]) -> dict[str, Any]:
     import ray
 
-    from berg_ray.distributed import _fit_task
     from berg_ray.regression import PLSSettings
 
     spec, settings = bench_spec(), PLSSettings(n_components=N_COMPONENTS, cv_folds=CV_FOLDS)
     features_ref = ray.put(features)
     assembly_ref = ray.put(assembly)
-    task = ray.remote(_fit_task).options(num_cpus=1)
+    task = ray.remote(_cpu_timed_fit_task).options(num_cpus=1)
     refs = [task.remote(spec, features_ref, assembly_ref, s, "sentence", settings, None) for s in subjects]
-    return dict(zip(subjects, ray.get(refs)))
+    results = ray.get(refs)
+    TASK_CPU.append(sum(cpu for _, cpu in results))
+    return {s: model for s, (model, _) in zip(subjects, results)}
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -237,8 +259,8 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=None, help="warm repeats of B and C (default 3; quick 1)")
     parser.add_argument("--predict-rows", type=int, default=None, help="default 10,000 (quick 2,000)")
     parser.add_argument("--predict-repeats", type=int, default=5)
-    parser.add_argument("--skip-sklearn-fit", action="store_true",
-                        help="skip A (then sklearn models for the predict benchmark come from 1 subject refit)")
+    parser.add_argument("--one-thread-subjects", type=int, default=None,
+                        help="subjects for A1 (sklearn with BLAS limited to 1 thread; default 2, quick 1); 0 skips")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     for noisy in ("berg_ray", "ray", "filelock"):
@@ -249,7 +271,6 @@ def main() -> int:
 
     import ray
     import sklearn
-    import torch  # noqa: F401  (imported by berg_ray anyway; load it before timing)
 
     with tempfile.TemporaryDirectory(prefix="bench-fit-") as tmp:
         features, assembly = make_dataset(Path(tmp))
@@ -260,8 +281,20 @@ def main() -> int:
     # ---------------- A: sklearn (sequential, this process)
     a_times, sk = timed(lambda: run_sklearn(features, assembly, subjects), args.sklearn_repeats, "A sklearn")
 
-    # ---------------- C: berg-ray fit_pls sequential in this process
+    # ---------------- A1: sklearn with BLAS limited to one thread (a few subjects; per-subject time)
+    from threadpoolctl import threadpool_limits
+
+    n_one_thread = args.one_thread_subjects if args.one_thread_subjects is not None else (1 if args.quick else 2)
+    a1_subjects = subjects[:n_one_thread]
+    a1_times: list[float] = []
+    if a1_subjects:
+        with threadpool_limits(limits=1):
+            a1_times, _ = timed(lambda: run_sklearn(features, assembly, a1_subjects), 1, "A1 sklearn 1 thread")
+
+    # ---------------- C: berg-ray fit_pls sequential in this process (default threads, then 1 BLAS thread)
     c_times, local_models = timed(lambda: run_local(features, assembly, subjects), repeats, "C berg-ray local")
+    with threadpool_limits(limits=1):
+        c1_times, _ = timed(lambda: run_local(features, assembly, subjects), repeats, "C1 berg-ray local 1 thread")
 
     # ---------------- B: Ray tasks
     ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
@@ -341,16 +374,48 @@ def main() -> int:
     print()
     print("## Fit: fit on 384 + 10 CV refits per subject (11 PLS fits per subject)")
     print()
-    print("| variant | runs | median s | per subject s | A / variant |")
-    print("|---|---:|---:|---:|---:|")
-    print(f"| A sklearn PLSRegression, sequential, in-process | {len(a_times)} | {a:.2f} | {a / len(subjects):.2f} | 1.00 |")
-    print(f"| C berg-ray fit_pls, sequential, in-process | {len(c_times)} | {c:.2f} | {c / len(subjects):.2f} | {a / c:.2f} |")
-    print(f"| B berg-ray, {len(subjects)} Ray tasks (num_cpus=1) on 2 CPUs, warm | {len(b_times)} | {b:.2f} | "
-          f"{b / len(subjects):.2f} | {fit_ratio:.2f} |")
-    print(f"| B cold (first call: worker imports) | 1 | {b_cold:.2f} | {b_cold / len(subjects):.2f} | {a / b_cold:.2f} |")
+    c1 = median(c1_times)
+    a1 = a1_times[0] / len(a1_subjects) * len(subjects) if a1_times else float("nan")
+
+    def cpu(label: str, scale: float = 1.0) -> str:
+        return f"{median(CPU[label]) * scale:.1f}" if label in CPU else "–"
+
+    def load(label: str) -> str:
+        return f"{median(LOAD[label]):.1f}" if label in LOAD else "–"
+
+    b_cpu = median(TASK_CPU[1:]) if len(TASK_CPU) > 1 else float("nan")
+    print("| variant | runs | median wall s | per subject s | A / variant (wall) | CPU s | load avg |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    rows = [
+        ("A sklearn PLSRegression, sequential, in-process (BLAS default threads)", len(a_times), a,
+         cpu("A sklearn"), load("A sklearn")),
+        (f"A1 sklearn, BLAS limited to 1 thread ({len(a1_subjects)} subject(s), scaled ×{len(subjects)}/"
+         f"{len(a1_subjects)})", 1 if a1_times else 0, a1,
+         cpu("A1 sklearn 1 thread", len(subjects) / max(len(a1_subjects), 1)), load("A1 sklearn 1 thread")),
+        ("C berg-ray fit_pls, sequential, in-process (BLAS default threads)", len(c_times), c,
+         cpu("C berg-ray local"), load("C berg-ray local")),
+        ("C1 berg-ray fit_pls, sequential, BLAS limited to 1 thread", len(c1_times), c1,
+         cpu("C1 berg-ray local 1 thread"), load("C1 berg-ray local 1 thread")),
+        (f"B berg-ray, {len(subjects)} Ray tasks (num_cpus=1) on 2 CPUs, warm", len(b_times), b,
+         f"{b_cpu:.1f} (tasks)", load("B berg-ray Ray")),
+        ("B cold (first call: worker start + imports)", 1, b_cold, f"{TASK_CPU[0]:.1f} (tasks)", "–"),
+    ]
+    for name, runs, value, cpu_s, load_s in rows:
+        if runs:
+            print(f"| {name} | {runs} | {value:.2f} | {value / len(subjects):.2f} | {a / value:.2f} | {cpu_s} | "
+                  f"{load_s} |")
     print()
+    print(f"- CPU s = CPU time of this process (A, C: all BLAS threads) or the sum over the Ray tasks (B). With "
+          f"{os.cpu_count()} CPUs shared with other users' jobs (load avg above), wall times drift between phases; "
+          f"CPU-time ratio A / B = {median(CPU['A sklearn']) / b_cpu:.2f}×, i.e. ≈ "
+          f"{median(CPU['A sklearn']) / (b_cpu / 2):.1f}× in wall time on 2 otherwise idle cores (A's CPU time "
+          "over B's spread on 2 CPUs)")
     print(f"- all runs (s): A {[round(t, 2) for t in a_times]}, C {[round(t, 2) for t in c_times]}, "
-          f"B {[round(t, 2) for t in b_times]}")
+          f"C1 {[round(t, 2) for t in c1_times]}, B {[round(t, 2) for t in b_times]}")
+    if a1_times:
+        print(f"- B vs A1 (sklearn on 1 BLAS thread): {a1 / b:.2f}×")
+    print(f"- C1 / B (parallel speed-up over the same solver on 1 thread): {c1 / b:.2f}× (at best "
+          f"{len(subjects) / -(-len(subjects) // 2):.2f}× for {len(subjects)} equal tasks on 2 CPUs)")
     print(f"- C / B (parallel speed-up of the Ray layer over the same solver in one process): {c / b:.2f}×")
     print(f"- B task seconds (last run, fit_seconds inside each task): median {median(task_seconds):.2f}, "
           f"sum {sum(task_seconds):.1f} (sum / wall = {sum(task_seconds) / b_times[-1]:.2f} busy CPUs)")

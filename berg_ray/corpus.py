@@ -128,7 +128,7 @@ def plan_parts(files: Sequence[str], rows_per_part: int, whole_files: bool = Fal
 def read_part(part: Part) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Rows of ``part`` as (good rows, bad rows); a bad row has a ``reason`` and never stops the job.
 
-    Good rows: ``{"sentence_id": str, "sentence": str, "passage": str | None}``. Ids are the input's ``id`` column
+    Good rows: ``{"row": int, "sentence_id": str, "sentence": str, "passage": str | None}``. Ids are the input's ``id`` column
     when present, else ``"<file name>:<row>"`` (0-based row in the file).
     """
     suffix = os.path.splitext(part.source)[1].lower()
@@ -144,7 +144,13 @@ def read_part(part: Part) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         with fsspec.open(part.source, "rb") as handle:
             handle.seek(part.byte_start)
             data = handle.read(part.byte_end - part.byte_start)
-        for offset, raw in enumerate(data.splitlines()):
+        # Split exactly as plan_parts counted (on b"\n" only): bytes.splitlines() also splits on a lone b"\r",
+        # which shifted row numbers and duplicated sentence ids.
+        lines = data.split(b"\n")
+        if lines and not lines[-1]:
+            lines.pop()
+        for offset, raw in enumerate(lines):
+            raw = raw.removesuffix(b"\r")  # CRLF line endings
             row = part.row_start + offset
             try:
                 text = raw.decode("utf-8")
@@ -182,7 +188,7 @@ def read_part(part: Part) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
                         "value": None if value is None else str(value)[:200]})
             continue
         passage = record.get("passage")
-        good.append({"sentence_id": sentence_id, "sentence": record["sentence"],
+        good.append({"row": row, "sentence_id": sentence_id, "sentence": record["sentence"],
                      "passage": None if passage is None else str(passage)})
     return good, bad
 
@@ -241,12 +247,16 @@ class PartEncoder:
     def encode_part(self, part: Part) -> dict[str, Any]:
         started = time.perf_counter()
         good, bad = read_part(part)
+        if self.context == "passage":  # a sentence without a passage label has no defined context
+            bad += [{"source": part.source, "row": r["row"], "sentence_id": r["sentence_id"],
+                     "reason": "no 'passage' field (context='passage' needs one per sentence)",
+                     "value": r["sentence"][:200]} for r in good if r["passage"] is None]
+            good = [r for r in good if r["passage"] is not None]
         n_written = 0
         if good:
             sentences = [r["sentence"] for r in good]
-            passages = [r["passage"] if r["passage"] is not None else "" for r in good]
-            features = self.extractor(sentences, context=self.context,
-                                      passages=passages if self.context == "passage" else None)
+            passages = [r["passage"] for r in good] if self.context == "passage" else None
+            features = self.extractor(sentences, context=self.context, passages=passages)
             predicted = self.predictor.predict(features)
             ids = pa.array([r["sentence_id"] for r in good], type=pa.string())
             for subject, (lo, hi) in self.predictor.slices.items():

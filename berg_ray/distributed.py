@@ -13,10 +13,11 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
+import torch
 
 from berg_ray.encoding_model import EncodingModel
 from berg_ray.errors import InvalidInputError
-from berg_ray.features import FeatureExtractor, check_context
+from berg_ray.features import FeatureExtractor, check_context, resolve_dtype
 from berg_ray.fitting import fit_encoding_model, load_cached, resolve_subjects
 from berg_ray.neural import PereiraAssembly, load_pereira
 from berg_ray.registry import ModelSpec, get_spec
@@ -174,16 +175,20 @@ def fit_subjects(model_id: str | ModelSpec, subjects: str | Iterable[str] = "all
         logger.info("%s: %d subject(s) loaded from cache", spec.model_id, len(models))
     if missing:
         resources, torch_device = actor_resources(num_gpus, device=device)
+        resolve_dtype(dtype, torch.device(torch_device))  # a bad dtype fails here, not inside the actor
         actor = ray.remote(ExtractorActor).options(**resources).remote(spec, torch_device, dtype, batch_size)
         try:
             features_ref = actor.features.remote(list(assembly.sentences), context, list(assembly.passages))
-            assembly_ref = ray.put(assembly)
-            task = ray.remote(_fit_task).options(num_cpus=1)
-            refs = {task.remote(spec, features_ref, assembly_ref, s, context, settings,
-                                store.url if store else None): s for s in missing}
-            models.update(_gather(refs, show_progress, f"fit PLS {spec.model_id}"))
+            ray.get(features_ref)  # extraction errors surface here
         finally:
+            # Free the actor's CPU/GPU before the fit tasks ask for CPUs: while it lived, a 1-CPU cluster (or two
+            # drivers on a 2-CPU one) left no CPU for them and fit_subjects waited forever.
             ray.kill(actor)
+        assembly_ref = ray.put(assembly)
+        task = ray.remote(_fit_task).options(num_cpus=1)
+        refs = {task.remote(spec, features_ref, assembly_ref, s, context, settings,
+                            store.url if store else None): s for s in missing}
+        models.update(_gather(refs, show_progress, f"fit PLS {spec.model_id}"))
     return {s: models[s] for s in chosen}
 
 

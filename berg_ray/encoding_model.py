@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from berg_ray.errors import InvalidInputError
 from berg_ray.regression import PLSFit, PLSSettings
 
 
@@ -61,7 +62,7 @@ class EncodingModel:
         """Predicted responses: features (n_sentences, n_units) -> (n_sentences, n_voxels) float32 (z-units)."""
         features = np.asarray(features)
         if features.ndim != 2 or features.shape[1] != self.n_units:
-            raise ValueError(f"features must have shape (n_sentences, {self.n_units}) for {self.model_id} "
+            raise InvalidInputError(f"features must have shape (n_sentences, {self.n_units}) for {self.model_id} "
                              f"{self.layer}, got {features.shape}")
         return self.fit.predict(features).astype(np.float32)
 

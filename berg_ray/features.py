@@ -68,6 +68,12 @@ def check_sentences(sentences: str | Sequence[str]) -> list[str]:
     return sentences
 
 
+def check_batch_size(batch_size: int) -> int:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise InvalidInputError(f"batch_size must be a positive integer, got {batch_size!r}")
+    return batch_size
+
+
 def check_context(context: str) -> str:
     if context not in CONTEXTS:
         raise InvalidInputError(f"unknown context policy {context!r}; allowed: {', '.join(CONTEXTS)}")
@@ -267,8 +273,7 @@ class FeatureExtractor:
 
     def __init__(self, model: str | ModelSpec, device: str = "cpu", dtype: str | None = None,
                  batch_size: int = DEFAULT_BATCH_SIZE):
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise InvalidInputError(f"batch_size must be a positive integer, got {batch_size!r}")
+        check_batch_size(batch_size)
         self.lm = load_language_model(model, device=device, dtype=dtype)
         self.batch_size = batch_size
         self._lock = threading.Lock()
@@ -323,15 +328,17 @@ class FeatureExtractor:
         return plan
 
     def __call__(self, sentences: str | Sequence[str], context: str = "sentence",
-                 passages: Sequence[Any] | None = None, show_progress: bool = False) -> np.ndarray:
+                 passages: Sequence[Any] | None = None, show_progress: bool = False,
+                 batch_size: int | None = None) -> np.ndarray:
         """Features of ``sentences``: array of shape (n_sentences, n_units), float32, in input order."""
         sentences = check_sentences(sentences)
+        batch_size = check_batch_size(batch_size or self.batch_size)
         groups = context_groups(len(sentences), context, passages)
         with self._lock:  # one forward at a time per model (threads in an actor share it)
             plan = self._plan(sentences, groups)
             order = sorted(range(len(plan)), key=lambda i: -len(plan[i].ids))
             out = np.empty((len(sentences), self.n_units), dtype=np.float32)
-            batches = [order[i: i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+            batches = [order[i: i + batch_size] for i in range(0, len(order), batch_size)]
             iterator: Any = batches
             if show_progress:
                 from tqdm.auto import tqdm
@@ -360,6 +367,7 @@ _MAX_LOADED = 2
 def get_extractor(model: str | ModelSpec, device: str = "cpu", dtype: str | None = None,
                   batch_size: int = DEFAULT_BATCH_SIZE) -> FeatureExtractor:
     """A process-wide :class:`FeatureExtractor`, loaded once per (model, device, dtype) and reused (LRU of 2)."""
+    check_batch_size(batch_size)
     spec = get_spec(model)
     key = (spec.model_id, spec.source, spec.layer, spec.revision, str(resolve_device(device)), str(dtype or "float32"))
     with _loaded_lock:
@@ -371,7 +379,6 @@ def get_extractor(model: str | ModelSpec, device: str = "cpu", dtype: str | None
             _loaded[key] = extractor
             while len(_loaded) > _MAX_LOADED:
                 _loaded.popitem(last=False)
-    extractor.batch_size = batch_size
     return extractor
 
 
@@ -396,6 +403,8 @@ def extract_features(model_id: str | ModelSpec, sentences: str | Sequence[str], 
     """
     sentences = check_sentences(sentences)
     check_context(context)
+    check_batch_size(batch_size)
     context_groups(len(sentences), context, passages)  # validate before loading a model
     extractor = get_extractor(model_id, device=device, dtype=dtype, batch_size=batch_size)
-    return extractor(sentences, context=context, passages=passages, show_progress=show_progress)
+    return extractor(sentences, context=context, passages=passages, show_progress=show_progress,
+                     batch_size=batch_size)

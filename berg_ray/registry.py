@@ -228,6 +228,13 @@ def _persisted_specs() -> dict[str, ModelSpec]:
     return {e["model_id"]: ModelSpec(**{**e, "origin": "custom"}) for e in entries}
 
 
+def _write_registry(path: Path, entries: dict[str, ModelSpec]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps([s.to_dict() for s in entries.values()], indent=2))
+    os.replace(tmp, path)  # readers in other processes never see a half-written file
+
+
 def register_model(model_id: str, source: str, layer: str, *, revision: str | None = None,
                    tokenizer_kwargs: dict[str, Any] | None = None, persist: bool = False) -> ModelSpec:
     """Add a custom model, addressed afterwards by exactly ``model_id`` (API, CLI, jobs).
@@ -258,11 +265,7 @@ def register_model(model_id: str, source: str, layer: str, *, revision: str | No
     _custom[model_id] = spec
     if persist:
         path = registry_path()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        entries = {**_persisted_specs(), model_id: spec}
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps([s.to_dict() for s in entries.values()], indent=2))
-        os.replace(tmp, path)
+        _write_registry(path, {**_persisted_specs(), model_id: spec})
     logger.info("registered model %s -> %s (layer %s)", model_id, source, layer)
     return spec
 
@@ -274,7 +277,7 @@ def unregister_model(model_id: str) -> None:
     persisted = _persisted_specs()
     if model_id in persisted:
         del persisted[model_id]
-        path.write_text(json.dumps([s.to_dict() for s in persisted.values()], indent=2))
+        _write_registry(path, persisted)
 
 
 def all_specs(include_unsupported: bool = False) -> list[ModelSpec]:

@@ -101,6 +101,13 @@ def gpt2_synthetic(tiny_gpt2, tmp_path_factory):
     return {"path": str(path), "features": features, "sentences": sentences}
 
 
+def single_blas_thread():
+    """One BLAS thread: the small PLS products run 2-4x faster on a shared 2-core machine than with two threads."""
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=1, user_api="blas")
+
+
 #: subjects fitted once per session through the BERG API (planted-map recovery, API and store tests reuse them)
 FITTED_SUBJECTS = ("018", "199")
 
@@ -115,5 +122,201 @@ def gpt2_berg(tiny_gpt2, gpt2_synthetic, tmp_path_factory):
 
     berg_dir = tmp_path_factory.mktemp("gpt2_berg")
     berg = BERG(berg_dir, dataset=gpt2_synthetic["path"])
-    models = {s: berg.get_encoding_model(tiny_gpt2.model_id, s, device="cpu") for s in FITTED_SUBJECTS}
+    with single_blas_thread():
+        models = {s: berg.get_encoding_model(tiny_gpt2.model_id, s, device="cpu") for s in FITTED_SUBJECTS}
     return {"berg": berg, "berg_dir": str(berg_dir), "models": models}
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Ray and S3 helpers for test_distributed / test_corpus / test_ray_jobs.
+#
+# Every Ray instance these tests start is their own — ``ray.init(address="local")``, a ``cluster_utils.Cluster`` or
+# a ``ray start --head --block`` subprocess — with a private, short temp dir under /tmp (Ray's socket paths must
+# stay under 107 bytes), so it never joins, and is never found by, another instance on this shared machine. Ray
+# processes are stopped by pid (never ``ray stop``, which stops everyone's).
+
+#: the checkout (berg_ray is imported from it: it is not installed in the virtualenv)
+REPO_ROOT = __file__.rsplit("/tests/", 1)[0]
+#: PLS components in the Ray tests: small, so fits are fast; the code path is the one used with BERG's 25
+RAY_N_COMPONENTS = 5
+#: subjects the Ray tests fit and encode (two are enough to show that per-subject outputs stay apart)
+RAY_SUBJECTS = ("018", "199")
+AWS_TEST_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                        "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+def free_port_range(n: int) -> tuple[int, int]:
+    """``n`` consecutive free TCP ports on 127.0.0.1 (for Ray's --min-worker-port/--max-worker-port)."""
+    import random
+
+    rng = random.Random()
+    for _ in range(200):
+        base = rng.randrange(20_000, 60_000 - n)
+        try:
+            for port in range(base, base + n):
+                with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                    sock.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return base, base + n - 1
+    raise RuntimeError(f"found no {n} consecutive free ports")
+
+
+def ray_temp_dir() -> str:
+    """A fresh, short temp dir for one Ray instance."""
+    import tempfile
+
+    return tempfile.mkdtemp(prefix="rt-", dir="/tmp")
+
+
+def _state(pid: int) -> str | None:
+    """A process's state letter (``Z`` = zombie), or None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
+
+
+def processes_mentioning(text: str) -> list[int]:
+    """Pids of this user's live processes whose command line contains ``text`` (e.g. a Ray temp dir)."""
+    import os
+
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            if os.stat(f"/proc/{entry}").st_uid != os.getuid():
+                continue
+            with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                cmdline = handle.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in cmdline and _state(int(entry)) not in (None, "Z"):
+            pids.append(int(entry))
+    return pids
+
+
+def stop_pids(pids: list[int], timeout: float = 20.0) -> None:
+    """SIGTERM each pid, then SIGKILL whatever is still alive after ``timeout`` seconds."""
+    import os
+    import signal
+    import time
+
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(_state(p) not in (None, "Z") for p in pids):
+        time.sleep(0.2)
+    for pid in pids:
+        if _state(pid) not in (None, "Z"):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def stop_ray_processes(temp_dir: str) -> list[int]:
+    """Stop every process of the Ray instance living in ``temp_dir`` (each names it on its command line)."""
+    pids = processes_mentioning(temp_dir)
+    stop_pids(pids)
+    return pids
+
+
+class environ:
+    """``with environ(NAME=value, OTHER=None):`` sets (None: removes) variables and restores them all on exit.
+
+    Unlike ``monkeypatch`` it also works in module-scoped fixtures, around a Ray instance whose workers inherit
+    the variables. ``RAY_AUTH_MODE`` is always restored too: ``ray.init()`` sets it in this process.
+    """
+
+    def __init__(self, **values: str | None):
+        self.values = values
+
+    def __enter__(self) -> None:
+        import os
+
+        self.saved = {name: os.environ.get(name) for name in {*self.values, "RAY_AUTH_MODE"}}
+        self._apply(self.values)
+
+    def __exit__(self, *exc) -> None:
+        self._apply(self.saved)
+
+    @staticmethod
+    def _apply(values: dict[str, str | None]) -> None:
+        import os
+
+        for name, value in values.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def s3_environment(endpoint: str) -> dict[str, str]:
+    """AWS variables for a moto endpoint (set them before Ray starts: init_ray forwards them to the workers)."""
+    return {"AWS_ENDPOINT_URL": endpoint, **AWS_TEST_CREDENTIALS}
+
+
+def s3_client(endpoint: str):
+    import boto3
+
+    return boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="testing",
+                        aws_secret_access_key="testing")
+
+
+def create_bucket(endpoint: str, bucket: str) -> None:
+    client = s3_client(endpoint)
+    if bucket not in {b["Name"] for b in client.list_buckets().get("Buckets", [])}:
+        client.create_bucket(Bucket=bucket)
+
+
+def list_keys(endpoint: str, bucket: str, prefix: str = "") -> list[str]:
+    pages = s3_client(endpoint).get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    return sorted(item["Key"] for page in pages for item in page.get("Contents", []))
+
+
+def subprocess_env(**extra: str | None) -> dict[str, str]:
+    """Environment for a berg-ray subprocess (CLI, job driver): this one, with the checkout on PYTHONPATH and
+    without RAY_ADDRESS (nothing joins another Ray instance by accident); ``extra`` sets or (None) removes."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (REPO_ROOT, env.get("PYTHONPATH")) if p)
+    env.update(BS_INSTALL_DEPENDENCIES="no", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    for name, value in extra.items():
+        if value is None:
+            env.pop(name, None)
+        else:
+            env[name] = value
+    return env
+
+
+@pytest.fixture(scope="session")
+def persisted_gpt2(tiny_gpt2, tmp_path_factory) -> str:
+    """A registry file (for ``$BERG_RAY_REGISTRY``) in which other processes — CLI subprocesses, Ray job drivers —
+    find ``tiny_gpt2`` by the same id, folder and layer, hence with the same cache keys as this process."""
+    from berg_ray.registry import register_model
+
+    path = tmp_path_factory.mktemp("registry") / "models.json"
+    with environ(BERG_RAY_REGISTRY=str(path)):
+        register_model(TINY_GPT2_ID, tiny_gpt2.folder, TINY_GPT2_LAYER, persist=True)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def gpt2_fits(tiny_gpt2, gpt2_synthetic):
+    """Reference fits, in this process and without a cache (``fit_subjects_local``), of the tiny GPT-2 on
+    ``gpt2_synthetic`` for RAY_SUBJECTS with RAY_N_COMPONENTS: what the Ray and corpus results must equal."""
+    from berg_ray.fitting import fit_subjects_local
+    from berg_ray.neural import load_pereira
+    from berg_ray.regression import PLSSettings
+
+    assembly = load_pereira(gpt2_synthetic["path"])
+    with single_blas_thread():
+        return fit_subjects_local(tiny_gpt2.model_id, assembly, RAY_SUBJECTS, context="sentence",
+                                  settings=PLSSettings(n_components=RAY_N_COMPONENTS), device="cpu")

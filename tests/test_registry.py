@@ -1,0 +1,263 @@
+"""berg_ray.registry and ``berg-ray models``/``register``: BrainScore ids, layers, custom models, persistence."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from berg_ray import registry
+from berg_ray.cli import main as cli_main
+from berg_ray.features import extract_features
+from berg_ray.errors import InvalidInputError, UnknownModelError, UnsupportedModelError
+from berg_ray.registry import all_specs, get_spec, list_models, register_model, unregister_model
+
+warnings.filterwarnings("ignore", category=FutureWarning)
+
+REPO = Path(__file__).resolve().parents[1]
+
+#: DESIGN.md: the layer mappings brainscore-language declares for these models
+DESIGN_MAPPINGS = {
+    "brainscore_language-distilgpt2": ("distilgpt2", "transformer.h.5"),
+    "brainscore_language-gpt2": ("gpt2", "transformer.h.11"),
+    "brainscore_language-gpt2-medium": ("gpt2-medium", "transformer.h.22"),
+    "brainscore_language-gpt2-large": ("gpt2-large", "transformer.h.33"),
+    "brainscore_language-gpt2-xl": ("gpt2-xl", "transformer.h.43"),
+    "brainscore_language-gpt-neo-125m": ("EleutherAI/gpt-neo-125m", "transformer.h.11"),
+    "brainscore_language-tinyllama-1.1b": ("TinyLlama/TinyLlama-1.1B-Chat-v1.0", "model.layers.21"),
+}
+
+
+@pytest.fixture(autouse=True)
+def isolated_registry_file(monkeypatch, tmp_path):
+    """Never read or write the user's own registry file."""
+    monkeypatch.setenv("BERG_RAY_REGISTRY", str(tmp_path / "registry" / "models.json"))
+    return tmp_path / "registry" / "models.json"
+
+
+def _subprocess_env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({"PYTHONPATH": str(REPO) + os.pathsep + env.get("PYTHONPATH", ""), "BS_INSTALL_DEPENDENCIES": "no",
+                "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"})
+    env.update(extra)
+    return env
+
+
+# ---------------------------------------------------------------------------------------------- BrainScore models
+
+
+def test_design_mappings_are_listed():
+    ids = list_models()
+    for model_id, (source, layer) in DESIGN_MAPPINGS.items():
+        assert model_id in ids
+        spec = get_spec(model_id)
+        assert (spec.source, spec.layer, spec.supported, spec.origin) == (source, layer, True, "brainscore")
+
+
+def test_mappings_match_brainscore_registrations(monkeypatch):
+    """Run brainscore's own registration lambdas with a spy in place of HuggingfaceSubject (nothing downloads)."""
+    from brainscore_language import model_registry
+
+    for plugin in ("gpt", "tinyllama1_1b"):
+        importlib.import_module(f"brainscore_language.models.{plugin}")
+    calls: dict[str, dict] = {}
+
+    def spy(*args, **kwargs):
+        return {"args": args, **kwargs}
+
+    plugin_keys = [k for k, fn in model_registry.items()
+                   if fn.__globals__.get("__name__", "").startswith(("brainscore_language.models.gpt",
+                                                                    "brainscore_language.models.tinyllama1_1b"))]
+    assert len(plugin_keys) >= 10
+    for key in plugin_keys:
+        factory = model_registry[key]
+        monkeypatch.setitem(factory.__globals__, "HuggingfaceSubject", spy)
+        calls[key] = factory()
+    for key, call in calls.items():
+        (layer,) = call["region_layer_mapping"].values()
+        spec = get_spec("brainscore_language-" + key)
+        assert spec.source == call["model_id"], key
+        assert spec.layer == layer, key
+    for model_id, (source, layer) in DESIGN_MAPPINGS.items():
+        call = calls[model_id.removeprefix("brainscore_language-")]
+        assert (call["model_id"], *call["region_layer_mapping"].values()) == (source, layer)
+
+
+def test_bare_brainscore_names_are_aliases():
+    assert get_spec("gpt2").model_id == "brainscore_language-gpt2"
+    assert get_spec("gpt-neo-125m").source == "EleutherAI/gpt-neo-125m"
+
+
+@pytest.mark.parametrize("model_id, reason", [
+    ("brainscore_language-glove-840b", "not a HuggingfaceSubject"),
+    ("brainscore_language-qwen3-0.6b-loc-10", "localizer"),
+    ("brainscore_language-qwen3-32b-loc-10", "localizer"),
+    ("brainscore_language-suma", "localizer"),
+])
+def test_unsupported_models_have_reasons(model_id, reason):
+    every = {s.model_id: s for s in all_specs(include_unsupported=True)}
+    assert model_id in every
+    assert not every[model_id].supported and reason in every[model_id].reason
+    assert model_id not in list_models()
+    with pytest.raises(UnsupportedModelError) as info:
+        get_spec(model_id)
+    assert model_id in str(info.value) and reason in str(info.value)
+
+
+def test_unknown_model_suggests_closest():
+    with pytest.raises(UnknownModelError) as info:
+        get_spec("brainscore_language-gpt3")
+    assert "'brainscore_language-gpt3'" in str(info.value)
+    assert "brainscore_language-gpt2" in str(info.value)
+
+
+def test_list_models_gateway_form():
+    compact = list_models(expand_brainscore_language=False)
+    assert compact[0] == "brainscore_language"
+    assert not any(i.startswith("brainscore_language-") for i in compact)
+    assert "minilm-l6" in compact
+    assert "minilm-l6" in list_models()
+
+
+# ---------------------------------------------------------------------------------------------- CLI listing
+
+
+def test_cli_models_table(capsys):
+    assert cli_main(["models"]) == 0
+    out = capsys.readouterr().out
+    lines = {line.split()[0]: line for line in out.splitlines() if line.strip()}
+    for model_id, (source, layer) in DESIGN_MAPPINGS.items():
+        assert model_id in lines
+        assert source in lines[model_id] and layer in lines[model_id]
+    assert "brainscore_language-glove-840b" not in out
+    assert "runnable model(s)" in out
+
+
+def test_cli_models_all_lists_unsupported(capsys):
+    assert cli_main(["models", "--all"]) == 0
+    out = capsys.readouterr().out
+    glove = [line for line in out.splitlines() if line.startswith("brainscore_language-glove-840b")]
+    assert glove and "no: not a HuggingfaceSubject" in glove[0]
+    assert any(line.startswith("brainscore_language-qwen3-0.6b-loc-10") and "localizer" in line
+               for line in out.splitlines())
+    assert cli_main(["models", "--all", "--json"]) == 0
+    entries = {e["model_id"]: e for e in json.loads(capsys.readouterr().out)}
+    assert entries["brainscore_language-gpt2"]["layer"] == "transformer.h.11"
+    assert entries["brainscore_language-suma"]["supported"] is False
+
+
+def test_discovery_is_fast_and_imports_no_torch(isolated_registry_file):
+    script = (
+        "import json, sys, time\n"
+        "t = time.perf_counter()\n"
+        "from berg_ray.registry import list_models, all_specs\n"
+        "ids = list_models(); every = all_specs(include_unsupported=True)\n"
+        "seconds = time.perf_counter() - t\n"
+        "from berg_ray.cli import main\n"
+        "import contextlib, io\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        "    main(['models', '--all'])\n"
+        "heavy = [m for m in ('torch', 'transformers', 'ray', 'sklearn') if m in sys.modules]\n"
+        "print(json.dumps({'seconds': seconds, 'n': len(ids), 'n_all': len(every), 'heavy': heavy}))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                            env=_subprocess_env(BERG_RAY_REGISTRY=str(isolated_registry_file)), cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["heavy"] == []
+    assert report["seconds"] < 3.0
+    assert report["n"] >= len(DESIGN_MAPPINGS) and report["n_all"] > report["n"]
+
+
+# ---------------------------------------------------------------------------------------------- custom models
+
+
+def test_custom_model_works_by_its_id(tiny_gpt2):
+    custom_id = "my-lab/tiny-gpt2@layer2"
+    spec = register_model(custom_id, tiny_gpt2.folder, "transformer.h.2")
+    try:
+        assert spec.origin == "custom" and Path(spec.source) == Path(tiny_gpt2.folder).resolve()
+        assert get_spec(custom_id) == spec
+        assert custom_id in list_models()
+        sentences = ["A custom model reads this sentence.", "And this one , too !"]
+        ours = extract_features(custom_id, sentences)
+        same = extract_features(tiny_gpt2.model_id, sentences)
+        assert ours.shape == (2, 32)
+        np.testing.assert_array_equal(ours, same)
+        with pytest.raises(UnknownModelError) as info:
+            get_spec("my-lab/tiny-gpt2@layer3")
+        assert custom_id in str(info.value)  # the near miss suggests the registered id
+    finally:
+        unregister_model(custom_id)
+    with pytest.raises(UnknownModelError):
+        get_spec(custom_id)
+
+
+def _cli_models_in_subprocess(registry_file: Path) -> str:
+    result = subprocess.run([sys.executable, "-m", "berg_ray.cli", "models"], capture_output=True, text=True,
+                            timeout=120, env=_subprocess_env(BERG_RAY_REGISTRY=str(registry_file)), cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_persisted_registration_is_seen_by_a_new_process(tiny_gpt2, isolated_registry_file):
+    custom_id = "persisted-tiny-gpt2"
+    register_model(custom_id, tiny_gpt2.folder, "transformer.h.1", persist=True)
+    try:
+        assert registry.registry_path() == isolated_registry_file
+        entries = json.loads(isolated_registry_file.read_text())
+        assert [(e["model_id"], e["layer"]) for e in entries] == [(custom_id, "transformer.h.1")]
+        lines = [line for line in _cli_models_in_subprocess(isolated_registry_file).splitlines()
+                 if line.startswith(custom_id)]
+        assert len(lines) == 1 and "transformer.h.1" in lines[0] and str(Path(tiny_gpt2.folder).resolve()) in lines[0]
+    finally:
+        unregister_model(custom_id)
+    assert json.loads(isolated_registry_file.read_text()) == []
+    assert custom_id not in _cli_models_in_subprocess(isolated_registry_file)
+
+
+def test_cli_register_persists(tiny_gpt2, isolated_registry_file, capsys):
+    custom_id = "cli-registered-gpt2"
+    try:
+        assert cli_main(["register", custom_id, "--source", tiny_gpt2.folder, "--layer", "transformer.h.0"]) == 0
+        assert custom_id in capsys.readouterr().out
+        entries = {e["model_id"]: e for e in json.loads(isolated_registry_file.read_text())}
+        assert entries[custom_id]["layer"] == "transformer.h.0"
+        assert get_spec(custom_id).layer == "transformer.h.0"
+    finally:
+        unregister_model(custom_id)
+
+
+@pytest.mark.parametrize("taken", ["brainscore_language-gpt2", "brainscore_language-glove-840b", "minilm-l6"])
+def test_collision_with_existing_id_is_refused(tiny_gpt2, taken, isolated_registry_file):
+    with pytest.raises(InvalidInputError) as info:
+        register_model(taken, tiny_gpt2.folder, "transformer.h.1", persist=True)
+    assert repr(taken) in str(info.value)
+    assert not isolated_registry_file.exists()
+    every = {s.model_id: s for s in all_specs(include_unsupported=True)}
+    assert every[taken].origin in ("brainscore", "builtin")  # the original registration is untouched
+
+
+def test_cli_register_collision_exits_2(tiny_gpt2, capsys):
+    assert cli_main(["register", "brainscore_language-gpt2", "--source", tiny_gpt2.folder,
+                     "--layer", "transformer.h.1"]) == 2
+    assert "brainscore_language-gpt2" in capsys.readouterr().err
+
+
+def test_register_rejects_bad_input(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InvalidInputError) as info:
+        register_model("no-config", str(tmp_path / "empty"), "transformer.h.1")
+    assert "config.json" in str(info.value) and "empty" in str(info.value)
+    with pytest.raises(InvalidInputError) as info:
+        register_model("no-layer", "gpt2", "")
+    assert "''" in str(info.value)
+    with pytest.raises(InvalidInputError):
+        register_model("", "gpt2", "transformer.h.1")
