@@ -14,9 +14,10 @@
 2. Memory (``--sizes``, default 10k, 100k, 1M): peak RSS of the driver (``VmHWM`` of /proc/self/status) and of every
    Ray process it started (sampled every 0.2 s from ``/proc/<pid>/status`` ``VmHWM``, which is the kernel's own
    high-water mark, so no peak is missed while the process lives) for one ``encode_corpus`` run per size, each in a
-   fresh subprocess (fresh driver, fresh local Ray). Tiniest model that 25 PLS components fit (1 block × width 32). To keep the disk use of
-   1M sentences reasonable the memory runs predict one subject (``--memory-subjects``, default 018: 1,358 voxels,
-   ~5.4 kB/sentence): memory per part does not depend on the corpus size either way. Sizes run in increasing order;
+   fresh subprocess (fresh driver, fresh local Ray). Tiniest model that 25 PLS components fit (1 block × width
+   32). To keep the disk use of 1M sentences reasonable the memory runs predict one subject
+   (``--memory-subjects``, default 018: 1,358 voxels, ~5.4 kB/sentence; all nine would write ~49 GB at 1M):
+   memory per part does not depend on the corpus size either way. Sizes run in increasing order;
    if a size's time extrapolated from the previous one exceeds ``--max-seconds`` it is replaced by the largest
    multiple of 100k that fits, and the report says so.
 
@@ -141,6 +142,7 @@ def plain_loop(spec, input_path: str, output: str, dataset: str, cache: str, row
     from berg_ray.regression import PLSSettings
     from berg_ray.store import EncodingModelStore
 
+    started = time.perf_counter()
     assembly = load_pereira(dataset)
     store = EncodingModelStore(cache)
     models = {s: load_cached(store, spec, assembly, s, "sentence", PLSSettings())
@@ -150,6 +152,7 @@ def plain_loop(spec, input_path: str, output: str, dataset: str, cache: str, row
         raise RuntimeError(f"encoding models not cached for {missing}")
     predictor = StackedPredictor.from_models(models)
     extractor = FeatureExtractor(spec, device="cpu", batch_size=batch_size)
+    setup_seconds = time.perf_counter() - started
     name = posixpath.basename(input_path)
     written = 0
 
@@ -180,7 +183,7 @@ def plain_loop(spec, input_path: str, output: str, dataset: str, cache: str, row
     if chunk:
         flush(chunk, start_row, index)
         written += len(chunk)
-    return {"sentences": written, "subjects": list(models)}
+    return {"sentences": written, "subjects": list(models), "setup_seconds": setup_seconds}
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -199,16 +202,18 @@ def _status_kb(pid: int, field: str) -> int | None:
 
 
 def _kind(cmdline: str) -> str:
+    """actor (PartEncoder), fit, worker (other ray:: processes), or the program's name (raylet, gcs_server, ...)."""
     if "PartEncoder" in cmdline or "MapWorker" in cmdline:
         return "actor"
     if "ExtractorActor" in cmdline or "_fit_task" in cmdline:
         return "fit"
     if cmdline.startswith("ray::"):
         return "worker"
-    for name in ("raylet", "gcs_server", "dashboard", "log_monitor", "runtime_env", "monitor"):
-        if name in cmdline:
-            return name
-    return "other"
+    args = cmdline.split()
+    if not args:
+        return "other"
+    scripts = [a for a in args[1:3] if a.endswith(".py")]
+    return posixpath.basename(scripts[0] if scripts else args[0])
 
 
 def _descendants(root: int) -> dict[int, str]:
@@ -319,6 +324,8 @@ def memory_child(args: argparse.Namespace) -> int:
         "driver_hwm_kb": _status_kb(os.getpid(), "VmHWM"),
         "by_kind": {k: sorted(v, reverse=True) for k, v in by_kind.items()},
         "ray_total_kb": sum(sampler.peaks.values()),
+        "processes": sorted(((sampler.kinds[p], sampler.names[p], k) for p, k in sampler.peaks.items()),
+                            key=lambda x: -x[2]),
     }
     print(RESULT_PREFIX + json.dumps(result), flush=True)
     return 0
@@ -347,6 +354,8 @@ def run_memory(size: int, work: Path, paths: dict[str, Any], spec, subjects: str
     result.update(size=size, process_wall=wall, output_mb=disk / 2**20)
     logger.info("memory %d: %.1f s, driver %.0f MB, actors %s", size, result["seconds"],
                 result["driver_hwm_kb"] / 1024, [round(v / 1024) for v in result["by_kind"].get("actor", [])])
+    for kind, name, kb in result["processes"]:
+        logger.info("  %-8s %6.0f MB  %s", kind, kb / 1024, name)
     return result
 
 
@@ -374,8 +383,14 @@ def compare_outputs(pipeline_out: str, plain_out: str, subject: str) -> float:
     return float(np.abs(np.stack(a["responses"].to_numpy()) - np.stack(b["responses"].to_numpy())).max())
 
 
-def part_seconds(output: str) -> list[float]:
-    return [json.loads(Path(p).read_text())["seconds"] for p in glob.glob(os.path.join(output, "_parts", "*.json"))]
+def part_timeline(output: str, t0: float, t1: float) -> dict[str, float]:
+    """From the part markers (written last by each part; mtime = end, minus its ``seconds`` = start)."""
+    parts = [(os.path.getmtime(p), json.loads(Path(p).read_text())["seconds"])
+             for p in glob.glob(os.path.join(output, "_parts", "*.json"))]
+    first_start = min(end - sec for end, sec in parts)
+    last_end = max(end for end, _ in parts)
+    return {"busy": sum(sec for _, sec in parts), "before": first_start - t0, "span": last_end - first_start,
+            "after": t1 - last_end}
 
 
 def speed(args: argparse.Namespace, work: Path, paths: dict[str, Any]) -> dict[str, Any]:
@@ -391,14 +406,15 @@ def speed(args: argparse.Namespace, work: Path, paths: dict[str, Any]) -> dict[s
     threads_default = torch.get_num_threads()
     actor_threads = probe_threads(1)
     times: dict[str, list[float]] = {"pipeline": [], "plain": [], "plain1": []}
-    busy: list[float] = []
+    timelines: list[dict[str, float]] = []
+    setups: dict[str, list[float]] = {"plain": [], "plain1": []}
     diff = None
 
     def run(kind: str, round_: int) -> None:
         nonlocal diff
         out = str(work / f"out-{kind}-{round_}")
         shutil.rmtree(out, ignore_errors=True)
-        started = time.perf_counter()
+        started, t0 = time.perf_counter(), time.time()
         if kind == "pipeline":
             encode_corpus(spec, input=str(input_path), output=out, subjects="all", dataset=paths["dataset"],
                           cache=paths["cache"], num_extractors=2, num_cpus_per_extractor=1,
@@ -407,14 +423,15 @@ def speed(args: argparse.Namespace, work: Path, paths: dict[str, Any]) -> dict[s
             threads = torch.get_num_threads()
             torch.set_num_threads(1 if kind == "plain1" else threads_default)
             try:
-                plain_loop(spec, str(input_path), out, paths["dataset"], paths["cache"], args.rows_per_part)
+                info = plain_loop(spec, str(input_path), out, paths["dataset"], paths["cache"], args.rows_per_part)
+                setups[kind].append(info["setup_seconds"])
             finally:
                 torch.set_num_threads(threads)
         seconds = time.perf_counter() - started
         times[kind].append(seconds)
         logger.info("round %d %s: %.2f s", round_ + 1, kind, seconds)
         if kind == "pipeline":
-            busy.append(sum(part_seconds(out)))
+            timelines.append(part_timeline(out, t0, time.time()))
         if round_ == 0 and kind == "plain":
             diff = compare_outputs(str(work / "out-pipeline-0"), out, "018")
         if not (round_ == 0 and kind == "pipeline"):
@@ -429,7 +446,17 @@ def speed(args: argparse.Namespace, work: Path, paths: dict[str, Any]) -> dict[s
             order = kinds  # the first round writes the pipeline output used for the equality check first
         for kind in order:
             run(kind, round_)
-    return {"times": times, "busy": busy, "diff": diff, "threads_default": threads_default,
+    # driver-side steps of encode_corpus before any actor exists, timed alone (once)
+    from berg_ray.distributed import fit_subjects
+    from berg_ray.neural import load_pereira
+
+    started = time.perf_counter()
+    assembly = load_pereira(paths["dataset"])
+    steps = {"load_pereira": time.perf_counter() - started}
+    started = time.perf_counter()
+    fit_subjects(spec, "all", dataset=assembly, cache=paths["cache"], device="cpu")
+    steps["fit_subjects (all cached)"] = time.perf_counter() - started
+    return {"times": times, "timelines": timelines, "steps": steps, "setups": setups, "diff": diff, "threads_default": threads_default,
             "actor_threads": actor_threads, "fit_seconds": fit_s, "model": spec}
 
 
@@ -490,8 +517,15 @@ def main() -> int:
                     last = memory_results[-1]
                     rate = last["sentences"] / last["seconds"]
                     estimate = size / rate
+                    if len(memory_results) > 1:  # marginal rate: start-up cost counted once
+                        prev = memory_results[-2]
+                        marginal = (last["sentences"] - prev["sentences"]) / max(last["seconds"] - prev["seconds"], 1e-3)
+                        if marginal > 0:
+                            rate = marginal
+                            estimate = last["seconds"] + (size - last["sentences"]) / marginal
                     if estimate > args.max_seconds:
-                        fit_size = int(args.max_seconds * rate * 0.9 // 100_000 * 100_000)
+                        budget = args.max_seconds * 0.9 - (estimate - size / rate)  # minus the fixed part
+                        fit_size = int(budget * rate // 100_000 * 100_000)
                         action = f"ran {fit_size:,} instead" if fit_size > last["size"] else "skipped"
                         notes.append(f"{size:,} sentences would take ~{estimate / 60:.0f} min at "
                                      f"{rate:,.0f} sentences/s (> --max-seconds {args.max_seconds:g}): {action}")
@@ -528,9 +562,16 @@ def main() -> int:
               f"{n / pipe:,.0f} | {pipe / plain:.2f} |")
         print()
         print("- all runs (s): " + ", ".join(f"{k} {[round(x, 2) for x in v]}" for k, v in t.items() if v))
-        busy = median(speed_result["busy"])
-        print(f"- pipeline: sum of per-part seconds (inside the actors) {busy:.1f} s = {busy / 2:.1f} s per actor; "
-              f"wall − that = {pipe - busy / 2:.1f} s of start-up/planning/scheduling/manifest")
+        tl = {k: median([x[k] for x in speed_result["timelines"]]) for k in ("busy", "before", "span", "after")}
+        print(f"- pipeline timeline (medians, from the part markers): {tl['before']:.1f} s from the call to the first "
+              f"part's start (dataset load, cached models, planning, actor start-up incl. imports and model load), "
+              f"{tl['span']:.1f} s first part start → last part end, {tl['after']:.1f} s after it (manifest); "
+              f"part work summed over actors {tl['busy']:.1f} s = {tl['busy'] / 2:.1f} s per actor")
+        print("- encode_corpus driver steps timed alone: " + ", ".join(
+            f"{k} {v:.1f} s" for k, v in speed_result["steps"].items()))
+        su = {k: median(v) for k, v in speed_result["setups"].items() if v}
+        print("- plain loop set-up (dataset load, cached models, model load) included above: "
+              + ", ".join(f"{k} {v:.1f} s" for k, v in su.items()))
         print(f"- pipeline vs plain, same output: subject 018 max |Δ| = {speed_result['diff']:.2e} "
               "(torch thread counts differ: float rounding only)")
         print(f"- encoding models fitted beforehand in {speed_result['fit_seconds']:.1f} s (cached; not timed above)")

@@ -372,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
         run_bs = lambda: brainscore_per_sentence(subject, sentences)  # noqa: E731
         logger.info("sentence context: warm-up")
         run_ours()
-        run_bs()
+        brainscore_per_sentence(subject, sentences[:32])  # its cost per sentence is flat: a short warm-up will do
         ours_times, bs_times, peaks = [], [], []
         for i in range(args.repeats):
             peaks.append(matmul_peak(repeats=8))
@@ -415,6 +415,8 @@ def main(argv: list[str] | None = None) -> int:
             ("  brainscore digest_text([s]) x n",
              f"{n / bs_t:9.1f} sent/s   median {bs_t:8.3f} s  of {len(bs_times)} "
              f"[{', '.join(f'{t:.3f}' for t in bs_times)}]"),
+            ("  best of repeats", f"ours {n / min(ours_times):.1f} sent/s, brainscore {n / min(bs_times):.1f} "
+                                  f"sent/s: {min(bs_times) / min(ours_times):.2f} x (least disturbed by other load)"),
             ("  speed-up", f"{ratio1:9.2f} x   median of paired repeats "
                            f"[{', '.join(f'{b / o:.2f}' for o, b in zip(ours_times, bs_times))}] "
                            f"(target >= {TARGET_SENTENCE_RATIO:g} x)"),

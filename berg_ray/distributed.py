@@ -7,6 +7,7 @@ tasks by reference (an ``ObjectRef``: workers on the same node read them from sh
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Iterable, Sequence
@@ -57,7 +58,12 @@ def init_ray(address: str | None = None, **kwargs: Any) -> None:
         return
     address = address or os.environ.get("RAY_ADDRESS")
     runtime_env = kwargs.pop("runtime_env", {}) or {}
-    runtime_env.setdefault("env_vars", {}).update(forwarded_env())
+    env_vars = forwarded_env()
+    job = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    if job:  # a `ray job submit` driver: Ray refuses to init when a job env var is given again, even unchanged
+        job_env = (json.loads(job).get("runtime_env") or {}).get("env_vars") or {}
+        env_vars = {name: value for name, value in env_vars.items() if name not in job_env}
+    runtime_env.setdefault("env_vars", {}).update(env_vars)
     if address:
         logger.info("connecting to Ray at %s", address)
         ray.init(address=address, runtime_env=runtime_env, **kwargs)

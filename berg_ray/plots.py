@@ -71,16 +71,17 @@ def plot_heatmap(table: pd.DataFrame, summary: pd.DataFrame, path: Path, synthet
     finite = values[np.isfinite(values)]
     low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
     low, high = min(low, 0.0), max(high, low + 1e-3)
-    fig, axes = plt.subplots(1, len(contexts), figsize=(1.5 + (0.7 * len(subjects) + 2.2) * len(contexts),
-                                                         2.2 + 0.6 * len(models)), squeeze=False,
-                             layout="constrained")
+    fig, axes = plt.subplots(len(contexts), 1, figsize=(3.5 + 0.75 * len(subjects),
+                                                         1.2 + (1.0 + 0.55 * len(models)) * len(contexts)),
+                             squeeze=False, layout="constrained")
     image = None
     for c, context in enumerate(contexts):
-        ax = axes[0, c]
+        ax = axes[c, 0]
         image = ax.imshow(values[c], cmap="viridis", vmin=low, vmax=high, aspect="auto")
         ax.set_xticks(range(len(subjects)), subjects, rotation=45)
         ax.set_yticks(range(len(models)), labels[c], fontsize=8)
-        ax.set_xlabel("subject")
+        if c == len(contexts) - 1:
+            ax.set_xlabel("subject")
         ax.set_title(f"context: {context}", fontsize=10)
         for m in range(len(models)):
             for s in range(len(subjects)):
@@ -89,7 +90,7 @@ def plot_heatmap(table: pd.DataFrame, summary: pd.DataFrame, path: Path, synthet
                     bright = (value - low) / (high - low) > 0.6
                     ax.text(s, m, f"{value:.2f}", ha="center", va="center", fontsize=7,
                             color="black" if bright else "white")
-    fig.colorbar(image, ax=axes[0, :].tolist(), fraction=0.03, label="median CV Pearson r over voxels")
+    fig.colorbar(image, ax=axes[:, 0].tolist(), fraction=0.04, label="median r over voxels")
     protocol = summary["protocol"].iloc[0] if len(summary) else ""
     _title(fig, f"Median r per subject at each model's best layer (model / best layer; {protocol})", synthetic)
     fig.savefig(path, dpi=110, bbox_inches="tight")
@@ -128,9 +129,9 @@ def plot_layer_curves(table: pd.DataFrame, summary: pd.DataFrame, path: Path, sy
     ax.set_ylabel("median r across subjects")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
-    xs = summary["layer_index"].dropna()
-    if len(xs):
-        ax.set_xticks(range(int(xs.max()) + 1))
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     _title(fig, "Layer-wise scores (shaded: interquartile range across subjects)", synthetic)
     fig.tight_layout()
     fig.savefig(path, dpi=110, bbox_inches="tight")

@@ -220,9 +220,47 @@ def stop_pids(pids: list[int], timeout: float = 20.0) -> None:
                 pass
 
 
+def remove_tree(path: str) -> None:
+    """Remove a Ray temp dir; retried, since Ray processes that are just exiting may still write into it."""
+    import os
+    import shutil
+    import time
+
+    for _ in range(10):
+        shutil.rmtree(path, ignore_errors=True)
+        time.sleep(0.3)
+        if not os.path.exists(path):
+            return
+
+
+def descendants(pids: list[int]) -> list[int]:
+    """Live children, grandchildren, ... of ``pids`` (Ray's workers rename themselves ``ray::...``, so their command
+    lines do not name the temp dir: they are found as children of the raylet)."""
+    import os
+
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as handle:
+                    parent = int(handle.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(parent, []).append(int(entry))
+    found, todo = [], list(pids)
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found and _state(child) not in (None, "Z"):
+                found.append(child)
+                todo.append(child)
+    return found
+
+
 def stop_ray_processes(temp_dir: str) -> list[int]:
-    """Stop every process of the Ray instance living in ``temp_dir`` (each names it on its command line)."""
+    """Stop every process of the Ray instance living in ``temp_dir``: those naming it on their command line and
+    their descendants (workers). Returns their pids."""
     pids = processes_mentioning(temp_dir)
+    pids += [p for p in descendants(pids) if p not in pids]
     stop_pids(pids)
     return pids
 

@@ -1,0 +1,389 @@
+"""berg_ray.sweep: model × layer × context × subject grids on Ray, resumable, with tables, plots and a report.
+
+The main grid is the issue's: two tiny models × all their layers × nine subjects × two contexts on a synthetic
+assembly planted from the tiny GPT-2 (90 cells). It is run once per module; the resume, cache and bad-input tests
+run further sweeps against it.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import environ, ray_temp_dir, remove_tree, stop_ray_processes
+
+from berg_ray.errors import InvalidInputError, UnknownSubjectError
+from berg_ray.regression import PLSSettings
+
+warnings.filterwarnings("ignore", category=FutureWarning)  # brainscore's xarray subclasses without __slots__
+
+#: PLS as BERG but with 5 components and GroupKFold(5) by story: the grid's 90 cells in about a minute on 2 cores
+SETTINGS = PLSSettings(n_components=5, cv_folds=5)
+CONTEXTS = ("sentence", "passage")
+SUBJECTS = ("018", "199", "288", "289", "296", "343", "366", "407", "426")
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """A local Ray instance of this module's own (2 CPUs, private temp dir), stopped by pid afterwards."""
+    import ray
+
+    temp_dir = ray_temp_dir()
+    with environ(RAY_ADDRESS=None):
+        try:
+            ray.init(address="local", num_cpus=2, include_dashboard=False, _temp_dir=temp_dir)
+            yield temp_dir
+        finally:
+            ray.shutdown()
+            stop_ray_processes(temp_dir)
+            remove_tree(temp_dir)
+
+
+@pytest.fixture(scope="module")
+def grid(ray_local, tiny_gpt2, tiny_bert, gpt2_synthetic, tmp_path_factory) -> dict:
+    """The issue's grid, run once: returns its table, output folder, cache folder and the models."""
+    from berg_ray.sweep import run_sweep
+
+    root = tmp_path_factory.mktemp("sweep")
+    out, cache = root / "out", root / "cache"
+    table = run_sweep([tiny_gpt2.model_id, tiny_bert.model_id, "no-such-model", "brainscore_language-glove-840b"],
+                      subjects="all", layers="all", contexts=CONTEXTS, dataset=gpt2_synthetic["path"],
+                      cache=str(cache), out=str(out), settings=SETTINGS, device="cpu")
+    return {"table": table, "out": out, "cache": cache, "root": root, "gpt2": tiny_gpt2, "bert": tiny_bert,
+            "dataset": gpt2_synthetic["path"]}
+
+
+def _cell_files(out: Path) -> dict[str, int]:
+    """``{cell file name: mtime_ns}`` of every finished cell."""
+    return {p.name: p.stat().st_mtime_ns for p in (out / "cells").glob("*.json")}
+
+
+def _rerun(grid: dict, out: Path, cache: Path | None, **changes):
+    from berg_ray.sweep import run_sweep
+
+    arguments = dict(subjects="all", layers="all", contexts=CONTEXTS, dataset=grid["dataset"],
+                     cache=str(cache) if cache else None, out=str(out), settings=SETTINGS, device="cpu",
+                     plots=False)
+    arguments.update(changes)
+    models = arguments.pop("models", [grid["gpt2"].model_id, grid["bert"].model_id])
+    return run_sweep(models, **arguments)
+
+
+# ------------------------------------------------------------------------------------------------------ the grid
+
+
+def test_grid_has_every_cell_once_with_scores(grid):
+    table = grid["table"]
+    ok = table[table["status"] == "ok"]
+    layers = {grid["gpt2"].model_id: [f"transformer.h.{k}" for k in range(3)],
+              grid["bert"].model_id: [f"bert.encoder.layer.{k}" for k in range(2)]}
+    expected = {(m, layer, c, s) for m, names in layers.items() for layer in names for c in CONTEXTS
+                for s in SUBJECTS}
+    assert len(ok) == len(expected) == 90
+    assert set(zip(ok["model"], ok["layer"], ok["context"], ok["subject"])) == expected
+    assert ok["cell_id"].is_unique
+    assert table.attrs["run"] == {**table.attrs["run"], "cells": 90, "computed": 90, "reused": 0, "from_cache": 0,
+                                  "failed": 0, "skipped": 2, "feature_passes": 4}  # 2 models × 2 contexts
+    # the columns the issue asks for, filled
+    for column in ("hub_id", "n_voxels", "median_r", "mean_r", "fit_seconds", "dataset_sha256", "synthetic"):
+        assert ok[column].notna().all(), column
+    assert ok["synthetic"].all()
+    assert (ok["hub_id"] == ok["model"].map({grid["gpt2"].model_id: grid["gpt2"].folder,
+                                             grid["bert"].model_id: grid["bert"].folder})).all()
+    rois = [c for c in table.columns if c.startswith("roi_")]
+    assert rois and ok[rois].notna().all().all()
+    assert ok["layer_index"].tolist() == [int(layer.rsplit(".", 1)[1]) for layer in ok["layer"]]
+    assert set(ok.loc[ok["mapped_layer"], "layer"]) == {grid["gpt2"].layer, grid["bert"].layer}
+    n_voxels = ok.groupby("subject")["n_voxels"].first().to_dict()
+    from berg_ray.neural import VOXELS_PER_SUBJECT
+
+    assert n_voxels == VOXELS_PER_SUBJECT
+    # the planted map (tiny GPT-2, mapped layer, sentence context) is recovered; a random BERT predicts nothing
+    gpt2 = ok[(ok["model"] == grid["gpt2"].model_id) & (ok["context"] == "sentence")]
+    bert = ok[ok["model"] == grid["bert"].model_id]
+    assert gpt2["median_r"].min() > 0.4
+    assert bert["median_r"].abs().max() < 0.1
+
+
+def test_bad_models_are_skipped_rows_with_reasons(grid):
+    table = grid["table"]
+    skipped = table[table["status"] == "skipped"].set_index("model")
+    assert set(skipped.index) == {"no-such-model", "brainscore_language-glove-840b"}
+    assert "unknown model" in skipped.loc["no-such-model", "reason"]
+    reason = skipped.loc["brainscore_language-glove-840b", "reason"]
+    assert "unsupported model" in reason and "not a HuggingfaceSubject" in reason
+
+
+def test_tables_and_per_voxel_arrays_are_written(grid):
+    out, table = grid["out"], grid["table"]
+    for name in ("scores.parquet", "scores.csv", "summary.parquet", "summary.csv", "report.md", "last_run.json"):
+        assert (out / name).is_file(), name
+    stored = pd.read_parquet(out / "scores.parquet")
+    assert len(stored) == len(table) == 92
+    pd.testing.assert_frame_equal(stored.reset_index(drop=True), table.reset_index(drop=True), check_dtype=False)
+    assert len(pd.read_csv(out / "scores.csv", dtype={"subject": str})) == 92
+    ok = table[table["status"] == "ok"]
+    for _, row in ok.sample(5, random_state=0).iterrows():
+        with np.load(out / row["voxel_r_file"], allow_pickle=False) as arrays:
+            assert arrays["r"].shape == (row["n_voxels"],)
+            assert arrays["neuroid_id"][0].startswith(f"{row['subject']}.")
+            assert np.nanmedian(arrays["r"]) == pytest.approx(row["median_r"])
+    summary = pd.read_parquet(out / "summary.parquet")
+    # the layer-wise curve: one row per model × layer × context, every subject in it
+    assert len(summary) == 10 and (summary["n_subjects"] == 9).all()
+    curve = summary[(summary["model"] == grid["gpt2"].model_id) & (summary["context"] == "sentence")]
+    assert curve["layer_index"].tolist() == [0, 1, 2]
+    assert summary.groupby(["model", "context"])["best_layer"].sum().eq(1).all()
+
+
+def test_plots_are_valid_pngs_and_the_report_embeds_them(grid):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = grid["out"]
+    for name in ("heatmap_model_subject.png", "layer_curves.png", "roi_bars.png"):
+        path = out / name
+        assert path.read_bytes()[:8] == PNG_SIGNATURE, name
+        image = plt.imread(path)
+        assert image.shape[0] > 200 and image.shape[1] > 400, (name, image.shape)
+        assert image[..., :3].std() > 0.05, f"{name} looks blank"
+    report = (out / "report.md").read_text()
+    assert "SYNTHETIC" in report
+    for name in ("heatmap_model_subject.png", "layer_curves.png", "roi_bars.png"):
+        assert f"]({name})" in report
+    assert "no-such-model" in report and "skipped" in report
+
+
+# ------------------------------------------------------------------------------------------------------ resuming
+
+
+def test_full_rerun_reads_every_cell_and_recomputes_nothing(grid, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(grid["out"], out)
+    before = _cell_files(out)
+    table = _rerun(grid, out, None)  # no fit cache: anything recomputed would have to be fitted
+    run = table.attrs["run"]
+    assert run["reused"] == 90 and run["computed"] == 0 and run["feature_passes"] == 0
+    assert _cell_files(out) == before
+    ok = table[table["status"] == "ok"].reset_index(drop=True)
+    expected = grid["table"][grid["table"]["status"] == "ok"].reset_index(drop=True)
+    pd.testing.assert_frame_equal(ok, expected, check_dtype=False)
+
+
+def test_deleted_cells_are_redone_and_only_they(grid, tmp_path):
+    """Cells lost from the output folder are redone (here from the fit cache: no features, no refit); the others
+    are read, not rewritten. (Recomputation without a cache: the interruption test below.)"""
+    out = tmp_path / "out"
+    shutil.copytree(grid["out"], out)
+    table = grid["table"]
+    lost = table[(table["status"] == "ok") & (table["model"] == grid["gpt2"].model_id)
+                 & (table["context"] == "passage") & table["subject"].isin(["199", "407"])]
+    assert len(lost) == 6  # 3 layers × 2 subjects, one feature pass
+    for cell_id in lost["cell_id"]:
+        (out / "cells" / f"{cell_id}.json").unlink()
+    kept = _cell_files(out)
+    rerun = _rerun(grid, out, grid["cache"])
+    run = rerun.attrs["run"]
+    assert (run["reused"], run["computed"], run["from_cache"], run["feature_passes"]) == (84, 0, 6, 0)
+    after = _cell_files(out)
+    assert {name: after[name] for name in kept} == kept  # the other cells were not touched
+    assert set(after) - set(kept) == {f"{c}.json" for c in lost["cell_id"]}
+    merged = rerun.set_index("cell_id").loc[lost["cell_id"]]
+    np.testing.assert_allclose(merged["median_r"], lost["median_r"], atol=1e-10)
+
+
+def test_interrupted_sweep_resumes_without_redoing_finished_cells(grid, tmp_path, monkeypatch):
+    """A sweep killed midway (here: the driver dies after writing 2 cells, with tasks in flight) leaves finished
+    cells on disk; the rerun computes only the others (no fit cache: they are really fitted)."""
+    from berg_ray import sweep
+
+    class Killed(BaseException):
+        pass
+
+    write_cell = sweep._write_cell
+    written = []
+
+    def dying_write(out, row, arrays):
+        if len(written) == 2:
+            raise Killed
+        write_cell(out, row, arrays)
+        written.append(row["cell_id"])
+
+    out = tmp_path / "out"
+    arguments = dict(models=[grid["gpt2"].model_id], layers="mapped", contexts=("sentence",),
+                     subjects=["018", "199", "288", "289"])
+    monkeypatch.setattr(sweep, "_write_cell", dying_write)
+    with pytest.raises(Killed):
+        _rerun(grid, out, None, **arguments)
+    monkeypatch.setattr(sweep, "_write_cell", write_cell)
+    assert sorted(p.stem for p in (out / "cells").glob("*.json")) == sorted(written)
+    before = _cell_files(out)
+    table = _rerun(grid, out, None, **arguments)
+    run = table.attrs["run"]
+    assert (run["reused"], run["computed"], run["feature_passes"]) == (2, 2, 1)
+    assert {name: _cell_files(out)[name] for name in before} == before
+    assert (table["status"] == "ok").sum() == 4
+    # same numbers as the full grid's cells
+    full = grid["table"].set_index("cell_id")
+    np.testing.assert_allclose(table.set_index("cell_id")["median_r"],
+                               full.loc[table["cell_id"], "median_r"], atol=1e-10)
+
+
+def test_a_new_output_folder_reuses_the_fit_cache(grid, tmp_path):
+    table = _rerun(grid, tmp_path / "out", grid["cache"])
+    run = table.attrs["run"]
+    assert (run["from_cache"], run["computed"], run["feature_passes"]) == (90, 0, 0)
+    assert table.loc[table["status"] == "ok", "from_cache"].all()
+    expected = grid["table"][grid["table"]["status"] == "ok"].set_index("cell_id")["median_r"]
+    np.testing.assert_allclose(table.set_index("cell_id").loc[expected.index, "median_r"], expected, atol=1e-10)
+
+
+# ------------------------------------------------------------------------------------------------------ bad input
+
+
+@pytest.fixture(scope="module")
+def broken_model(tiny_gpt2, tmp_path_factory):
+    """A registered model whose config is fine but whose weights file is garbage: it fails inside its actor."""
+    from berg_ray.registry import register_model, unregister_model
+
+    folder = tmp_path_factory.mktemp("broken") / "model"
+    shutil.copytree(tiny_gpt2.folder, folder)
+    for weights in folder.glob("*.safetensors"):
+        weights.write_bytes(b"this is not a safetensors file")
+    spec = register_model("test-sweep-broken-gpt2", str(folder), tiny_gpt2.layer)
+    yield spec
+    unregister_model(spec.model_id)
+
+
+def test_unknown_layers_and_a_failing_model_never_stop_the_sweep(grid, broken_model, tmp_path):
+    gpt2 = grid["gpt2"]
+    arguments = dict(models=[gpt2.model_id, broken_model.model_id, "gpt-17"], subjects=["018"],
+                     layers=[gpt2.layer, "transformer.h.9", "7", "0"], contexts=("sentence",))
+    table = _rerun(grid, tmp_path / "out", None, plots=True, **arguments)
+    status = table.groupby(["model", "status"]).size().to_dict()
+    assert status == {(gpt2.model_id, "ok"): 2, (gpt2.model_id, "skipped"): 2,
+                      (broken_model.model_id, "failed"): 2, (broken_model.model_id, "skipped"): 2,
+                      ("gpt-17", "skipped"): 1}
+    skipped = table[(table["model"] == gpt2.model_id) & (table["status"] == "skipped")].set_index("layer")
+    assert "unknown layer" in skipped.loc["transformer.h.9", "reason"]
+    assert "transformer.h." in skipped.loc["transformer.h.9", "reason"]  # names the layers that exist
+    assert "out of range" in skipped.loc["7", "reason"]
+    assert set(table.loc[table["status"] == "ok", "layer"]) == {"transformer.h.0", gpt2.layer}
+    failed = table[table["status"] == "failed"]
+    assert failed["reason"].str.contains("feature extraction failed").all()
+    assert "closest known ids" in table.loc[table["model"] == "gpt-17", "reason"].iloc[0]
+    assert (tmp_path / "out" / "scores.parquet").is_file()
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "## Skipped and failed" in report
+    assert "feature extraction failed" in report and "unknown layer" in report and "gpt-17" in report
+    # failed cells are not "finished": a rerun tries them again, and reads the good ones
+    rerun = _rerun(grid, tmp_path / "out", None, **arguments)
+    assert (rerun.attrs["run"]["reused"], rerun.attrs["run"]["failed"]) == (2, 2)
+
+
+def test_empty_grids_and_bad_arguments_are_clear_errors(grid):
+    from berg_ray.sweep import run_sweep
+
+    model, dataset = grid["gpt2"].model_id, grid["dataset"]
+    with pytest.raises(InvalidInputError, match="empty grid: no models"):
+        run_sweep([], dataset=dataset)
+    with pytest.raises(InvalidInputError, match="empty grid: no contexts"):
+        run_sweep([model], contexts=(), dataset=dataset)
+    with pytest.raises(InvalidInputError, match="empty grid: no layers"):
+        run_sweep([model], layers=[], dataset=dataset)
+    with pytest.raises(InvalidInputError, match="empty grid: no subjects"):
+        run_sweep([model], subjects=[], dataset=dataset)
+    with pytest.raises(InvalidInputError, match="unknown protocol"):
+        run_sweep([model], protocol="ridge", dataset=dataset)
+    with pytest.raises(InvalidInputError, match="unknown context policy"):
+        run_sweep([model], contexts=("paragraph",), dataset=dataset)
+    with pytest.raises(UnknownSubjectError, match="Unknown subject '999'"):
+        run_sweep([model], subjects=["999"], dataset=dataset, out=str(grid["root"] / "never"))
+
+
+def test_a_grid_of_only_bad_models_still_writes_its_table(grid, tmp_path):
+    table = _rerun(grid, tmp_path / "out", None, models=["no-such-model"])
+    assert table["status"].tolist() == ["skipped"]
+    assert pd.read_csv(tmp_path / "out" / "scores.csv")["status"].tolist() == ["skipped"]
+
+
+# ------------------------------------------------------------------------------------------------------ protocols
+
+
+def test_cli_brainscore_protocol_pools_subjects_like_the_benchmark(grid, tmp_path, capsys):
+    """``berg-ray sweep --protocol brainscore-linear``: per-subject cells whose pooled per-split r give brainscore's
+    raw score (mean over splits of the median over all subjects' voxels) for the same features."""
+    from berg_ray.cli import main
+    from berg_ray.features import extract_features
+    from berg_ray.neural import load_pereira
+    from berg_ray.scoring import brainscore_linear_score
+
+    out, subjects = tmp_path / "out", ["018", "288"]
+    code = main(["sweep", "--models", grid["gpt2"].model_id, "--layers", "mapped", "--subjects", *subjects,
+                 "--contexts", "passage", "--protocol", "brainscore-linear", "--dataset", grid["dataset"],
+                 "--cache", str(grid["cache"]), "--out", str(out), "--device", "cpu"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert grid["gpt2"].layer in printed and "brainscore-linear" in printed
+    table = pd.read_parquet(out / "scores.parquet")
+    assert (table["status"] == "ok").all() and len(table) == 2
+    assert not table["from_cache"].any()  # the PLS cache is not used by this protocol
+    assembly = load_pereira(grid["dataset"])
+    features = extract_features(grid["gpt2"].model_id, list(assembly.sentences), context="passage",
+                                passages=list(assembly.passages))
+    reference = brainscore_linear_score(features, assembly, subjects=subjects)
+    summary = pd.read_csv(out / "summary.csv")
+    assert summary["pooled_score"].iloc[0] == pytest.approx(reference.raw, abs=1e-6)
+    assert not summary["brainscore_comparable"].iloc[0]  # two of nine subjects
+    per_subject = reference.subject_scores()
+    for _, row in table.iterrows():
+        assert row["median_r"] == pytest.approx(per_subject[row["subject"]], abs=1e-6)
+        with np.load(out / row["voxel_r_file"], allow_pickle=False) as arrays:
+            assert arrays["split_r"].shape == (10, row["n_voxels"])
+    assert json.loads((out / "last_run.json").read_text())["protocol"] == "brainscore-linear"
+
+
+# ------------------------------------------------------------------------------------------------------ pieces
+
+
+def test_one_pass_reads_every_layer_exactly_as_single_layer_extraction(tiny_gpt2, tiny_bert, gpt2_synthetic):
+    import dataclasses
+
+    from berg_ray.features import FeatureExtractor, extract_features
+    from berg_ray.registry import get_spec
+    from berg_ray.sweep import block_layers, extract_layer_features
+
+    sentences = gpt2_synthetic["sentences"][:24]
+    passages = [k // 4 for k in range(24)]
+    for model, expected in ((tiny_gpt2, [f"transformer.h.{k}" for k in range(3)]),
+                            (tiny_bert, [f"bert.encoder.layer.{k}" for k in range(2)])):
+        spec = get_spec(model.model_id)
+        assert block_layers(spec) == expected
+        extractor = FeatureExtractor(spec, batch_size=5)
+        for context in ("sentence", "passage"):
+            together = extract_layer_features(extractor, expected, sentences, context, passages)
+            for layer in expected:
+                alone = extract_features(dataclasses.replace(spec, layer=layer), sentences, context=context,
+                                         passages=passages, batch_size=7)
+                np.testing.assert_allclose(together[layer], alone, atol=1e-5, rtol=1e-5, err_msg=layer)
+
+
+def test_layer_choices(tiny_gpt2):
+    from berg_ray.registry import get_spec
+    from berg_ray.sweep import resolve_layers
+
+    spec = get_spec(tiny_gpt2.model_id)
+    chosen, unknown = resolve_layers(spec, "mapped")
+    assert [c.name for c in chosen] == [tiny_gpt2.layer] and chosen[0].index == 2 and not unknown
+    chosen, unknown = resolve_layers(spec, ["-1", 0, "transformer.h.1.mlp", "transformer.h.0", "nope"])
+    assert [c.name for c in chosen] == ["transformer.h.0", "transformer.h.1.mlp", "transformer.h.2"]
+    assert [c.index for c in chosen] == [0, None, 2]
+    assert [name for name, _ in unknown] == ["nope"]
