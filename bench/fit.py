@@ -9,11 +9,17 @@ would be. Every variant does the same work per subject: one PLS fit on all 384 s
 Measured (same machine, same process, one run):
 
 A. sklearn, sequential, in this process: ``PLSRegression(25, scale=False)`` fit + 10 CV refits per subject
-   (BLAS with this process's default threads).
+   (BLAS with this process's default threads). A1: the same with BLAS limited to 1 thread (one subject per round).
 B. berg-ray on Ray: one ``num_cpus=1`` task per subject running ``berg_ray.distributed._fit_task`` (what
    ``fit_subjects`` submits, minus the extractor actor), features and assembly in the object store; timed from the
-   ``ray.put`` to the last result. Cold = first call (worker processes import berg_ray/torch), then warm repeats.
-C. berg-ray's ``fit_encoding_model`` sequentially in this process (solver speed-up without parallelism).
+   ``ray.put`` to the last result. Cold = first call (worker processes import berg_ray/torch), then warm runs.
+C. berg-ray's ``fit_encoding_model`` sequentially in this process (solver speed-up without parallelism); C1: the
+   same with BLAS limited to 1 thread.
+
+The machine is shared (other users' jobs come and go), so the variants run in interleaved rounds: round *r* runs
+A on the *r*-th third of the subjects (A's time is the sum over rounds), A1 on one subject, and C, C1 and B on all
+subjects, alternating the order. Besides wall times the report gives CPU seconds (this process, or the sum over
+the Ray tasks) and a per-round paired ratio, which are less sensitive to the load.
 
 Checks: predictions of A's and B's full fits on 2,000 held-out standard normal feature rows (max |Δ|), and the CV r
 of A vs B (max |Δ|); B vs C must be identical up to BLAS rounding.
@@ -25,7 +31,7 @@ subject (25 × n_voxels), which needs ~1/20 of the FLOPs.
 
 Usage::
 
-    python bench/fit.py              # full run (~20 min on 2 busy cores: sklearn alone is ~10 min per repeat)
+    python bench/fit.py              # full run (~25–35 min on 2 busy cores)
     python bench/fit.py --quick      # 2 subjects, fewer repeats, 2,000 prediction rows (~4 min)
 """
 
@@ -255,8 +261,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="2 subjects, 1 repeat each, 2,000 prediction rows")
     parser.add_argument("--subjects", type=int, default=None, help="number of subjects (default 9; --quick 2)")
-    parser.add_argument("--sklearn-repeats", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=None, help="warm repeats of B and C (default 3; quick 1)")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="interleaved rounds (default 3; quick 1): each runs B, C, C1 once and A on 1/rounds of "
+                             "the subjects")
     parser.add_argument("--predict-rows", type=int, default=None, help="default 10,000 (quick 2,000)")
     parser.add_argument("--predict-repeats", type=int, default=5)
     parser.add_argument("--one-thread-subjects", type=int, default=None,
@@ -278,25 +285,19 @@ def main() -> int:
     n_voxels = {s: assembly.n_voxels[s] for s in subjects}
     logger.info("subjects %s, voxels %s", subjects, n_voxels)
 
-    # ---------------- A: sklearn (sequential, this process)
-    a_times, sk = timed(lambda: run_sklearn(features, assembly, subjects), args.sklearn_repeats, "A sklearn")
-
-    # ---------------- A1: sklearn with BLAS limited to one thread (a few subjects; per-subject time)
+    # The machine is shared: run the variants in interleaved rounds so that load drift hits them alike.
+    # Round r: A on the r-th third of the subjects (A's total = sum over rounds), A1 (sklearn, 1 BLAS thread) on
+    # one subject, C and C1 on all subjects, B on all subjects; the order alternates between rounds.
     from threadpoolctl import threadpool_limits
 
     n_one_thread = args.one_thread_subjects if args.one_thread_subjects is not None else (1 if args.quick else 2)
-    a1_subjects = subjects[:n_one_thread]
-    a1_times: list[float] = []
-    if a1_subjects:
-        with threadpool_limits(limits=1):
-            a1_times, _ = timed(lambda: run_sklearn(features, assembly, a1_subjects), 1, "A1 sklearn 1 thread")
-
-    # ---------------- C: berg-ray fit_pls sequential in this process (default threads, then 1 BLAS thread)
-    c_times, local_models = timed(lambda: run_local(features, assembly, subjects), repeats, "C berg-ray local")
-    with threadpool_limits(limits=1):
-        c1_times, _ = timed(lambda: run_local(features, assembly, subjects), repeats, "C1 berg-ray local 1 thread")
-
-    # ---------------- B: Ray tasks
+    chunks = [list(c) for c in np.array_split(np.asarray(subjects, dtype=object), repeats) if len(c)]
+    sk: dict[str, tuple[Any, np.ndarray]] = {}
+    a_chunks: list[tuple[int, float]] = []  # (subjects in chunk, seconds)
+    a1_per_subject: list[float] = []
+    c_times: list[float] = []
+    c1_times: list[float] = []
+    b_times: list[float] = []
     ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
     try:
         remote_threads = remote_blas_threads()
@@ -304,10 +305,37 @@ def main() -> int:
         ray_models = run_ray(features, assembly, subjects)
         b_cold = time.perf_counter() - start
         logger.info("B ray cold: %.2f s", b_cold)
-        b_times, ray_models = timed(lambda: run_ray(features, assembly, subjects), repeats, "B berg-ray Ray")
+        for r, chunk in enumerate(chunks):
+            steps = ["A", "A1", "C", "C1", "B"]
+            for step in steps if r % 2 == 0 else steps[::-1]:
+                if step == "A":
+                    (seconds,), part = timed(lambda: run_sklearn(features, assembly, chunk), 1, "A sklearn")
+                    sk.update(part)
+                    a_chunks.append((len(chunk), seconds))
+                elif step == "A1" and r < n_one_thread:
+                    with threadpool_limits(limits=1):
+                        (seconds,), _ = timed(lambda: run_sklearn(features, assembly, [subjects[r]]), 1,
+                                              "A1 sklearn 1 thread")
+                    a1_per_subject.append(seconds)
+                elif step == "C":
+                    (seconds,), local_models = timed(lambda: run_local(features, assembly, subjects), 1,
+                                                     "C berg-ray local")
+                    c_times.append(seconds)
+                elif step == "C1":
+                    with threadpool_limits(limits=1):
+                        (seconds,), _ = timed(lambda: run_local(features, assembly, subjects), 1,
+                                              "C1 berg-ray local 1 thread")
+                    c1_times.append(seconds)
+                elif step == "B":
+                    (seconds,), ray_models = timed(lambda: run_ray(features, assembly, subjects), 1,
+                                                   "B berg-ray Ray")
+                    b_times.append(seconds)
         task_seconds = [m.fit_seconds for m in ray_models.values()]
     finally:
         ray.shutdown()
+    a_times = [sum(seconds for _, seconds in a_chunks)]
+    # per round: A's chunk scaled to all subjects, over that round's B
+    paired = [seconds * len(subjects) / n / b for (n, seconds), b in zip(a_chunks, b_times)]
 
     # ---------------- equality checks
     held_out = np.random.default_rng(1).standard_normal((2000, N_UNITS)).astype(np.float32)
@@ -375,9 +403,12 @@ def main() -> int:
     print("## Fit: fit on 384 + 10 CV refits per subject (11 PLS fits per subject)")
     print()
     c1 = median(c1_times)
-    a1 = a1_times[0] / len(a1_subjects) * len(subjects) if a1_times else float("nan")
+    a1 = median(a1_per_subject) * len(subjects) if a1_per_subject else float("nan")
+    a_cpu = sum(CPU["A sklearn"])
 
     def cpu(label: str, scale: float = 1.0) -> str:
+        if label == "A sklearn":
+            return f"{a_cpu:.1f}"
         return f"{median(CPU[label]) * scale:.1f}" if label in CPU else "–"
 
     def load(label: str) -> str:
@@ -387,11 +418,11 @@ def main() -> int:
     print("| variant | runs | median wall s | per subject s | A / variant (wall) | CPU s | load avg |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     rows = [
-        ("A sklearn PLSRegression, sequential, in-process (BLAS default threads)", len(a_times), a,
-         cpu("A sklearn"), load("A sklearn")),
-        (f"A1 sklearn, BLAS limited to 1 thread ({len(a1_subjects)} subject(s), scaled ×{len(subjects)}/"
-         f"{len(a1_subjects)})", 1 if a1_times else 0, a1,
-         cpu("A1 sklearn 1 thread", len(subjects) / max(len(a1_subjects), 1)), load("A1 sklearn 1 thread")),
+        (f"A sklearn PLSRegression, sequential, in-process (BLAS default threads; sum of {len(a_chunks)} "
+         "interleaved chunks)", 1, a, cpu("A sklearn"), load("A sklearn")),
+        (f"A1 sklearn, BLAS limited to 1 thread (median of {len(a1_per_subject)} single subjects × "
+         f"{len(subjects)})", len(a1_per_subject), a1, cpu("A1 sklearn 1 thread", len(subjects)),
+         load("A1 sklearn 1 thread")),
         ("C berg-ray fit_pls, sequential, in-process (BLAS default threads)", len(c_times), c,
          cpu("C berg-ray local"), load("C berg-ray local")),
         ("C1 berg-ray fit_pls, sequential, BLAS limited to 1 thread", len(c1_times), c1,
@@ -407,12 +438,14 @@ def main() -> int:
     print()
     print(f"- CPU s = CPU time of this process (A, C: all BLAS threads) or the sum over the Ray tasks (B). With "
           f"{os.cpu_count()} CPUs shared with other users' jobs (load avg above), wall times drift between phases; "
-          f"CPU-time ratio A / B = {median(CPU['A sklearn']) / b_cpu:.2f}×, i.e. ≈ "
-          f"{median(CPU['A sklearn']) / (b_cpu / 2):.1f}× in wall time on 2 otherwise idle cores (A's CPU time "
+          f"CPU-time ratio A / B = {a_cpu / b_cpu:.2f}×, i.e. ≈ "
+          f"{a_cpu / (b_cpu / 2):.1f}× in wall time on 2 otherwise idle cores (A's CPU time "
           "over B's spread on 2 CPUs)")
-    print(f"- all runs (s): A {[round(t, 2) for t in a_times]}, C {[round(t, 2) for t in c_times]}, "
+    print(f"- A / B paired per round (A's chunk scaled to {len(subjects)} subjects over the same round's B): "
+          f"{[round(x, 2) for x in paired]}, median {median(paired):.2f}×")
+    print(f"- all runs (s): A chunks {[(n, round(t, 2)) for n, t in a_chunks]}, A1 {[round(t, 2) for t in a1_per_subject]}, C {[round(t, 2) for t in c_times]}, "
           f"C1 {[round(t, 2) for t in c1_times]}, B {[round(t, 2) for t in b_times]}")
-    if a1_times:
+    if a1_per_subject:
         print(f"- B vs A1 (sklearn on 1 BLAS thread): {a1 / b:.2f}×")
     print(f"- C1 / B (parallel speed-up over the same solver on 1 thread): {c1 / b:.2f}× (at best "
           f"{len(subjects) / -(-len(subjects) // 2):.2f}× for {len(subjects)} equal tasks on 2 CPUs)")
@@ -444,7 +477,8 @@ def main() -> int:
     print()
     fit_ok = fit_ratio >= TARGET_FIT_RATIO and pred_diff <= TOLERANCE
     print(f"- {status(fit_ok)}: Ray fit vs sequential sklearn ≥ {TARGET_FIT_RATIO:g}× with predictions ≤ "
-          f"{TOLERANCE:g} apart — {fit_ratio:.2f}× (warm), {a / b_cold:.2f}× (cold), max |Δ| {pred_diff:.1e}, "
+          f"{TOLERANCE:g} apart — {fit_ratio:.2f}× (A total / median warm B; paired per round median "
+          f"{median(paired):.2f}×; cold {a / b_cold:.2f}×; CPU-time {a_cpu / b_cpu:.2f}×), max |Δ| {pred_diff:.1e}, "
           f"CV r max |Δ| {cv_diff:.1e}")
     print(f"- {status(predict_ratio >= TARGET_PREDICT_RATIO)}: one stacked matmul vs nine sklearn predicts ≥ "
           f"{TARGET_PREDICT_RATIO:g}× — {predict_ratio:.2f}× (max |Δ| {stacked_diff:.1e}); low-rank prototype "

@@ -130,9 +130,9 @@ class ExtractorActor:
 
 
 def _fit_task(spec: ModelSpec, features: np.ndarray, assembly: PereiraAssembly, subject: str, context: str,
-              settings: PLSSettings, cache_url: str | None) -> EncodingModel:
+              settings: PLSSettings, cache_url: str | None, dtype: str | None = None) -> EncodingModel:
     """One subject: PLS fit + CV r, written to the cache (if any) by the task itself."""
-    model = fit_encoding_model(spec, features, assembly, subject, context, settings)
+    model = fit_encoding_model(spec, features, assembly, subject, context, settings, dtype)
     if cache_url is not None:
         EncodingModelStore(cache_url).save(model, spec.name)
     return model
@@ -173,7 +173,7 @@ def fit_subjects(model_id: str | ModelSpec, subjects: str | Iterable[str] = "all
     chosen = resolve_subjects(assembly, subjects)
     models: dict[str, EncodingModel] = {}
     for subject in chosen:
-        cached = load_cached(store, spec, assembly, subject, context, settings)
+        cached = load_cached(store, spec, assembly, subject, context, settings, dtype)
         if cached is not None:
             models[subject] = cached
     missing = [s for s in chosen if s not in models]
@@ -193,7 +193,7 @@ def fit_subjects(model_id: str | ModelSpec, subjects: str | Iterable[str] = "all
         assembly_ref = ray.put(assembly)
         task = ray.remote(_fit_task).options(num_cpus=1)
         refs = {task.remote(spec, features_ref, assembly_ref, s, context, settings,
-                            store.url if store else None): s for s in missing}
+                            store.url if store else None, dtype): s for s in missing}
         models.update(_gather(refs, show_progress, f"fit PLS {spec.model_id}"))
     return {s: models[s] for s in chosen}
 

@@ -38,8 +38,8 @@ def resolve_subjects(assembly: PereiraAssembly, subjects: str | Iterable[str] = 
     return list(dict.fromkeys(chosen))
 
 
-def key_fields(spec: ModelSpec, subject: str, context: str, dataset_sha256: str, settings: PLSSettings
-               ) -> dict[str, Any]:
+def key_fields(spec: ModelSpec, subject: str, context: str, dataset_sha256: str, settings: PLSSettings,
+               dtype: str | None = None) -> dict[str, Any]:
     """Everything that changes a fitted model: its cache key is the sha256 of these fields."""
     return {
         "cache_format": CACHE_FORMAT_VERSION,
@@ -48,6 +48,7 @@ def key_fields(spec: ModelSpec, subject: str, context: str, dataset_sha256: str,
         "layer": spec.layer,
         "tokenizer": spec.tokenizer_kwargs,
         "context": context,
+        "dtype": dtype or "float32",  # forward-pass precision changes the features
         "subject": subject,
         "dataset_sha256": dataset_sha256,
         "pls": settings.to_dict(),
@@ -70,7 +71,7 @@ def cv_groups(assembly: PereiraAssembly, settings: PLSSettings) -> Sequence[str]
 
 
 def fit_encoding_model(spec: ModelSpec, features: np.ndarray, assembly: PereiraAssembly, subject: str,
-                       context: str, settings: PLSSettings) -> EncodingModel:
+                       context: str, settings: PLSSettings, dtype: str | None = None) -> EncodingModel:
     """Fit PLS on all 384 sentences and score it with GroupKFold CV (pure computation, no cache).
 
     Args:
@@ -82,7 +83,7 @@ def fit_encoding_model(spec: ModelSpec, features: np.ndarray, assembly: PereiraA
         raise InvalidInputError(f"features have {features.shape[0]} rows, the dataset {responses.shape[0]}")
     fit = fit_pls(features, responses, settings.n_components, settings.scale, settings.max_iter, settings.tol)
     cv_r = cross_validated_r(features, responses, cv_groups(assembly, settings), settings)
-    fields = key_fields(spec, subject, context, assembly.sha256, settings)
+    fields = key_fields(spec, subject, context, assembly.sha256, settings, dtype)
     return EncodingModel(
         model_id=spec.model_id, source=spec.source, layer=spec.layer, context=context, subject=subject, fit=fit,
         cv_r=cv_r, settings=settings, dataset_sha256=assembly.sha256, synthetic=assembly.synthetic,
@@ -92,10 +93,10 @@ def fit_encoding_model(spec: ModelSpec, features: np.ndarray, assembly: PereiraA
 
 
 def load_cached(store: EncodingModelStore | None, spec: ModelSpec, assembly: PereiraAssembly, subject: str,
-                context: str, settings: PLSSettings) -> EncodingModel | None:
+                context: str, settings: PLSSettings, dtype: str | None = None) -> EncodingModel | None:
     if store is None:
         return None
-    key = cache_key(key_fields(spec, subject, context, assembly.sha256, settings))
+    key = cache_key(key_fields(spec, subject, context, assembly.sha256, settings, dtype))
     model = store.load(spec.name, subject, key, assembly.synthetic)
     if model is not None:
         model.model_id = spec.model_id
@@ -116,7 +117,7 @@ def fit_subjects_local(model_id: str | ModelSpec, assembly: PereiraAssembly, sub
     chosen = resolve_subjects(assembly, subjects)
     models: dict[str, EncodingModel] = {}
     for subject in chosen:
-        cached = load_cached(store, spec, assembly, subject, context, settings)
+        cached = load_cached(store, spec, assembly, subject, context, settings, dtype)
         if cached is not None:
             logger.info("%s subject %s: loaded from cache", spec.model_id, subject)
             models[subject] = cached
@@ -129,7 +130,7 @@ def fit_subjects_local(model_id: str | ModelSpec, assembly: PereiraAssembly, sub
 
             iterator = tqdm(missing, desc=f"fit PLS {spec.model_id}", unit="subject")
         for subject in iterator:
-            model = fit_encoding_model(spec, features, assembly, subject, context, settings)
+            model = fit_encoding_model(spec, features, assembly, subject, context, settings, dtype)
             if store is not None:
                 store.save(model, spec.name)
             logger.info("%s subject %s: fitted in %.1f s, median CV r %.3f", spec.model_id, subject,

@@ -23,6 +23,7 @@ import hashlib
 import json
 import logging
 import os
+import threading
 import urllib.parse
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -326,13 +327,17 @@ def _download(url: str, cache: Path, storage_options: dict[str, Any]) -> Path:
     return local
 
 
+_NETCDF_LOCK = threading.Lock()
+
+
 def _load_file(path: Path, *, source: str) -> PereiraAssembly:
     """Load a local ``.nc`` with brainio's ``AssemblyLoader``, as ``load_from_s3`` does."""
     from brainscore_core.supported_data_standards.brainio.assemblies import AssemblyLoader, NeuroidAssembly
 
     (sha256,) = _hash_file(path, "sha256")
     try:
-        assembly = AssemblyLoader(cls=NeuroidAssembly, file_path=str(path)).load()
+        with _NETCDF_LOCK:  # netCDF4/HDF5 crash when two threads read files at once
+            assembly = AssemblyLoader(cls=NeuroidAssembly, file_path=str(path)).load()
     except Exception as error:  # noqa: BLE001  (netCDF4/xarray raise OSError, ValueError, KeyError, ...)
         raise DatasetError(f"Cannot read {path} as a brainio NeuroidAssembly netCDF file: {error!r}") from error
     return _from_assembly(assembly, source=source, sha256=sha256, file=str(path))

@@ -562,6 +562,8 @@ def run_sweep(models: str | Sequence[str], subjects: str | Iterable[str] = "all"
     else:
         subjects = subject_list
     settings = settings or PLSSettings(n_components=n_components)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise InvalidInputError(f"batch_size must be a positive integer, got {batch_size!r}")
     if protocol == "brainscore-linear" and "passage" not in contexts:
         logger.warning("protocol 'brainscore-linear' with contexts %s: BrainScore's benchmark digests each passage "
                        "separately; add 'passage' for comparable scores", contexts)
@@ -640,6 +642,11 @@ def _compute_cells(todo: list[_Cell], assembly: PereiraAssembly, protocol: str, 
     for cell in todo:
         by_model.setdefault(cell.spec.model_id, []).append(cell)
     resources, torch_device = actor_resources(num_gpus, device=device)
+    import torch
+
+    from berg_ray.features import resolve_dtype
+
+    resolve_dtype(dtype, torch.device(torch_device))  # a bad dtype fails here, not inside every actor
     limit = max_extractors or _default_extractors(resources["num_gpus"], len(by_model))
     assembly_ref = ray.put(assembly)
     sentences, passages = list(assembly.sentences), list(assembly.passages)

@@ -256,12 +256,12 @@ def descendants(pids: list[int]) -> list[int]:
     return found
 
 
-def stop_ray_processes(temp_dir: str) -> list[int]:
+def stop_ray_processes(temp_dir: str, timeout: float = 5.0) -> list[int]:
     """Stop every process of the Ray instance living in ``temp_dir``: those naming it on their command line and
-    their descendants (workers). Returns their pids."""
+    their descendants (workers), SIGTERM then, after ``timeout`` s, SIGKILL. Returns their pids."""
     pids = processes_mentioning(temp_dir)
     pids += [p for p in descendants(pids) if p not in pids]
-    stop_pids(pids)
+    stop_pids(pids, timeout)
     return pids
 
 

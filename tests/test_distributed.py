@@ -62,7 +62,9 @@ def ray_cluster(moto_server):
         # Cluster() would record its address in /tmp/ray/ray_current_cluster, where any ray.init() on this shared
         # machine would find (and join) it: keep it private.
         with mock.patch("ray._private.utils.write_ray_address"):
-            cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "temp_dir": temp_dir})
+            cluster = Cluster(initialize_head=True, head_node_args={
+                "num_cpus": 2, "temp_dir": temp_dir, "include_dashboard": False,
+                "dashboard_agent_listen_port": free_port()})  # not Ray's fixed default, 52365
         try:
             init_ray(address=cluster.address)
             yield SimpleNamespace(cluster=cluster, temp_dir=temp_dir)
@@ -385,7 +387,6 @@ def test_s3_server_restart_during_a_save(gpt2_fits, tmp_path):
         written = []
 
         def write_then_lose_the_server(self, path, data):
-            nonlocal server
             if path.endswith("manifest.json"):
                 server.kill()
                 server.wait(30)
@@ -451,7 +452,8 @@ def test_corpus_keeps_every_row_once_when_a_worker_node_is_lost(ray_cluster, ray
             markers = list((output / "_parts").glob("*.json"))
             if len(markers) >= 3:
                 available = ray._private.state.available_resources_per_node()
-                busy = [w for w in workers if available.get(w.node_id, {}).get("CPU", 1.0) < 1.0]
+                # (Ray leaves a resource out of the map when none of it is free)
+                busy = [w for w in workers if available.get(w.node_id, {}).get("CPU", 0.0) < 1.0]
                 victim = (busy or workers)[0]
                 removal.update(markers=len(markers), had_actor=bool(busy))
                 cluster.remove_node(victim)

@@ -24,6 +24,18 @@ SUBJECTS = ("018", "288", "407")
 VOXEL_STEP = 5
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """One torch thread: on a shared 2-core machine two threads of tiny forward passes (brainscore's batch-size-1
+    digestion above all) spin against each other and run up to 10x slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def assembly(gpt2_synthetic):
     from berg_ray.neural import load_pereira
