@@ -611,6 +611,10 @@ def main() -> int:
               f"{args.speed_sentences:,} sentences — {overhead:+.1%} (plain with torch's "
               f"{speed_result['threads_default']} threads)" + (" [below the 20k of the target]"
                                                                 if args.speed_sentences < 20_000 else ""))
+        if t["plain1"]:
+            overhead1 = pipe / plain1 - 1
+            print(f"- {status(overhead1 <= TARGET_OVERHEAD)} (reference, not the target's definition): vs the plain "
+                  f"loop on 1 torch thread — {overhead1:+.1%}")
     if memory_results:
         ok = driver_growth <= TARGET_GROWTH and actor_growth <= TARGET_GROWTH
         print(f"- {status(ok)}: peak RSS flat (≤ +{TARGET_GROWTH:.0%}) from {first['sentences']:,} to "

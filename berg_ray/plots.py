@@ -207,11 +207,11 @@ def write_report(table: pd.DataFrame, summary: pd.DataFrame, out: str | os.PathL
         f"- protocol: `{meta['protocol']}`; CV: {meta['cv']}"
         + (f"; PLS: {meta['pls']['n_components']} components" if meta.get("pls") else ""),
         f"- dataset: `{meta['dataset']}` (sha256 `{meta['dataset_sha256'][:16]}…`, synthetic: {meta['synthetic']})",
-        f"- cells: {run['cells']} ({run['reused']} reused from earlier runs, {run['from_cache']} from the fit cache, "
-        f"{run['computed']} computed, {run['failed']} failed); {run['skipped']} skipped; {run['seconds']} s; "
-        f"finished {meta['finished']}",
-        "- tables: [`scores.csv`](scores.csv) / `scores.parquet` (one row per cell), [`summary.csv`](summary.csv) "
-        "(one row per model × layer × context); per-voxel r: `voxel_r/<cell-id>.npz`",
+        (f"- cells: {run['cells']} ({run['reused']} reused from earlier runs, {run['from_cache']} from the fit cache, "
+         f"{run['computed']} computed, {run['failed']} failed); {run['skipped']} skipped; {run['seconds']} s; "
+         f"finished {meta['finished']}"),
+        ("- tables: [`scores.csv`](scores.csv) / `scores.parquet` (one row per cell), [`summary.csv`](summary.csv) "
+         "(one row per model × layer × context); per-voxel r: `voxel_r/<cell-id>.npz`"),
         "",
     ]
     if not summary.empty:

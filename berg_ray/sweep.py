@@ -156,8 +156,9 @@ def resolve_layers(spec: ModelSpec, layers: str | Sequence[str | int]
             if -len(blocks) <= k < len(blocks):
                 chosen.append(choice(blocks[k]))
             else:
-                unknown.append((text, f"block index {k} is out of range: {spec.model_id} has {len(blocks)} blocks "
-                                      f"({blocks[0] if blocks else '-'} … {blocks[-1] if blocks else '-'})"))
+                span = f"{blocks[0]} … {blocks[-1]}" if blocks else "none"
+                reason = f"block index {k} is out of range: {spec.model_id} has {len(blocks)} blocks ({span})"
+                unknown.append((text, reason))
         elif text in modules and text:
             chosen.append(choice(text))
         else:
@@ -295,8 +296,8 @@ class _Cell:
 
 
 def _cell_id(spec: ModelSpec, context: str, subject: str, assembly: PereiraAssembly, protocol: str,
-             settings: PLSSettings) -> str:
-    fields = key_fields(spec, subject, context, assembly.sha256, settings)
+             settings: PLSSettings, dtype: str | None) -> str:
+    fields = key_fields(spec, subject, context, assembly.sha256, settings, dtype)
     if protocol == "brainscore-linear":
         fields.pop("pls")
         fields["cv"] = BRAINSCORE_CV
@@ -352,7 +353,7 @@ def _write_cell(out: Path, row: dict[str, Any], arrays: dict[str, np.ndarray] | 
         relative = f"voxel_r/{row['cell_id']}.npz"
         _atomic_write(out / relative, buffer.getvalue())
         row["voxel_r_file"] = relative
-    row["computed_at"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    row["computed_at"] = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     _atomic_write(out / "cells" / f"{row['cell_id']}.json", json.dumps(_jsonable(row), indent=1).encode())
 
 
@@ -385,8 +386,8 @@ def _read_cell(out: Path, cell_id: str) -> dict[str, Any] | None:
 
 
 def _summary_fields(voxels: pd.DataFrame, voxel_r: np.ndarray, split_r: np.ndarray | None) -> dict[str, Any]:
-    summary = summarize_voxel_r(voxel_r, voxels["roi"] if "roi" in voxels else None, split_r)
-    fields = {"n_voxels": int(len(voxel_r)), "median_r": summary["median_r"], "mean_r": summary["mean_r"]}
+    summary = summarize_voxel_r(voxel_r, voxels.get("roi"), split_r)
+    fields = {"n_voxels": len(voxel_r), "median_r": summary["median_r"], "mean_r": summary["mean_r"]}
     fields.update({f"roi_{roi}": value for roi, value in summary["roi_median_r"].items()})
     return fields
 
@@ -402,7 +403,8 @@ def _voxel_arrays(voxels: pd.DataFrame, voxel_r: np.ndarray, split_r: np.ndarray
 
 
 def score_cell(spec: ModelSpec, features: np.ndarray, assembly: PereiraAssembly, subject: str, context: str,
-               protocol: str, settings: PLSSettings, cache_url: str | None = None) -> dict[str, Any]:
+               protocol: str, settings: PLSSettings, cache_url: str | None = None, dtype: str | None = None
+               ) -> dict[str, Any]:
     """Score one cell (what each Ray task runs); pure computation except the optional cache write.
 
     Args:
@@ -420,7 +422,7 @@ def score_cell(spec: ModelSpec, features: np.ndarray, assembly: PereiraAssembly,
     split_r = None
     cache_key = None
     if protocol == "pls-groupkfold":
-        model = fit_encoding_model(spec, features, assembly, subject, context, settings)
+        model = fit_encoding_model(spec, features, assembly, subject, context, settings, dtype)
         if cache_url is not None:
             EncodingModelStore(cache_url).save(model, spec.name)
         voxel_r, cache_key = model.cv_r, model.cache_key
@@ -450,7 +452,7 @@ def _as_list(value: Any, what: str) -> list:
 
 
 def _plan_grid(models: list[str], layers: Any, contexts: list[str], subjects: list[str],
-               assembly: PereiraAssembly, protocol: str, settings: PLSSettings
+               assembly: PereiraAssembly, protocol: str, settings: PLSSettings, dtype: str | None
                ) -> tuple[list[_Cell], list[dict[str, Any]]]:
     cells: list[_Cell] = []
     skipped: list[dict[str, Any]] = []
@@ -484,7 +486,7 @@ def _plan_grid(models: list[str], layers: Any, contexts: list[str], subjects: li
             for context in contexts:
                 for subject in subjects:
                     cells.append(_Cell(layer_spec, layer, layer.name == spec.layer, context, subject,
-                                       _cell_id(layer_spec, context, subject, assembly, protocol, settings)))
+                                       _cell_id(layer_spec, context, subject, assembly, protocol, settings, dtype)))
     return cells, skipped
 
 
@@ -575,7 +577,7 @@ def run_sweep(models: str | Sequence[str], subjects: str | Iterable[str] = "all"
     if assembly.synthetic:
         logger.warning("SYNTHETIC dataset: the scores measure recovery of a planted map, not brain predictivity")
 
-    cells, skipped = _plan_grid(models, layers, contexts, chosen_subjects, assembly, protocol, settings)
+    cells, skipped = _plan_grid(models, layers, contexts, chosen_subjects, assembly, protocol, settings, dtype)
     if not cells:
         logger.warning("sweep: no runnable cell in the grid (every model or layer was skipped)")
     rows: dict[str, dict[str, Any]] = {}
@@ -598,7 +600,7 @@ def run_sweep(models: str | Sequence[str], subjects: str | Iterable[str] = "all"
         remaining = []
         for cell in todo:
             try:
-                cached = load_cached(store, cell.spec, assembly, cell.subject, cell.context, settings)
+                cached = load_cached(store, cell.spec, assembly, cell.subject, cell.context, settings, dtype)
             except CacheIntegrityError as error:
                 logger.warning("sweep: %s: %s; refitting", cell.cell_id, error)
                 cached = None
@@ -702,7 +704,7 @@ def _compute_cells(todo: list[_Cell], assembly: PereiraAssembly, protocol: str, 
                     run["feature_passes"] += 1
                     for cell in cells:
                         ref = score_task.remote(cell.spec, layer_refs[cell.layer.name], assembly_ref, cell.subject,
-                                                cell.context, protocol, settings, cache_url)
+                                                cell.context, protocol, settings, cache_url, dtype)
                         pending[ref] = ("cell", cell, seconds)
                 active[model_id][1] -= 1
                 if active[model_id][1] == 0:  # the features live on in the object store; free the actor's resources
@@ -822,7 +824,7 @@ def write_outputs(table: pd.DataFrame, out: str | os.PathLike, assembly: Pereira
             "cv": (f"GroupKFold({settings.cv_folds}) by {settings.cv_group}" if protocol == "pls-groupkfold"
                    else "ShuffleSplit(10, train_size=0.9, random_state=1) on stimulus_id"),
             "dataset": assembly.source, "dataset_sha256": assembly.sha256, "synthetic": assembly.synthetic,
-            "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+            "finished": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
     _atomic_write(out / "last_run.json", json.dumps(meta, indent=2, default=str).encode())
     files["last_run"] = out / "last_run.json"
     if plots:

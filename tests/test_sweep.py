@@ -107,9 +107,9 @@ def _cell_files(out: Path) -> dict[str, int]:
 def _rerun(grid: dict, out: Path, cache: Path | None, **changes):
     from berg_ray.sweep import run_sweep
 
-    arguments = dict(subjects="all", layers="all", contexts=CONTEXTS, dataset=grid["dataset"],
-                     cache=str(cache) if cache else None, out=str(out), settings=SETTINGS, device="cpu",
-                     plots=False)
+    arguments = {"subjects": "all", "layers": "all", "contexts": CONTEXTS, "dataset": grid["dataset"],
+                 "cache": str(cache) if cache else None, "out": str(out), "settings": SETTINGS, "device": "cpu",
+                 "plots": False}
     arguments.update(changes)
     models = arguments.pop("models", [grid["gpt2"].model_id, grid["bert"].model_id])
     return run_sweep(models, **arguments)
@@ -283,8 +283,8 @@ def broken_model(tiny_gpt2, tmp_path_factory):
 
 def test_unknown_layers_and_a_failing_model_never_stop_the_sweep(grid, broken_model, tmp_path):
     gpt2 = grid["gpt2"]
-    arguments = dict(models=[gpt2.model_id, broken_model.model_id, "gpt-17"], subjects=["018"],
-                     layers=[gpt2.layer, "transformer.h.9", "7", "0"], contexts=("sentence",))
+    arguments = {"models": [gpt2.model_id, broken_model.model_id, "gpt-17"], "subjects": ["018"],
+                 "layers": [gpt2.layer, "transformer.h.9", "7", "0"], "contexts": ("sentence",)}
     table = _rerun(grid, tmp_path / "out", grid["cache"], plots=True, **arguments)  # the GPT-2 fits are cached
     status = table.groupby(["model", "status"]).size().to_dict()
     assert status == {(gpt2.model_id, "ok"): 2, (gpt2.model_id, "skipped"): 2,
