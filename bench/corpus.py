@@ -307,12 +307,13 @@ def memory_child(args: argparse.Namespace) -> int:
     sampler = Sampler()
     sampler.start()
     try:
-        started = time.perf_counter()
+        started, t0 = time.perf_counter(), time.time()
         manifest = encode_corpus(spec, input=args.input, output=args.output, subjects=args.subjects.split(","),
                                  dataset=args.dataset, cache=args.cache, num_extractors=2,
                                  num_cpus_per_extractor=1, rows_per_part=args.rows_per_part, device="cpu",
                                  show_progress=False)
         seconds = time.perf_counter() - started
+        timeline = part_timeline(args.output, t0, time.time())
     finally:
         sampler.stop()
         ray.shutdown()
@@ -321,6 +322,7 @@ def memory_child(args: argparse.Namespace) -> int:
         by_kind.setdefault(sampler.kinds[pid], []).append(peak)
     result = {
         "sentences": manifest["sentences_encoded"], "parts": manifest["n_parts"], "seconds": seconds,
+        "timeline": timeline,
         "driver_hwm_kb": _status_kb(os.getpid(), "VmHWM"),
         "by_kind": {k: sorted(v, reverse=True) for k, v in by_kind.items()},
         "ray_total_kb": sum(sampler.peaks.values()),
@@ -514,18 +516,15 @@ def main() -> int:
                 ray.shutdown()
             for size in sorted(sizes):
                 if memory_results:
+                    # steady-state rate from the part markers (first part start → last part end), plus the
+                    # fixed cost (start-up before the first part, manifest after the last)
                     last = memory_results[-1]
-                    rate = last["sentences"] / last["seconds"]
-                    estimate = size / rate
-                    if len(memory_results) > 1:  # marginal rate: start-up cost counted once
-                        prev = memory_results[-2]
-                        marginal = (last["sentences"] - prev["sentences"]) / max(last["seconds"] - prev["seconds"], 1e-3)
-                        if marginal > 0:
-                            rate = marginal
-                            estimate = last["seconds"] + (size - last["sentences"]) / marginal
+                    timeline = last["timeline"]
+                    rate = last["sentences"] / max(timeline["span"], 1e-3)
+                    fixed = last["seconds"] - timeline["span"]
+                    estimate = fixed + size / rate
                     if estimate > args.max_seconds:
-                        budget = args.max_seconds * 0.9 - (estimate - size / rate)  # minus the fixed part
-                        fit_size = int(budget * rate // 100_000 * 100_000)
+                        fit_size = int((args.max_seconds * 0.9 - fixed) * rate // 100_000 * 100_000)
                         action = f"ran {fit_size:,} instead" if fit_size > last["size"] else "skipped"
                         notes.append(f"{size:,} sentences would take ~{estimate / 60:.0f} min at "
                                      f"{rate:,.0f} sentences/s (> --max-seconds {args.max_seconds:g}): {action}")
