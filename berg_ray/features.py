@@ -215,9 +215,9 @@ def _probe_causal(lm: LanguageModel) -> bool:
     return bool((full[: len(ids) - 1] - short).abs().max() <= tolerance * scale)
 
 
-def _layer_output(lm: LanguageModel, sequences: list[list[int]], token_types: list[list[int]] | None = None
-                  ) -> torch.Tensor:
-    """Run right-padded ``sequences`` up to the mapped layer; returns its output (batch, max_len, units)."""
+def padded_inputs(lm: LanguageModel, sequences: list[list[int]], token_types: list[list[int]] | None = None
+                  ) -> dict[str, torch.Tensor]:
+    """Model inputs for right-padded ``sequences``: input_ids, attention_mask (and token_type_ids), (batch, max_len)."""
     width = max(len(s) for s in sequences)
     input_ids = torch.zeros((len(sequences), width), dtype=torch.long)
     attention = torch.zeros((len(sequences), width), dtype=torch.long)
@@ -230,6 +230,13 @@ def _layer_output(lm: LanguageModel, sequences: list[list[int]], token_types: li
         for row, seq in enumerate(token_types):
             types[row, : len(seq)] = torch.as_tensor(seq)
         inputs["token_type_ids"] = types.to(lm.device)
+    return inputs
+
+
+def _layer_output(lm: LanguageModel, sequences: list[list[int]], token_types: list[list[int]] | None = None
+                  ) -> torch.Tensor:
+    """Run right-padded ``sequences`` up to the mapped layer; returns its output (batch, max_len, units)."""
+    inputs = padded_inputs(lm, sequences, token_types)
     captured: dict[str, torch.Tensor] = {}
 
     def hook(_module: torch.nn.Module, _inputs: Any, output: Any) -> None:

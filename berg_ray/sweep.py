@@ -47,6 +47,7 @@ import pandas as pd
 
 from berg_ray.errors import CacheIntegrityError, InvalidInputError, UnknownModelError, UnsupportedModelError
 from berg_ray.features import CONTEXTS, check_context, check_sentences, context_groups
+from berg_ray.fsio import FileRoot
 from berg_ray.fitting import key_fields, load_cached, resolve_subjects
 from berg_ray.neural import PereiraAssembly, load_pereira
 from berg_ray.registry import ModelSpec, get_spec
@@ -181,20 +182,9 @@ def _read_layers(lm, sequences: list[list[int]], token_types: list[list[int]] | 
     pairs; stops as soon as all of them have run. Returns ``{name: (len(rows), units) float32}``."""
     import torch
 
-    from berg_ray.features import _StopForward
+    from berg_ray.features import _StopForward, padded_inputs
 
-    width = max(len(s) for s in sequences)
-    input_ids = torch.zeros((len(sequences), width), dtype=torch.long)
-    attention = torch.zeros((len(sequences), width), dtype=torch.long)
-    for row, seq in enumerate(sequences):
-        input_ids[row, : len(seq)] = torch.as_tensor(seq)
-        attention[row, : len(seq)] = 1
-    inputs = {"input_ids": input_ids.to(lm.device), "attention_mask": attention.to(lm.device)}
-    if token_types is not None:
-        types = torch.zeros_like(input_ids)
-        for row, seq in enumerate(token_types):
-            types[row, : len(seq)] = torch.as_tensor(seq)
-        inputs["token_type_ids"] = types.to(lm.device)
+    inputs = padded_inputs(lm, sequences, token_types)
     row_index, position_index = torch.as_tensor(rows), torch.as_tensor(positions)
     captured: dict[str, np.ndarray] = {}
 
@@ -331,16 +321,7 @@ def _cell_row(cell: _Cell, protocol: str, assembly: PereiraAssembly, status: str
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(temporary, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
+    FileRoot(str(path.parent)).write(str(path), data)
 
 
 def _write_cell(out: Path, row: dict[str, Any], arrays: dict[str, np.ndarray] | None) -> None:
