@@ -62,7 +62,8 @@ def _index_of(commands: list[str], pattern: str) -> int:
 
 
 TORCH_INSTALL = r"pip install\b.*['\"]?torch\b"
-BERG_RAY_INSTALL = r"pip install\b.*(-e\s+)?/home/ray/berg-ray\b"
+BERG_RAY_INSTALL = r"pip install\b.*\s(-e\s+)?/home/ray/berg-ray/?(\s|$)"
+LOCK = "-c /home/ray/berg-ray/constraints.txt"
 
 
 def check_berg_ray_requirements(cfg: dict) -> None:
@@ -154,6 +155,16 @@ def test_setup_installs_torch_before_berg_ray_on_every_node(cfg):
     for key in ("head_setup_commands", "worker_setup_commands"):
         commands = prepared[key]
         assert _index_of(commands, TORCH_INSTALL) < _index_of(commands, BERG_RAY_INSTALL), key
+
+
+def test_every_pip_install_on_the_nodes_uses_the_repository_lock(cfg):
+    # Without the lock a node resolves its own versions (and an old pip gives up on s3fs/botocore/moto); with it,
+    # every node gets the versions the test suite ran with.
+    prepared = validate_like_ray_up(cfg)
+    for key in ("head_setup_commands", "worker_setup_commands"):
+        installs = [c for c in prepared[key] if re.search(r"\bpip install\b", c)]
+        assert len(installs) >= 2 and all(LOCK in c for c in installs), (key, installs)
+    assert (Path(__file__).parents[1] / "constraints.txt").is_file()
 
 
 def test_berg_ray_is_installed_from_the_synced_repository(cfg):
