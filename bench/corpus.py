@@ -24,7 +24,8 @@
 Usage::
 
     python bench/corpus.py                       # full: 20k-sentence overhead (3 rounds) + 10k/100k/1M memory
-    python bench/corpus.py --quick               # 4k sentences, 1 round; memory at 2k and 20k
+    python bench/corpus.py --quick               # seconds: the memory model, 200 sentences, 2 subjects, 1 round;
+                                                 # memory at 200 and 400 sentences
     python bench/corpus.py --sizes 10000,100000  # choose the memory sizes
 """
 
@@ -56,12 +57,14 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
-import berg_ray._environment  # noqa: E402,F401  (must precede brainscore/transformers imports)
+import berg_ray  # noqa: E402,F401  (its import sets BS_INSTALL_DEPENDENCIES=no before any brainscore import)
 
 logger = logging.getLogger("bench.corpus")
 
 SPEED_DIMS = {"n_layer": 2, "n_embd": 128, "n_head": 4, "n_positions": 64}
 MEMORY_DIMS = {"n_layer": 1, "n_embd": 32, "n_head": 2, "n_positions": 64}  # width ≥ 25 PLS components
+#: --quick (tiny sizes; the report's numbers then only show that every step runs)
+QUICK = {"speed_sentences": 200, "rows_per_part": 50, "speed_subjects": "018,199", "sizes": "200,400"}
 TARGET_OVERHEAD = 0.15
 TARGET_GROWTH = 0.10
 RESULT_PREFIX = "RESULT "
@@ -140,12 +143,14 @@ def plain_loop(spec, input_path: str, output: str, dataset: str, cache: str, row
     from berg_ray.fitting import load_cached, resolve_subjects
     from berg_ray.neural import load_pereira
     from berg_ray.regression import PLSSettings
+    from berg_ray.request import ModelRequest
     from berg_ray.store import EncodingModelStore
 
     started = time.perf_counter()
     assembly = load_pereira(dataset)
     store = EncodingModelStore(cache)
-    models = {s: load_cached(store, spec, assembly, s, "sentence", PLSSettings())
+    request = ModelRequest.build(spec, batch_size=batch_size, device="cpu")
+    models = {s: load_cached(store, request, assembly, s, PLSSettings())
               for s in resolve_subjects(assembly, subjects)}
     missing = [s for s, m in models.items() if m is None]
     if missing:
@@ -205,7 +210,7 @@ def _kind(cmdline: str) -> str:
     """actor (PartEncoder), fit, worker (other ray:: processes), or the program's name (raylet, gcs_server, ...)."""
     if "PartEncoder" in cmdline or "MapWorker" in cmdline:
         return "actor"
-    if "ExtractorActor" in cmdline or "_fit_task" in cmdline:
+    if "ExtractorActor" in cmdline or "fit_task" in cmdline:  # Ray names a task's worker after its function
         return "fit"
     if cmdline.startswith("ray::"):
         return "worker"
@@ -400,10 +405,11 @@ def speed(args: argparse.Namespace, work: Path, paths: dict[str, Any]) -> dict[s
 
     from berg_ray.corpus import encode_corpus
 
-    spec = build_model(Path(paths["speed_model"]), SPEED_DIMS)
+    spec = build_model(Path(paths["speed_model"]), args.speed_dims)
+    subjects = args.speed_subjects
     input_path = work / f"corpus-speed-{args.speed_sentences}.txt"
     write_corpus(input_path, args.speed_sentences, seed=0)
-    fit_s = fit_cache(spec, paths["dataset"], paths["cache"], "all")
+    fit_s = fit_cache(spec, paths["dataset"], paths["cache"], subjects)
     logger.info("encoding models for %s ready in %.1f s", spec.model_id, fit_s)
     threads_default = torch.get_num_threads()
     actor_threads = probe_threads(1)
@@ -411,6 +417,7 @@ def speed(args: argparse.Namespace, work: Path, paths: dict[str, Any]) -> dict[s
     timelines: list[dict[str, float]] = []
     setups: dict[str, list[float]] = {"plain": [], "plain1": []}
     diff = None
+    compared = "018" if subjects == "all" else subjects[0]  # the subject whose outputs are compared
 
     def run(kind: str, round_: int) -> None:
         nonlocal diff
@@ -418,14 +425,15 @@ def speed(args: argparse.Namespace, work: Path, paths: dict[str, Any]) -> dict[s
         shutil.rmtree(out, ignore_errors=True)
         started, t0 = time.perf_counter(), time.time()
         if kind == "pipeline":
-            encode_corpus(spec, input=str(input_path), output=out, subjects="all", dataset=paths["dataset"],
+            encode_corpus(spec, input=str(input_path), output=out, subjects=subjects, dataset=paths["dataset"],
                           cache=paths["cache"], num_extractors=2, num_cpus_per_extractor=1,
                           rows_per_part=args.rows_per_part, device="cpu", show_progress=False)
         else:
             threads = torch.get_num_threads()
             torch.set_num_threads(1 if kind == "plain1" else threads_default)
             try:
-                info = plain_loop(spec, str(input_path), out, paths["dataset"], paths["cache"], args.rows_per_part)
+                info = plain_loop(spec, str(input_path), out, paths["dataset"], paths["cache"], args.rows_per_part,
+                                  subjects=subjects)
                 setups[kind].append(info["setup_seconds"])
             finally:
                 torch.set_num_threads(threads)
@@ -435,7 +443,7 @@ def speed(args: argparse.Namespace, work: Path, paths: dict[str, Any]) -> dict[s
         if kind == "pipeline":
             timelines.append(part_timeline(out, t0, time.time()))
         if round_ == 0 and kind == "plain":
-            diff = compare_outputs(str(work / "out-pipeline-0"), out, "018")
+            diff = compare_outputs(str(work / "out-pipeline-0"), out, compared)
         if not (round_ == 0 and kind == "pipeline"):
             shutil.rmtree(out, ignore_errors=True)
         if round_ == 0 and kind == "plain":
@@ -456,18 +464,23 @@ def speed(args: argparse.Namespace, work: Path, paths: dict[str, Any]) -> dict[s
     assembly = load_pereira(paths["dataset"])
     steps = {"load_pereira": time.perf_counter() - started}
     started = time.perf_counter()
-    fit_subjects(spec, "all", dataset=assembly, cache=paths["cache"], device="cpu")
+    fit_subjects(spec, subjects, dataset=assembly, cache=paths["cache"], device="cpu")
     steps["fit_subjects (all cached)"] = time.perf_counter() - started
-    return {"times": times, "timelines": timelines, "steps": steps, "setups": setups, "diff": diff, "threads_default": threads_default,
+    return {"times": times, "timelines": timelines, "steps": steps, "setups": setups, "diff": diff,
+            "compared": compared, "threads_default": threads_default,
             "actor_threads": actor_threads, "fit_seconds": fit_s, "model": spec}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="4k-sentence overhead run, 1 round; memory at 2k, 20k")
-    parser.add_argument("--speed-sentences", type=int, default=None, help="default 20,000 (quick 4,000)")
+    parser.add_argument("--quick", action="store_true",
+                        help="seconds: overhead with the memory model on 200 sentences (parts of 50), subjects 018 "
+                             "and 199, 1 round; memory at 200 and 400 sentences")
+    parser.add_argument("--speed-sentences", type=int, default=None, help="default 20,000 (quick 200)")
+    parser.add_argument("--speed-subjects", default=None,
+                        help="subjects of the overhead run, comma-separated, or 'all' (default all; quick 018,199)")
     parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 3, quick 1)")
-    parser.add_argument("--rows-per-part", type=int, default=2048)
+    parser.add_argument("--rows-per-part", type=int, default=None, help="default 2048 (quick 50)")
     parser.add_argument("--sizes", default=None, help="memory sizes, comma-separated (default 10000,100000,1000000)")
     parser.add_argument("--memory-subjects", default="018")
     parser.add_argument("--max-seconds", type=float, default=600.0, help="time budget of one memory run")
@@ -485,9 +498,13 @@ def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     for noisy in ("berg_ray", "ray", "filelock", "transformers"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    args.speed_sentences = args.speed_sentences or (4000 if args.quick else 20_000)
+    args.speed_sentences = args.speed_sentences or (QUICK["speed_sentences"] if args.quick else 20_000)
     args.rounds = args.rounds or (1 if args.quick else 3)
-    sizes = [int(s) for s in (args.sizes or ("2000,20000" if args.quick else "10000,100000,1000000")).split(",")]
+    args.rows_per_part = args.rows_per_part or (QUICK["rows_per_part"] if args.quick else 2048)
+    speed_subjects = args.speed_subjects or (QUICK["speed_subjects"] if args.quick else "all")
+    args.speed_subjects = "all" if speed_subjects == "all" else speed_subjects.split(",")
+    args.speed_dims = MEMORY_DIMS if args.quick else SPEED_DIMS  # quick: one tiny model and one fit for both parts
+    sizes = [int(s) for s in (args.sizes or (QUICK["sizes"] if args.quick else "10000,100000,1000000")).split(",")]
 
     import ray
 
@@ -495,25 +512,25 @@ def main() -> int:
     work = Path(args.workdir or work_ctx.name)
     work.mkdir(parents=True, exist_ok=True)
     paths = prepare(work)
+    if args.quick:
+        paths["speed_model"] = paths["memory_model"]
     try:
         speed_result = None
-        if not args.skip_speed:
-            ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
-            ray.data.DataContext.get_current().enable_progress_bars = False
-            try:
-                speed_result = speed(args, work, paths)
-            finally:
-                ray.shutdown()
         memory_results: list[dict[str, Any]] = []
         notes: list[str] = []
         mem_fit = None
-        if not args.skip_memory:
-            spec = build_model(Path(paths["memory_model"]), MEMORY_DIMS)
+        if not (args.skip_speed and args.skip_memory):  # one local Ray for the overhead runs and the memory fits
             ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
+            ray.data.DataContext.get_current().enable_progress_bars = False
             try:
-                mem_fit = fit_cache(spec, paths["dataset"], paths["cache"], args.memory_subjects.split(","))
+                if not args.skip_speed:
+                    speed_result = speed(args, work, paths)
+                if not args.skip_memory:
+                    spec = build_model(Path(paths["memory_model"]), MEMORY_DIMS)
+                    mem_fit = fit_cache(spec, paths["dataset"], paths["cache"], args.memory_subjects.split(","))
             finally:
                 ray.shutdown()
+        if not args.skip_memory:
             for size in sorted(sizes):
                 if memory_results:
                     # steady-state rate from the part markers (first part start → last part end), plus the
@@ -549,8 +566,10 @@ def main() -> int:
         spec = speed_result["model"]
         n = args.speed_sentences
         print()
-        print(f"## Overhead: {n:,} sentences, model {spec.model_id} ({SPEED_DIMS}, layer {spec.layer}), all 9 "
-              f"subjects (12,155 voxels), {args.rounds} interleaved round(s)")
+        who = "all 9 subjects (12,155 voxels)" if args.speed_subjects == "all" else \
+            f"subjects {', '.join(args.speed_subjects)}"
+        print(f"## Overhead: {n:,} sentences, model {spec.model_id} ({args.speed_dims}, layer {spec.layer}), {who}, "
+              f"{args.rounds} interleaved round(s)")
         print()
         print("| variant | torch threads | median s | sentences/s | vs plain (default threads) |")
         print("|---|---|---:|---:|---:|")
@@ -571,7 +590,8 @@ def main() -> int:
         su = {k: median(v) for k, v in speed_result["setups"].items() if v}
         print("- plain loop set-up (dataset load, cached models, model load) included above: "
               + ", ".join(f"{k} {v:.1f} s" for k, v in su.items()))
-        print(f"- pipeline vs plain, same output: subject 018 max |Δ| = {speed_result['diff']:.2e} "
+        print(f"- pipeline vs plain, same output: subject {speed_result['compared']} max |Δ| = "
+              f"{speed_result['diff']:.2e} "
               "(torch thread counts differ: float rounding only)")
         print(f"- encoding models fitted beforehand in {speed_result['fit_seconds']:.1f} s (cached; not timed above)")
         if t["plain1"]:

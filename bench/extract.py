@@ -41,7 +41,7 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +49,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-import berg_ray._environment  # noqa: E402,F401  (must precede brainscore/transformers imports)
+import berg_ray  # noqa: E402,F401  (its import sets BS_INSTALL_DEPENDENCIES=no before any brainscore import)
 import torch  # noqa: E402
 
 logger = logging.getLogger("bench.extract")
@@ -58,6 +58,10 @@ LAYER = "transformer.h.5"
 MODEL_ID = "bench-distilgpt2-random"
 DIMS = {"n_layer": 6, "n_embd": 768, "n_head": 12, "n_positions": 1024, "vocab_size": 50257}
 N_BLOCKS_RUN = 6  # blocks 0..5 run up to the mapped layer
+PEAK_SIZE = 2048  # matmul size of the fp32 peak measurement
+#: --quick: a 2-block GPT-2 of width 64 with a 64-token window and its own ~1,000-token vocabulary (seconds, not
+#: minutes; running contexts are truncated after a few sentences, so every code path still runs)
+QUICK_DIMS = {"n_layer": 2, "n_embd": 64, "n_head": 4, "n_positions": 64, "vocab_size": None}
 TOLERANCE = 1e-4  # max |ours - brainscore| / max |brainscore|
 TARGET_SENTENCE_RATIO = 5.0
 TARGET_RUNNING_RATIO = 50.0
@@ -134,8 +138,9 @@ def timed(fn: Callable[[], Any], repeats: int, warmup: int = 1, label: str = "")
     return times, result
 
 
-def matmul_peak(size: int = 2048, repeats: int = 15) -> float:
+def matmul_peak(size: int | None = None, repeats: int = 15) -> float:
     """Median fp32 FLOP/s of ``torch.matmul`` on two ``size``×``size`` matrices (this CPU, default threads)."""
+    size = size or PEAK_SIZE
     a = torch.randn(size, size)
     b = torch.randn(size, size)
     out = torch.empty(size, size)
@@ -149,14 +154,41 @@ def matmul_peak(size: int = 2048, repeats: int = 15) -> float:
     return 2 * size ** 3 / statistics.median(times)
 
 
-def block_flops(lengths: list[int] | np.ndarray, d: int = DIMS["n_embd"], n_blocks: int = N_BLOCKS_RUN) -> float:
+def block_flops(lengths: list[int] | np.ndarray) -> float:
+    """FLOPs of blocks 0..N_BLOCKS_RUN-1 over sequences of these lengths (see the module docstring)."""
+    d = DIMS["n_embd"]
     lengths = np.asarray(lengths, dtype=np.float64)
-    return float(n_blocks * np.sum(24 * lengths * d * d + 4 * lengths ** 2 * d))
+    return float(N_BLOCKS_RUN * np.sum(24 * lengths * d * d + 4 * lengths ** 2 * d))
 
 
-def lm_head_flops(lengths: list[int] | np.ndarray, d: int = DIMS["n_embd"], vocab: int = DIMS["vocab_size"]
-                  ) -> float:
-    return float(2 * np.sum(np.asarray(lengths, dtype=np.float64)) * d * vocab)
+def lm_head_flops(lengths: list[int] | np.ndarray, vocab: int) -> float:
+    return float(2 * np.sum(np.asarray(lengths, dtype=np.float64)) * DIMS["n_embd"] * vocab)
+
+
+@contextlib.contextmanager
+def counted_sequences(extractor) -> Iterator[list[int]]:
+    """Lengths (real tokens) of the sequences that the extractor's forward passes run inside the block, read by a
+    forward pre-hook on its model: what berg-ray actually computes, e.g. with running contexts merged."""
+    lengths: list[int] = []
+
+    def hook(_module: torch.nn.Module, _args: Any, kwargs: dict[str, Any]) -> None:
+        lengths.extend(int(n) for n in kwargs["attention_mask"].sum(dim=1))
+
+    handle = extractor.lm.model.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        yield lengths
+    finally:
+        handle.remove()
+
+
+def cpu_bf16_flags() -> str:
+    """The native bf16 instruction sets this CPU announces in /proc/cpuinfo (avx512_bf16, amx_bf16), or "none"."""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            flags = next((line.split(":", 1)[1].split() for line in handle if line.startswith("flags")), [])
+    except OSError:
+        return "unknown"
+    return ", ".join(f for f in ("avx512_bf16", "amx_bf16") if f in flags) or "none"
 
 
 def relative_difference(ours: np.ndarray, reference: np.ndarray) -> float:
@@ -172,7 +204,7 @@ def build_model(folder: Path, sentences: list[str]) -> Path:
     from berg_ray.offline_models import build_gpt2
 
     logger.info("building random-init GPT-2 %s in %s", DIMS, folder)
-    return build_gpt2(folder, corpus=sentences, seed=0, **DIMS)
+    return build_gpt2(folder, corpus=sentences, seed=0, **{k: v for k, v in DIMS.items() if v is not None})
 
 
 def brainscore_subject(folder: Path):
@@ -264,10 +296,11 @@ def diagnose(extractor, subject, sentences: list[str], lengths: list[int], peak:
 
     reference = extractor(sentences, context="sentence")
 
-    # Plan (prepare_context + tokenize) vs forward passes.
-    groups = F.context_groups(n, "sentence")
-    plan_times, _ = timed(lambda: extractor._plan(sentences, groups), repeats, label="plan")
-    lines.append(f"plan (prepare_context + tokenize) of {n} sentences: {statistics.median(plan_times) * 1e3:.1f} ms")
+    # Preparing the inputs (prepare_context + tokenize, as berg-ray does for sentence context) vs forward passes.
+    contexts = [F.prepare_context([s]) for s in sentences]
+    plan_times, _ = timed(lambda: extractor.lm.tokenizer(contexts, truncation=True, max_length=extractor.lm.max_length),
+                          repeats, label="prepare + tokenize")
+    lines.append(f"prepare_context + tokenize of {n} sentences: {statistics.median(plan_times) * 1e3:.1f} ms")
     lines += _profile_categories(lambda: extractor(sentences, context="sentence"))
 
     # Batch-size sweep.
@@ -293,8 +326,7 @@ def diagnose(extractor, subject, sentences: list[str], lengths: list[int], peak:
 
     times, p, out = measured("ours bf16 autocast", ours_bf16, max(1, repeats - 1))
     lines.append(f"ours, bf16 autocast (+fused GELU): {rate(times, p)}; rel diff vs fp32 "
-                 f"{relative_difference(out, reference):.1e}; cpu bf16 support: "
-                 f"{torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()}")
+                 f"{relative_difference(out, reference):.1e}; native bf16 CPU flags: {cpu_bf16_flags()}")
 
     # brainscore's per-sentence path: model forward (batch 1, LM head) vs its per-call overhead.
     tok = subject.tokenizer
@@ -313,7 +345,7 @@ def diagnose(extractor, subject, sentences: list[str], lengths: list[int], peak:
     times, p, _ = measured("brainscore forward only", bs_forward_only, max(1, repeats - 1))
     lines.append(f"brainscore model forward only, batch 1 + LM head: {n / statistics.median(times):8.1f} sent/s")
     times, p, _ = measured("batch-1 body only", bs_body_only, max(1, repeats - 1))
-    lines.append(f"batch-1 loop, transformer body (6 blocks + ln_f, no LM head): {rate(times, p)}")
+    lines.append(f"batch-1 loop, transformer body ({N_BLOCKS_RUN} blocks + ln_f, no LM head): {rate(times, p)}")
     return lines
 
 
@@ -327,15 +359,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--running-repeats", type=int, default=1,
                         help="timed repeats of berg-ray's running-context call (default 1; each takes minutes)")
     parser.add_argument("--batch-size", type=int, default=32, help="berg-ray batch size (default 32)")
-    parser.add_argument("--quick", action="store_true", help="smoke run: 48 sentences, 2 repeats")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run in seconds: a 2-block width-64 GPT-2 (64-token window), 24 sentences, 1 repeat")
     parser.add_argument("--skip-running", action="store_true", help="skip the running-context comparison")
     parser.add_argument("--diagnose", action="store_true",
                         help="also time a batch-size sweep, the plan/forward split, bf16 and forward-only baselines")
     parser.add_argument("--diagnose-batch-sizes", default="8,16,32,64,128")
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
+    global DIMS, LAYER, N_BLOCKS_RUN, PEAK_SIZE
     if args.quick:
-        args.sentences, args.repeats = min(args.sentences, 48), min(args.repeats, 2)
+        args.sentences, args.repeats = min(args.sentences, 24), 1
+        DIMS, N_BLOCKS_RUN, PEAK_SIZE = QUICK_DIMS, QUICK_DIMS["n_layer"], 256
+        LAYER = f"transformer.h.{N_BLOCKS_RUN - 1}"
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     # xarray/pandas deprecation chatter from brainscore's assembly merging, once per digest_text call.
     warnings.filterwarnings("ignore", category=FutureWarning)
@@ -351,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
                 max(words), torch.__version__, torch.get_num_threads())
 
     peak = matmul_peak()
-    logger.info("fp32 matmul peak (2048x2048, median): %.1f GFLOP/s", peak / 1e9)
+    logger.info("fp32 matmul peak (%dx%d, median): %.1f GFLOP/s", PEAK_SIZE, PEAK_SIZE, peak / 1e9)
 
     rows: list[tuple[str, str]] = []
     verdicts: list[str] = []
@@ -395,7 +431,8 @@ def main(argv: list[str] | None = None) -> int:
         fractions = [useful / t / p for t, p in zip(ours_times, local_peaks)]
         fraction = statistics.median(fractions)
         peak_all = max(peak, *peaks)
-        bs_flops = block_flops(lengths) + lm_head_flops(lengths)
+        vocab = int(extractor.lm.model.config.vocab_size)
+        bs_flops = block_flops(lengths) + lm_head_flops(lengths, vocab)
         load = os.getloadavg()
 
         rows += [
@@ -403,7 +440,8 @@ def main(argv: list[str] | None = None) -> int:
                               f"{load[0]:.1f}/{load[1]:.1f}/{load[2]:.1f} (1/5/15 min) after [1]"
                               + ("  ** machine busy: timings are noisy **" if load[1] > (os.cpu_count() or 1) + 0.5
                                  else "")),
-            ("fp32 matmul peak", f"{peak_all / 1e9:.1f} GFLOP/s best (2048x2048 torch.matmul); next to each of our "
+            ("fp32 matmul peak", f"{peak_all / 1e9:.1f} GFLOP/s best ({PEAK_SIZE}x{PEAK_SIZE} torch.matmul); next to "
+                                 "each of our "
                                  f"runs: [{', '.join(f'{p / 1e9:.0f}' for p in local_peaks)}] GFLOP/s"),
             ("stimuli", f"{n} sentences, {min(words)}-{max(words)} words, {np.mean(lengths):.1f} tokens mean "
                         f"({source})"),
@@ -423,7 +461,7 @@ def main(argv: list[str] | None = None) -> int:
             ("  max |diff| / max |ref|", f"{diff1:9.2e}   (tolerance {TOLERANCE:g})"),
             ("", ""),
             ("[3] FLOP/s, berg-ray sentence context", ""),
-            ("  useful FLOPs (blocks 0..5)", f"{useful / 1e9:9.1f} GFLOP   (executed incl. padding "
+            (f"  useful FLOPs (blocks 0..{N_BLOCKS_RUN - 1})", f"{useful / 1e9:9.1f} GFLOP   (executed incl. padding "
                                              f"{executed / 1e9:.1f} GFLOP)"),
             ("  achieved", f"{achieved / 1e9:9.1f} GFLOP/s = {fraction:.1%} of the peak measured next to each "
                            f"run (median of [{', '.join(f'{f:.1%}' for f in fractions)}]; counting padding: "
@@ -443,7 +481,7 @@ def main(argv: list[str] | None = None) -> int:
 
         # ---- 2. running context --------------------------------------------------------------------------
         if not args.skip_running:
-            from berg_ray.features import context_groups, prepare_context
+            from berg_ray.features import prepare_context
 
             contexts = [prepare_context(sentences[: k + 1]) for k in range(n)]
             full = [len(ids) for ids in tokenizer(contexts)["input_ids"]]
@@ -451,11 +489,8 @@ def main(argv: list[str] | None = None) -> int:
             truncated = sum(f > DIMS["n_positions"] for f in full)
             # berg-ray: the untruncated contexts share one pass (causal prefixes), each truncated one needs its own.
             first_cut = next((k for k, f in enumerate(full) if f > DIMS["n_positions"]), n)
-            plan = extractor._plan(sentences, context_groups(n, "running"))
-            ours_seqs = [len(seq.ids) for seq in plan]  # forward-pass sequences berg-ray actually runs
             logger.info("running context: %d of %d contexts exceed %d tokens (first at sentence %d); "
-                        "brainscore runs %d tokens, berg-ray %d", truncated, n, DIMS["n_positions"], first_cut,
-                        sum(window), sum(ours_seqs))
+                        "brainscore runs %d tokens", truncated, n, DIMS["n_positions"], first_cut, sum(window))
             # 2a. the regime where every context fits (sentences before the first truncation): one shared pass.
             fit = sentences[:first_cut]
             if fit and first_cut < n:
@@ -476,8 +511,11 @@ def main(argv: list[str] | None = None) -> int:
                     ("  max |diff| / max |ref|", f"{relative_difference(fit_ours, fit_bs):9.2e}"),
                 ]
             peak_before = matmul_peak(repeats=8)
-            ours_run_times, ours_running = timed(lambda: extractor(sentences, context="running"),
-                                                 args.running_repeats, warmup=0, label="ours running")
+            with counted_sequences(extractor) as ours_seqs:  # forward-pass sequences berg-ray actually runs
+                ours_run_times, ours_running = timed(lambda: extractor(sentences, context="running"),
+                                                     args.running_repeats, warmup=0, label="ours running")
+            ours_seqs = ours_seqs[: len(ours_seqs) // args.running_repeats]  # one call's (the repeats are equal)
+            logger.info("running context: berg-ray ran %d sequences, %d tokens", len(ours_seqs), sum(ours_seqs))
             bs_run_times, bs_running = timed(lambda: brainscore_whole_list(subject, sentences), 1, warmup=0,
                                              label="brainscore whole list")
             peak_after = matmul_peak(repeats=8)
@@ -485,7 +523,7 @@ def main(argv: list[str] | None = None) -> int:
             ratio2 = bs_rt / ours_rt
             diff2 = relative_difference(ours_running, bs_running)
             ours_run_flops = block_flops(ours_seqs)
-            bs_run_flops = block_flops(window) + lm_head_flops(window)
+            bs_run_flops = block_flops(window) + lm_head_flops(window, vocab)
             rows += [
                 ("", ""),
                 ("[2] running context, all", f"{truncated}/{n} contexts left-truncated to {DIMS['n_positions']} "
@@ -519,7 +557,8 @@ def main(argv: list[str] | None = None) -> int:
 
     width = max(len(label) for label, _ in rows)
     print()
-    print("berg-ray extract vs brainscore digest_text — random-init distilgpt2 dims, layer", LAYER)
+    dims = "distilgpt2 dims" if DIMS is not QUICK_DIMS else f"--quick dims {DIMS}"
+    print(f"berg-ray extract vs brainscore digest_text — random-init GPT-2, {dims}, layer {LAYER}")
     print("-" * 100)
     for label, value in rows:
         print(f"{label:<{width}}  {value}".rstrip())

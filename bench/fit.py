@@ -10,9 +10,10 @@ Measured (same machine, same process, one run):
 
 A. sklearn, sequential, in this process: ``PLSRegression(25, scale=False)`` fit + 10 CV refits per subject
    (BLAS with this process's default threads). A1: the same with BLAS limited to 1 thread (one subject per round).
-B. berg-ray on Ray: one ``num_cpus=1`` task per subject running ``berg_ray.distributed._fit_task`` (what
-   ``fit_subjects`` submits, minus the extractor actor), features and assembly in the object store; timed from the
-   ``ray.put`` to the last result. Cold = first call (worker processes import berg_ray/torch), then warm runs.
+B. berg-ray on Ray: one ``num_cpus=1`` task per subject running :func:`berg_ray.fitting.fit_encoding_model` (the
+   computation of each task ``fit_subjects`` submits, minus the extractor actor and the cache write), features and
+   assembly in the object store; timed from the ``ray.put`` to the last result. Cold = first call (worker processes
+   import berg_ray/torch), then warm runs.
 C. berg-ray's ``fit_encoding_model`` sequentially in this process (solver speed-up without parallelism); C1: the
    same with BLAS limited to 1 thread.
 
@@ -24,15 +25,15 @@ the Ray tasks) and a per-round paired ratio, which are less sensitive to the loa
 Checks: predictions of A's and B's full fits on 2,000 held-out standard normal feature rows (max |Δ|), and the CV r
 of A vs B (max |Δ|); B vs C must be identical up to BLAS rounding.
 
-Prediction: ``StackedPredictor.from_models(models).predict(X)`` (one float32 matrix multiply for all subjects) vs
-nine ``PLSRegression.predict(X)`` calls, ``X`` = 10,000 × 768 float32; plus, for reference, a bench-local
-prototype that uses the rank (≤ 25) of each PLS map: ``(X @ R) @ Q`` with ``R`` (768 × 9·25) stacked and ``Q`` per
-subject (25 × n_voxels), which needs ~1/20 of the FLOPs.
+Prediction: ``StackedPredictor.from_models(models).predict(X)`` (the factored map: ``(X @ R) @ Q_s``, using the
+rank ≤ 25 of each PLS map) vs nine ``PLSRegression.predict(X)`` calls, ``X`` = 10,000 × 768 float32; plus, for
+reference, the dense product it replaced: one ``X @ W`` with every subject's coefficients side by side
+(768 × 12,155), ~20× the FLOPs.
 
 Usage::
 
     python bench/fit.py              # full run (~25–35 min on 2 busy cores)
-    python bench/fit.py --quick      # 2 subjects, fewer repeats, 2,000 prediction rows (~4 min)
+    python bench/fit.py --quick      # seconds: 64 features, 5 components, 2 subjects, 1 round, 500 prediction rows
 """
 
 from __future__ import annotations
@@ -58,12 +59,14 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-import berg_ray._environment  # noqa: E402,F401  (must precede brainscore imports)
+import berg_ray  # noqa: E402,F401  (its import sets BS_INSTALL_DEPENDENCIES=no before any brainscore import)
 
 logger = logging.getLogger("bench.fit")
 
 N_UNITS = 768
 N_COMPONENTS = 25
+#: --quick: narrow features and few components (the code paths are the same; the timings mean little)
+QUICK_UNITS, QUICK_COMPONENTS = 64, 5
 CV_FOLDS = 10
 TOLERANCE = 1e-4
 TARGET_FIT_RATIO = 3.0
@@ -135,7 +138,7 @@ def make_dataset(folder: Path, seed: int = 0):
     features = np.random.default_rng(seed).standard_normal((384, N_UNITS)).astype(np.float32)
     path = folder / "synthetic_pereira_random768.nc"
     started = time.perf_counter()
-    write_synthetic_pereira(path, features, seed=seed, rank=10, noise=1.0, planted_model="random-normal-768")
+    write_synthetic_pereira(path, features, seed=seed, rank=10, noise=1.0, planted_model=f"random-normal-{N_UNITS}")
     assembly = load_pereira(path)
     logger.info("synthetic dataset written and loaded in %.1f s: %r", time.perf_counter() - started, assembly)
     return features, assembly
@@ -175,10 +178,13 @@ def run_sklearn(features: np.ndarray, assembly, subjects: list[str]) -> dict[str
 
 
 def bench_spec():
+    """The request the fits are recorded under (features are given directly; the request only feeds the cache-key
+    fields: a hub-style source, so nothing is hashed or loaded)."""
     from berg_ray.registry import ModelSpec
+    from berg_ray.request import ModelRequest
 
-    # Features are given directly; the spec only feeds the cache-key fields (a hub-style source: no hashing).
-    return ModelSpec("bench-random-features", "bench/random-features-768", "none", origin="custom")
+    return ModelRequest.build(ModelSpec("bench-random-features", f"bench/random-features-{N_UNITS}", "none",
+                                        origin="custom"))
 
 
 def run_local(features: np.ndarray, assembly, subjects: list[str]) -> dict[str, Any]:
@@ -186,15 +192,15 @@ def run_local(features: np.ndarray, assembly, subjects: list[str]) -> dict[str, 
     from berg_ray.regression import PLSSettings
 
     spec, settings = bench_spec(), PLSSettings(n_components=N_COMPONENTS, cv_folds=CV_FOLDS)
-    return {s: fit_encoding_model(spec, features, assembly, s, "sentence", settings) for s in subjects}
+    return {s: fit_encoding_model(spec, features, assembly, s, settings) for s in subjects}
 
 
-def _cpu_timed_fit_task(*args: Any) -> tuple[Any, float]:
-    """``berg_ray.distributed._fit_task`` plus the CPU seconds its worker process spent on it."""
-    from berg_ray.distributed import _fit_task
+def cpu_timed_fit(*args: Any) -> tuple[Any, float]:
+    """:func:`berg_ray.fitting.fit_encoding_model` plus the CPU seconds its worker process spent on it."""
+    from berg_ray.fitting import fit_encoding_model
 
     cpu = time.process_time()
-    model = _fit_task(*args)
+    model = fit_encoding_model(*args)
     return model, time.process_time() - cpu
 
 
@@ -209,8 +215,8 @@ def run_ray(features: np.ndarray, assembly, subjects: list[str]) -> dict[str, An
     spec, settings = bench_spec(), PLSSettings(n_components=N_COMPONENTS, cv_folds=CV_FOLDS)
     features_ref = ray.put(features)
     assembly_ref = ray.put(assembly)
-    task = ray.remote(_cpu_timed_fit_task).options(num_cpus=1)
-    refs = [task.remote(spec, features_ref, assembly_ref, s, "sentence", settings, None) for s in subjects]
+    task = ray.remote(cpu_timed_fit).options(num_cpus=1)
+    refs = [task.remote(spec, features_ref, assembly_ref, s, settings) for s in subjects]
     results = ray.get(refs)
     TASK_CPU.append(sum(cpu for _, cpu in results))
     return {s: model for s, (model, _) in zip(subjects, results)}
@@ -220,33 +226,20 @@ def run_ray(features: np.ndarray, assembly, subjects: list[str]) -> dict[str, An
 # Prediction
 
 
-def low_rank_factors(models: dict[str, Any], rank: int = N_COMPONENTS):
-    """Bench-local prototype: each PLS coef (n_voxels × n_units) has rank ≤ n_components; factor it once.
+def dense_stack(models: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """Reference: every subject's affine PLS map as one dense float32 matrix, ``X @ W + b``.
 
-    ``coef.T = R_s @ Q_s`` with ``R_s`` (n_units × rank) and ``Q_s`` (rank × n_voxels) from a truncated SVD.
-    (fit_pls could keep ``rotations`` and ``y_loadings`` instead, which are exactly these factors.)
+    ``W`` (n_units × total voxels) holds each ``coef.T`` side by side, ``b = intercept - x_mean @ coef.T``: what
+    prediction cost before the maps were factored (``StackedPredictor`` uses their rank ≤ n_components instead).
     """
-    rs, qs, biases, slices, start = [], [], [], {}, 0
-    for subject, model in models.items():
-        coef = model.fit.coef  # (n_voxels, n_units) float64
-        u, s, vt = np.linalg.svd(coef.T, full_matrices=False)
-        rs.append(u[:, :rank] * s[:rank])
-        qs.append(np.ascontiguousarray(vt[:rank], dtype=np.float32))
-        biases.append(model.fit.intercept - model.fit.x_mean @ coef.T)
-        slices[subject] = (start, start + coef.shape[0])
-        start += coef.shape[0]
-    r = np.ascontiguousarray(np.concatenate(rs, axis=1), dtype=np.float32)
-    return r, qs, np.concatenate(biases).astype(np.float32), slices
+    weights = np.concatenate([m.fit.coef.T for m in models.values()], axis=1)  # fit.coef: (n_voxels, n_units)
+    bias = np.concatenate([m.fit.intercept - m.fit.x_mean @ m.fit.coef.T for m in models.values()])
+    return np.ascontiguousarray(weights, dtype=np.float32), bias.astype(np.float32)
 
 
-def low_rank_predict(features: np.ndarray, factors) -> np.ndarray:
-    r, qs, bias, slices = factors
-    scores = features.astype(np.float32, copy=False) @ r  # (n, n_subjects · rank)
-    out = np.empty((features.shape[0], bias.shape[0]), dtype=np.float32)
-    for k, (lo, hi) in enumerate(slices.values()):
-        np.matmul(scores[:, k * qs[k].shape[0]:(k + 1) * qs[k].shape[0]], qs[k], out=out[:, lo:hi])
-    out += bias
-    return out
+def dense_predict(features: np.ndarray, dense: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    weights, bias = dense
+    return features.astype(np.float32, copy=False) @ weights + bias
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -259,13 +252,15 @@ def status(ok: bool) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="2 subjects, 1 repeat each, 2,000 prediction rows")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"seconds: {QUICK_UNITS} features, {QUICK_COMPONENTS} components, 2 subjects, 1 round, "
+                             "500 prediction rows, 2 prediction repeats")
     parser.add_argument("--subjects", type=int, default=None, help="number of subjects (default 9; --quick 2)")
     parser.add_argument("--repeats", type=int, default=None,
                         help="interleaved rounds (default 3; quick 1): each runs B, C, C1 once and A on 1/rounds of "
                              "the subjects")
-    parser.add_argument("--predict-rows", type=int, default=None, help="default 10,000 (quick 2,000)")
-    parser.add_argument("--predict-repeats", type=int, default=5)
+    parser.add_argument("--predict-rows", type=int, default=None, help="default 10,000 (quick 500)")
+    parser.add_argument("--predict-repeats", type=int, default=None, help="default 5 (quick 2)")
     parser.add_argument("--one-thread-subjects", type=int, default=None,
                         help="subjects for A1 (sklearn with BLAS limited to 1 thread; default 2, quick 1); 0 skips")
     args = parser.parse_args()
@@ -274,7 +269,11 @@ def main() -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     n_subjects = args.subjects or (2 if args.quick else 9)
     repeats = args.repeats or (1 if args.quick else 3)
-    predict_rows = args.predict_rows or (2000 if args.quick else 10_000)
+    predict_rows = args.predict_rows or (500 if args.quick else 10_000)
+    args.predict_repeats = args.predict_repeats or (2 if args.quick else 5)
+    global N_UNITS, N_COMPONENTS
+    if args.quick:
+        N_UNITS, N_COMPONENTS = QUICK_UNITS, QUICK_COMPONENTS
 
     import ray
     import sklearn
@@ -357,7 +356,7 @@ def main() -> int:
     start = time.perf_counter()
     stacked = StackedPredictor.from_models(ray_models)
     build_seconds = time.perf_counter() - start
-    factors = low_rank_factors(ray_models)
+    dense = dense_stack(ray_models)
     sk_models = [sk[s][0] for s in subjects]
 
     def sklearn_predict():
@@ -370,9 +369,9 @@ def main() -> int:
             model.predict(x64)
 
     # interleave the variants (one repeat of each per round) so machine load hits them alike
-    times: dict[str, list[float]] = {"sklearn": [], "sklearn64": [], "stacked": [], "lowrank": []}
+    times: dict[str, list[float]] = {"sklearn": [], "sklearn64": [], "stacked": [], "dense": []}
     fns = {"sklearn": sklearn_predict, "sklearn64": sklearn_predict64, "stacked": lambda: stacked.predict(x),
-           "lowrank": lambda: low_rank_predict(x, factors)}
+           "dense": lambda: dense_predict(x, dense)}
     for fn in fns.values():  # warm-up
         fn()
     for round_ in range(args.predict_repeats):
@@ -382,13 +381,13 @@ def main() -> int:
             times[name].append(time.perf_counter() - start)
         logger.info("predict round %d: %s", round_ + 1, {k: round(v[-1], 3) for k, v in times.items()})
     stacked_out = stacked.predict(x)
-    lowrank_out = low_rank_predict(x, factors)
-    stacked_diff = lowrank_diff = 0.0
+    dense_out = dense_predict(x, dense)
+    stacked_diff = dense_diff = 0.0
     for s, model in zip(subjects, sk_models):
         lo, hi = stacked.slices[s]
         ref = model.predict(x)
         stacked_diff = max(stacked_diff, float(np.abs(stacked_out[:, lo:hi] - ref).max()))
-        lowrank_diff = max(lowrank_diff, float(np.abs(lowrank_out[:, lo:hi] - ref).max()))
+        dense_diff = max(dense_diff, float(np.abs(dense_out[:, lo:hi] - ref).max()))
 
     # ---------------- report
     a, b, c = median(a_times), median(b_times), median(c_times)
@@ -452,26 +451,28 @@ def main() -> int:
     print(f"- C / B (parallel speed-up of the Ray layer over the same solver in one process): {c / b:.2f}×")
     print(f"- B task seconds (last run, fit_seconds inside each task): median {median(task_seconds):.2f}, "
           f"sum {sum(task_seconds):.1f} (sum / wall = {sum(task_seconds) / b_times[-1]:.2f} busy CPUs)")
-    print(f"- NIPALS iterations per subject (25 components, full fit): {iterations}")
-    print(f"- predictions A vs B on 2,000 held-out rows: max |Δ| = {pred_diff:.2e} (max |prediction| {scale:.2f}); "
+    print(f"- NIPALS iterations per subject ({N_COMPONENTS} components, full fit): {iterations}")
+    print(f"- predictions A vs B on {held_out.shape[0]:,} held-out rows: max |Δ| = {pred_diff:.2e} "
+          f"(max |prediction| {scale:.2f}); "
           f"CV r max |Δ| = {cv_diff:.2e}; B vs C max |Δ| = {bc_diff:.2e}")
     print()
-    p_sk, p_sk64, p_st, p_lr = (median(times[k]) for k in ("sklearn", "sklearn64", "stacked", "lowrank"))
+    p_sk, p_sk64, p_st, p_dn = (median(times[k]) for k in ("sklearn", "sklearn64", "stacked", "dense"))
     predict_ratio = p_sk / p_st
     print(f"## Predict: {predict_rows:,} × {N_UNITS} float32 features, all {len(subjects)} subjects "
-          f"({stacked.weights.shape[1]:,} voxels), median of {args.predict_repeats} interleaved rounds")
+          f"({stacked.bias.shape[0]:,} voxels), median of {args.predict_repeats} interleaved rounds")
     print()
     print("| variant | median s | sklearn / variant | max abs Δ vs sklearn |")
     print("|---|---:|---:|---:|")
     print(f"| {len(subjects)} × sklearn PLSRegression.predict(X float32) | {p_sk:.3f} | 1.00 | 0 |")
     print(f"| {len(subjects)} × sklearn predict(X as float64, cast included) | {p_sk64:.3f} | {p_sk / p_sk64:.2f} | 0 |")
-    print(f"| StackedPredictor.predict (one float32 matmul) | {p_st:.3f} | {predict_ratio:.2f} | {stacked_diff:.2e} |")
-    print(f"| prototype: low-rank (X @ R) @ Q_s, float32 (not in berg_ray) | {p_lr:.3f} | {p_sk / p_lr:.2f} | "
-          f"{lowrank_diff:.2e} |")
+    print(f"| StackedPredictor.predict (factored: (X @ R) @ Q_s, float32) | {p_st:.3f} | {predict_ratio:.2f} | "
+          f"{stacked_diff:.2e} |")
+    print(f"| reference: dense X @ W + b, all subjects side by side, float32 | {p_dn:.3f} | {p_sk / p_dn:.2f} | "
+          f"{dense_diff:.2e} |")
     print()
-    print(f"- StackedPredictor.from_models: {build_seconds:.3f} s (once); stacked weights "
-          f"{stacked.weights.nbytes / 2**20:.0f} MiB; low-rank factors "
-          f"{(factors[0].nbytes + sum(q.nbytes for q in factors[1])) / 2**20:.1f} MiB")
+    factored_bytes = stacked.reducer.nbytes + sum(q.nbytes for q in stacked.loadings) + stacked.bias.nbytes
+    print(f"- StackedPredictor.from_models: {build_seconds:.3f} s (once); its factors "
+          f"{factored_bytes / 2**20:.1f} MiB vs the dense weights {dense[0].nbytes / 2**20:.1f} MiB")
     print()
     print("## Targets")
     print()
@@ -480,9 +481,9 @@ def main() -> int:
           f"{TOLERANCE:g} apart — {fit_ratio:.2f}× (A total / median warm B; paired per round median "
           f"{median(paired):.2f}×; cold {a / b_cold:.2f}×; CPU-time {a_cpu / b_cpu:.2f}×), max |Δ| {pred_diff:.1e}, "
           f"CV r max |Δ| {cv_diff:.1e}")
-    print(f"- {status(predict_ratio >= TARGET_PREDICT_RATIO)}: one stacked matmul vs nine sklearn predicts ≥ "
-          f"{TARGET_PREDICT_RATIO:g}× — {predict_ratio:.2f}× (max |Δ| {stacked_diff:.1e}); low-rank prototype "
-          f"{p_sk / p_lr:.2f}× (max |Δ| {lowrank_diff:.1e})")
+    print(f"- {status(predict_ratio >= TARGET_PREDICT_RATIO)}: StackedPredictor vs nine sklearn predicts ≥ "
+          f"{TARGET_PREDICT_RATIO:g}× — {predict_ratio:.2f}× (max |Δ| {stacked_diff:.1e}); dense reference "
+          f"{p_sk / p_dn:.2f}× (max |Δ| {dense_diff:.1e})")
     if len(subjects) < 9:
         print(f"- note: {len(subjects)} subject(s) only (--quick/--subjects): not the target configuration")
     return 0

@@ -9,21 +9,22 @@ import functools
 import logging
 import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from berg_ray.encoding_model import EncodingModel
 from berg_ray.errors import InvalidInputError
-from berg_ray.features import check_context, check_sentences, extract_features, resolve_device
-from berg_ray.fitting import fit_subjects_local
-from berg_ray.neural import PereiraAssembly, load_pereira
+from berg_ray.features import extract, resolve_device
+from berg_ray.fitting import fit_subjects
+from berg_ray.neural import PereiraAssembly, dataset_cache_dir, load_pereira
 from berg_ray.provenance import package_versions
-from berg_ray.registry import get_spec
+from berg_ray.registry import ModelSpec
 from berg_ray.registry import list_models as _list_models
+from berg_ray.request import ModelRequest, check_context
 from berg_ray.regression import PLSSettings
 from berg_ray.store import EncodingModelStore
+from berg_ray.validation import check_batch_size, check_n_components, check_sentences
 
 logger = logging.getLogger(__name__)
 
@@ -35,12 +36,6 @@ GATEWAY_DEFAULT_MODEL = "brainscore_language-gpt2"
 @functools.lru_cache(maxsize=4)
 def _cached_assembly(dataset: str, cache_dir: str | None) -> PereiraAssembly:
     return load_pereira(dataset, cache_dir=cache_dir)
-
-
-def dataset_cache_dir(berg_dir: str | os.PathLike) -> str | None:
-    """Where datasets derived for a cache root live (synthetic files, downloaded copies); None for remote roots."""
-    text = os.fspath(berg_dir)
-    return None if "://" in text else str(Path(text) / "datasets")
 
 
 class BERG:
@@ -58,7 +53,7 @@ class BERG:
         self.berg_dir = os.fspath(berg_dir)
         self.dataset = dataset
         self.context = check_context(context)
-        self.settings = PLSSettings(n_components=n_components)
+        self.settings = PLSSettings(n_components=check_n_components(n_components))
         self.store = EncodingModelStore(self.berg_dir)
 
     def __repr__(self) -> str:
@@ -73,6 +68,34 @@ class BERG:
         """Model ids accepted by :meth:`get_encoding_model` (see :func:`berg_ray.list_models`)."""
         return _list_models(expand_brainscore_language)
 
+    def request(self, model_id: str | ModelSpec, *, context: str | None = None, device: str = "auto",
+                dtype: str | None = None, batch_size: int = 32, layers: str | Sequence[str] | None = None
+                ) -> ModelRequest:
+        """The :class:`ModelRequest` for ``model_id`` with this object's default context: resolved and checked once
+        (an unknown id, context, dtype, batch size or device fails here, before any data or model is loaded)."""
+        if model_id == GATEWAY_ID:
+            model_id = GATEWAY_DEFAULT_MODEL
+        return ModelRequest.build(model_id, layers=layers, context=context or self.context, dtype=dtype,
+                                  batch_size=batch_size, device=device)
+
+    def fit(self, request: ModelRequest, subjects: str | Sequence[str] = "all", *, use_ray: bool | None = None,
+            num_gpus: float = 0.0, show_progress: bool = False) -> dict[str, EncodingModel]:
+        """Cached-or-fitted encoding models of ``request`` for ``subjects`` (``{subject: EncodingModel}``).
+
+        Args:
+            use_ray: fit on Ray (an extractor actor + one task per subject); ``None`` means: on Ray when this process
+                is connected to a Ray cluster (``ray.init`` was called), else in this process. Numbers are equal.
+            num_gpus: GPUs for the Ray extractor actor (fractions allowed).
+        """
+        from berg_ray import distributed
+
+        executor = None
+        if use_ray or (use_ray is None and distributed.ray_is_available()):
+            distributed.init_ray()
+            executor = distributed.RayExecutor(num_gpus)
+        return fit_subjects(request, self.assembly(), subjects, settings=self.settings, store=self.store,
+                            executor=executor, show_progress=show_progress)
+
     def get_encoding_model(self, model_id: str, subject: str, device: str = "auto", *, context: str | None = None,
                            show_progress: bool = False, batch_size: int = 32, dtype: str | None = None
                            ) -> EncodingModel:
@@ -82,42 +105,36 @@ class BERG:
             model_id: e.g. ``"brainscore_language-gpt2"`` (``"brainscore_language"`` alone means gpt2, as in BERG).
             subject: one of the nine Pereira subjects, e.g. ``"018"``.
             device: ``"cpu"``, ``"cuda"`` or ``"auto"``; used for feature extraction (fit and encode).
+            dtype: forward-pass precision (``None``/``"float32"``, ``"bfloat16"``, ``"float16"`` on GPU); part of the
+                cache key, and ``encode`` extracts with it too.
         """
-        if model_id == GATEWAY_ID:
-            model_id = GATEWAY_DEFAULT_MODEL
-        get_spec(model_id)  # an unknown or unsupported id fails here, before any data is loaded
-        context = check_context(context or self.context)
-        device_name = str(resolve_device(device))
-        from berg_ray import distributed
-
-        assembly = self.assembly()
-        if distributed.ray_is_available():
-            models = distributed.fit_subjects(model_id, [subject], dataset=assembly, cache=self.store,
-                                              context=context, settings=self.settings, device=device_name,
-                                              show_progress=show_progress)
-        else:
-            models = fit_subjects_local(model_id, assembly, [subject], store=self.store, context=context,
-                                        settings=self.settings, device=device_name, dtype=dtype,
-                                        batch_size=batch_size, show_progress=show_progress)
-        model = next(iter(models.values()))
-        return model.replace(device=device_name)
+        request = self.request(model_id, context=context, device=device, dtype=dtype, batch_size=batch_size)
+        model = next(iter(self.fit(request, [subject], show_progress=show_progress).values()))
+        return model.replace(device=str(resolve_device(request.device)))
 
     def encode(self, model: EncodingModel, stimulus: str | Sequence[str], show_progress: bool = False,
-               return_metadata: bool = False, *, passages: Sequence[Any] | None = None, batch_size: int = 32
-               ) -> np.ndarray | tuple[np.ndarray, dict[str, Any]]:
+               return_metadata: bool = False, *, passages: Sequence[Any] | None = None,
+               batch_size: int | None = None) -> np.ndarray | tuple[np.ndarray, dict[str, Any]]:
         """Predicted responses to ``stimulus``: float32 array of shape (n_sentences, n_voxels), z-scored units.
+
+        Features are read exactly as for training: the model's layer, context and dtype (its request).
 
         Args:
             model: from :meth:`get_encoding_model`.
             stimulus: a sentence or a list of sentences.
             return_metadata: also return a dict describing the model, voxels, data and versions.
             passages: passage label per sentence, for models trained with ``context="passage"``.
+            batch_size: sequences per forward pass (default: the model's request's).
         """
         if not isinstance(model, EncodingModel):
             raise InvalidInputError(f"model must come from get_encoding_model(), got {type(model).__name__}")
         sentences = check_sentences(stimulus)
-        features = extract_features(model.model_id, sentences, context=model.context, passages=passages,
-                                    device=model.device, batch_size=batch_size, show_progress=show_progress)
+        request = model.request or ModelRequest.build(model.model_id, layers=model.layer, context=model.context,
+                                                      dtype=model.dtype)
+        batch_size = check_batch_size(batch_size if batch_size is not None else request.batch_size)
+        features = extract(request.spec, sentences, [model.layer], context=model.context, passages=passages,
+                           device=model.device, batch_size=batch_size, dtype=request.dtype,
+                           show_progress=show_progress)[model.layer]
         responses = model.predict(features)
         if not return_metadata:
             return responses
@@ -136,4 +153,5 @@ def encode_metadata(model: EncodingModel, n_sentences: int) -> dict[str, Any]:
         "units": "z-scored BOLD response per voxel (as the Pereira 2018 training data)",
         "versions": package_versions(),
         "device": model.device,
+        "dtype": model.dtype,
     }

@@ -1,10 +1,10 @@
 """``berg-ray`` command line: the same functions as the Python API and the Ray jobs.
 
     berg-ray models [--all]
-    berg-ray register MODEL_ID --source DIR_OR_HUB_ID --layer LAYER
+    berg-ray register MODEL_ID --source DIR_OR_HUB_ID --layer LAYER [--replace]
     berg-ray fit MODEL --subjects all|018 199 ... [--dataset D] [--cache DIR_OR_S3] [--context C]
     berg-ray encode MODEL --subject S (--text T ... | --input FILE) --out FILE.parquet|.npy
-    berg-ray encode-corpus MODEL --input PATH_OR_GLOB --output DIR [--subjects ...]
+    berg-ray encode-corpus MODEL --input PATH_OR_GLOB --output DIR [--subjects ...] [--overwrite]
     berg-ray sweep --models M ... --out DIR [--layers mapped|all] [--contexts sentence passage]
     berg-ray demo [--dataset synthetic|brainscore|PATH] [--model MODEL] [--out DIR]
 """
@@ -18,7 +18,9 @@ import os
 import sys
 from collections.abc import Sequence
 
+from berg_ray import options
 from berg_ray.errors import BergRayError
+from berg_ray.quiet import configure_output
 
 logger = logging.getLogger("berg_ray.cli")
 
@@ -31,11 +33,11 @@ def _add_common(parser: argparse.ArgumentParser, subjects: bool = True) -> None:
                              "Pereira .nc file (default: %(default)s)")
     parser.add_argument("--cache", default=DEFAULT_CACHE,
                         help="cache root: a folder or s3://bucket/prefix ($BERG_RAY_CACHE; default: %(default)s)")
-    parser.add_argument("--context", default="sentence", choices=("sentence", "passage", "running"),
+    parser.add_argument("--context", default="sentence", choices=options.CONTEXTS,
                         help="context policy (default: %(default)s)")
     parser.add_argument("--n-components", type=int, default=25, help="PLS components (default: %(default)s)")
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default: %(default)s)")
-    parser.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"),
+    parser.add_argument("--dtype", default=None, choices=options.DTYPES,
                         help="forward-pass precision (default: float32)")
     parser.add_argument("--batch-size", type=int, default=32, help="sequences per forward pass")
     if subjects:
@@ -44,7 +46,9 @@ def _add_common(parser: argparse.ArgumentParser, subjects: bool = True) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="berg-ray", description="In-silico fMRI for BrainScore language models.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="also show berg-ray's debug log and what third-party libraries print (transformers, "
+                             "Ray, xarray warnings), which is hidden by default")
     sub = parser.add_subparsers(dest="command", required=True)
 
     models = sub.add_parser("models", help="list the models berg-ray can run")
@@ -56,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     register.add_argument("--source", required=True, help="local model folder or Hugging Face hub id")
     register.add_argument("--layer", required=True, help="dotted module name, e.g. transformer.h.5")
     register.add_argument("--revision", default=None)
+    register.add_argument("--replace", action="store_true",
+                          help="replace an existing registration of MODEL_ID, or shadow a BrainScore short alias "
+                               "such as 'gpt2'")
 
     fit = sub.add_parser("fit", help="fit (or load) the encoding models of one model for some subjects")
     fit.add_argument("model")
@@ -75,7 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
     corpus = sub.add_parser("encode-corpus", help="stream a corpus through Ray into Parquet predictions")
     corpus.add_argument("model")
     corpus.add_argument("--input", required=True, help="file, folder or glob (.txt/.jsonl/.parquet), local or s3://")
-    corpus.add_argument("--output", required=True, help="output folder, local or s3://")
+    corpus.add_argument("--output", required=True,
+                        help="output folder, local or s3://; rerunning the same request resumes it, another "
+                             "request is refused (naming what changed) unless --overwrite")
+    corpus.add_argument("--overwrite", action="store_true",
+                        help="delete an existing output in --output (only the files encode-corpus writes: "
+                             "predictions, markers, bad rows, manifest) and encode from scratch")
     corpus.add_argument("--num-extractors", type=int, default=1)
     corpus.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per extractor actor (fractional ok)")
     corpus.add_argument("--address", default=None, help="Ray address (default: $RAY_ADDRESS or a local Ray)")
@@ -85,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--models", nargs="+", required=True)
     sweep.add_argument("--layers", default="mapped", help="'mapped', 'all', or comma-separated layer names")
     sweep.add_argument("--contexts", nargs="+", default=["sentence"])
-    sweep.add_argument("--protocol", default="pls-groupkfold", choices=("pls-groupkfold", "brainscore-linear"))
+    sweep.add_argument("--protocol", default=options.DEFAULT_PROTOCOL, choices=options.PROTOCOLS)
     sweep.add_argument("--out", required=True)
     sweep.add_argument("--address", default=None)
     _add_common(sweep)
@@ -95,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--model", default="minilm-l6")
     demo.add_argument("--berg-dir", default=DEFAULT_CACHE)
     demo.add_argument("--out", default="demo_out", help="folder for the table and the PNG")
-    demo.add_argument("--context", default="sentence", choices=("sentence", "passage", "running"))
+    demo.add_argument("--context", default="sentence", choices=options.CONTEXTS)
     demo.add_argument("--device", default="auto")
     demo.add_argument("--no-ray", action="store_true", help="fit in this process instead of on a local Ray")
     return parser
@@ -129,75 +141,64 @@ def _cmd_models(args: argparse.Namespace) -> int:
 def _cmd_register(args: argparse.Namespace) -> int:
     from berg_ray.registry import register_model, registry_path
 
-    spec = register_model(args.model_id, args.source, args.layer, revision=args.revision, persist=True)
+    spec = register_model(args.model_id, args.source, args.layer, revision=args.revision, persist=True,
+                          replace=args.replace)
     print(f"registered {spec.model_id} -> {spec.source} (layer {spec.layer}) in {registry_path()}")
     return 0
 
 
 def _cmd_fit(args: argparse.Namespace) -> int:
     from berg_ray.api import BERG
+    from berg_ray.validation import check_fit_arguments
 
+    check_fit_arguments(subjects=args.subjects, n_components=args.n_components, batch_size=args.batch_size,
+                        device=args.device, dataset=args.dataset, cli=True)
     berg = BERG(args.cache, dataset=args.dataset, context=args.context, n_components=args.n_components)
-    if args.ray or args.address or os.environ.get("RAY_ADDRESS"):
-        from berg_ray.distributed import fit_subjects, init_ray
+    request = berg.request(args.model, device=args.device, dtype=args.dtype, batch_size=args.batch_size)
+    use_ray = bool(args.ray or args.address or os.environ.get("RAY_ADDRESS"))
+    if use_ray:
+        from berg_ray.distributed import init_ray
 
         init_ray(args.address)
-        models = fit_subjects(args.model, args.subjects, dataset=berg.assembly(), cache=berg.store,
-                              context=args.context, settings=berg.settings, device=args.device, show_progress=True)
-    else:
-        from berg_ray.features import resolve_device
-        from berg_ray.fitting import fit_subjects_local
+    from berg_ray.encoding_model import format_cv_table
 
-        models = fit_subjects_local(args.model, berg.assembly(), args.subjects, store=berg.store,
-                                    context=args.context, settings=berg.settings,
-                                    device=str(resolve_device(args.device)), dtype=args.dtype,
-                                    batch_size=args.batch_size, show_progress=True)
+    models = berg.fit(request, args.subjects, use_ray=use_ray, show_progress=True)
     print(format_cv_table(models))
     return 0
-
-
-def format_cv_table(models: dict) -> str:
-    """A text table of per-subject CV r (median, mean) for fitted encoding models."""
-    import numpy as np
-
-    lines = []
-    first = next(iter(models.values()))
-    if first.synthetic:
-        lines.append("*** SYNTHETIC DATA: scores measure recovery of a planted map, not brain predictivity ***")
-    lines.append(f"model {first.model_id}  layer {first.layer}  context {first.context}  "
-                 f"CV: GroupKFold({first.settings.cv_folds}) by {first.settings.cv_group}")
-    lines.append(f"{'subject':>8} {'voxels':>7} {'median r':>9} {'mean r':>8}")
-    for subject, model in models.items():
-        lines.append(f"{subject:>8} {model.n_voxels:>7d} {np.nanmedian(model.cv_r):>9.3f} {np.nanmean(model.cv_r):>8.3f}")
-    medians = [np.nanmedian(m.cv_r) for m in models.values()]
-    lines.append(f"{'all':>8} {sum(m.n_voxels for m in models.values()):>7d} {np.median(medians):>9.3f}")
-    return "\n".join(lines)
 
 
 def _cmd_encode(args: argparse.Namespace) -> int:
     from berg_ray.api import BERG
     from berg_ray.corpus_io import write_encoded
+    from berg_ray.validation import check_encode_arguments
 
+    check_encode_arguments(out=args.out, subject=args.subject, n_components=args.n_components,
+                           batch_size=args.batch_size, device=args.device, sentences=args.text, dataset=args.dataset,
+                           cli=True)
     sentences = args.text if args.text else _read_sentences(args.input)
     berg = BERG(args.cache, dataset=args.dataset, context=args.context, n_components=args.n_components)
     model = berg.get_encoding_model(args.model, subject=args.subject, device=args.device, show_progress=True,
                                     batch_size=args.batch_size, dtype=args.dtype)
-    responses, meta = berg.encode(model, sentences, show_progress=True, return_metadata=True,
-                                  batch_size=args.batch_size)
+    responses, meta = berg.encode(model, sentences, show_progress=True, return_metadata=True)
     written = write_encoded(args.out, sentences, responses, meta)
     print(f"wrote {responses.shape[0]} × {responses.shape[1]} responses to {', '.join(map(str, written))}")
     return 0
 
 
 def _cmd_encode_corpus(args: argparse.Namespace) -> int:
-    from berg_ray.corpus import encode_corpus
+    from berg_ray.corpus import encode_corpus, list_inputs
     from berg_ray.distributed import init_ray
+    from berg_ray.validation import check_corpus_arguments
 
+    check_corpus_arguments(subjects=args.subjects, n_components=args.n_components, batch_size=args.batch_size,
+                           device=args.device, num_extractors=args.num_extractors, num_gpus=args.num_gpus,
+                           output=args.output, dataset=args.dataset, cli=True)
+    list_inputs(args.input)  # a missing or empty input fails before Ray starts
     init_ray(args.address)
     summary = encode_corpus(args.model, args.input, args.output, subjects=args.subjects, dataset=args.dataset,
                             cache=args.cache, context=args.context, batch_size=args.batch_size,
                             num_extractors=args.num_extractors, num_gpus=args.num_gpus, device=args.device,
-                            dtype=args.dtype, n_components=args.n_components)
+                            dtype=args.dtype, n_components=args.n_components, overwrite=args.overwrite)
     print(json.dumps(summary, indent=2, default=str))
     return 0
 
@@ -210,7 +211,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     layers = args.layers if args.layers in ("mapped", "all") else args.layers.split(",")
     table = run_sweep(args.models, subjects=args.subjects, layers=layers, contexts=tuple(args.contexts),
                       dataset=args.dataset, cache=args.cache, out=args.out, protocol=args.protocol,
-                      n_components=args.n_components, device=args.device)
+                      n_components=args.n_components, device=args.device, dtype=args.dtype,
+                      batch_size=args.batch_size)
     print(table.to_string(index=False))
     return 0
 
@@ -234,15 +236,24 @@ COMMANDS = {"models": _cmd_models, "register": _cmd_register, "fit": _cmd_fit, "
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    for noisy in ("transformers", "urllib3", "botocore", "s3fs", "fsspec", "filelock"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    # results, progress bars and berg-ray's warnings; third-party chatter only with -v (berg_ray.quiet)
+    restore_output = configure_output(verbose=args.verbose)
     try:
         return COMMANDS[args.command](args)
     except BergRayError as error:
         print(f"berg-ray {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except Exception as error:  # an unreachable S3 endpoint (driver or Ray worker): one line, not a traceback
+        from berg_ray.validation import storage_failure_message
+
+        message = storage_failure_message(error, resumable=args.command == "encode-corpus")
+        if message is None:
+            raise
+        logger.debug("%s failed", args.command, exc_info=True)
+        print(f"berg-ray {args.command}: error: {message}", file=sys.stderr)
+        return 1
+    finally:
+        restore_output()
 
 
 if __name__ == "__main__":

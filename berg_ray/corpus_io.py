@@ -1,7 +1,7 @@
 """Reading sentence files and writing encoded responses (local paths or fsspec URLs).
 
-Input formats: ``.txt`` (one sentence per line; blank lines are kept as bad rows, never silently dropped),
-``.jsonl`` and ``.parquet`` (column ``sentence``, optional ``id`` and ``passage``).
+Input formats: ``.txt`` (one sentence per line), ``.jsonl`` and ``.parquet`` (column ``sentence``, optional ``id``
+and ``passage``). A line without a usable sentence is an error naming the file and the line, never silently dropped.
 """
 
 from __future__ import annotations
@@ -19,39 +19,109 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from berg_ray.errors import InvalidInputError
+from berg_ray.validation import sentence_problem
 
 INPUT_SUFFIXES = (".txt", ".jsonl", ".parquet")
+#: bad lines named in the error of :func:`read_sentences_table` (the count says how many more there are)
+MAX_LISTED_PROBLEMS = 5
 
 
 def read_sentences_table(path: str) -> pd.DataFrame:
-    """A sentence file as a table with columns ``sentence`` (object), and ``id``/``passage`` when present."""
+    """A sentence file as a table with columns ``sentence`` (str), and ``id``/``passage`` when present.
+
+    Text files are split on ``"\\n"`` only (a trailing ``"\\r"`` is stripped), as :func:`berg_ray.corpus.read_part`
+    does: ``str.splitlines`` would also split inside a sentence at ``\\r``, ``\\x0b``, ``\\x1c``, ``\\u2028``, ...
+    Every line must hold one usable sentence: blank lines, bytes that are not UTF-8, lines that are not a JSON
+    object with a text ``sentence`` field raise :class:`InvalidInputError` naming the file and the first
+    :data:`MAX_LISTED_PROBLEMS` bad lines (1-based line number and 0-based row, the row being the sentence's index
+    in the output). Nothing is skipped.
+    """
     suffix = Path(path.split("?")[0]).suffix.lower()
     if suffix not in INPUT_SUFFIXES:
         raise InvalidInputError(f"input {path!r} has suffix {suffix!r}; allowed: {', '.join(INPUT_SUFFIXES)}")
-    with fsspec.open(path, "rb") as handle:
-        if suffix == ".txt":
-            lines = handle.read().decode("utf-8").splitlines()
-            return pd.DataFrame({"sentence": lines})
-        if suffix == ".jsonl":
-            rows = [json.loads(line) for line in handle.read().decode("utf-8").splitlines() if line.strip()]
-            table = pd.DataFrame(rows)
-        else:
-            table = pq.read_table(handle).to_pandas()
-    if "sentence" not in table:
-        raise InvalidInputError(f"input {path!r} has no 'sentence' column (columns: {', '.join(map(str, table))})")
+    try:
+        with fsspec.open(path, "rb") as handle:
+            if suffix == ".parquet":
+                table = pq.read_table(handle).to_pandas()
+            else:
+                data = handle.read()
+    except FileNotFoundError as error:
+        raise InvalidInputError(f"input {path!r} does not exist") from error
+    except IsADirectoryError as error:
+        raise InvalidInputError(f"input {path!r} is a folder; give one {', '.join(INPUT_SUFFIXES)} file") from error
+    except pa.ArrowException as error:
+        raise InvalidInputError(f"input {path!r} is not a readable Parquet file: {error}") from error
+    problems: list[str] = []
+    if suffix == ".parquet":
+        if "sentence" not in table:
+            raise InvalidInputError(f"input {path!r} has no 'sentence' column (columns: {', '.join(map(str, table))})")
+        for row, sentence in enumerate(table["sentence"].tolist()):
+            problem = sentence_problem(sentence)
+            if problem is not None:
+                problems.append(f"row {row}: sentence {problem}")
+        n_rows = len(table)
+    else:
+        lines = data.split(b"\n")
+        if lines and not lines[-1]:
+            lines.pop()  # the file's final newline ends the last line; it does not start another
+        records = [_read_line(raw.removesuffix(b"\r"), suffix, f"line {row + 1} (row {row})", problems)
+                   for row, raw in enumerate(lines)]
+        table = pd.DataFrame([r for r in records if r is not None])
+        n_rows = len(lines)
+    if n_rows == 0:
+        raise InvalidInputError(f"input {path!r} holds no sentences")
+    if problems:
+        listed = "; ".join(problems[:MAX_LISTED_PROBLEMS])
+        more = f"; and {len(problems) - MAX_LISTED_PROBLEMS} more" if len(problems) > MAX_LISTED_PROBLEMS else ""
+        unit = "row" if suffix == ".parquet" else "line"
+        raise InvalidInputError(f"input {path!r}: {len(problems)} of {n_rows} {unit}(s) hold no usable sentence "
+                                f"(every {unit} must hold one; nothing is skipped): {listed}{more}")
     return table
 
 
+def _read_line(raw: bytes, suffix: str, where: str, problems: list[str]) -> dict[str, Any] | None:
+    """One line of a ``.txt``/``.jsonl`` file as a record with a usable ``sentence``, or None (problem appended)."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        problems.append(f"{where}: not valid UTF-8 ({error.reason} at byte {error.start}: {raw[:60]!r})")
+        return None
+    if suffix == ".txt":
+        record: Any = {"sentence": text}
+    else:
+        if not text.strip():
+            problems.append(f"{where}: blank line")
+            return None
+        try:
+            record = json.loads(text)
+        except json.JSONDecodeError as error:
+            problems.append(f"{where}: invalid JSON ({error.msg} at column {error.colno}: {text[:60]!r})")
+            return None
+        if not isinstance(record, dict):
+            problems.append(f"{where}: JSON {type(record).__name__}, not an object with a 'sentence' field")
+            return None
+        if "sentence" not in record:
+            problems.append(f"{where}: no 'sentence' field (fields: {', '.join(map(str, record)) or 'none'})")
+            return None
+    problem = sentence_problem(record["sentence"])
+    if problem is not None:
+        problems.append(f"{where}: sentence {problem}")
+        return None
+    return record
+
+
 def read_sentences_file(path: str) -> list[str]:
-    """The sentences of one input file, in order."""
+    """The sentences of one input file, in order (see :func:`read_sentences_table` for what is refused)."""
     return table_sentences(read_sentences_table(path), path)
 
 
 def table_sentences(table: pd.DataFrame, path: str) -> list[str]:
+    """The ``sentence`` column as a list, each entry checked (:func:`berg_ray.validation.sentence_problem`)."""
     sentences = table["sentence"].tolist()
     for index, sentence in enumerate(sentences):
-        if not isinstance(sentence, str) or not sentence.strip():
-            raise InvalidInputError(f"{path} row {index}: sentence {sentence!r} is empty or not text")
+        problem = sentence_problem(sentence)
+        if problem is not None:
+            raise InvalidInputError(f"{path} row {index}: sentence {problem}")
     return sentences
 
 

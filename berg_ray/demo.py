@@ -15,8 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from berg_ray.api import BERG, encode_metadata
-from berg_ray.cli import format_cv_table
-from berg_ray.encoding_model import EncodingModel
+from berg_ray.encoding_model import EncodingModel, format_cv_table
 
 logger = logging.getLogger(__name__)
 
@@ -87,18 +86,9 @@ def run_demo(model_id: str = "minilm-l6", dataset: str = "synthetic", berg_dir: 
                        "recovery of that map, not how well %s predicts the brain", model_id)
     from berg_ray.features import resolve_device
 
-    device_name = str(resolve_device(device))
-    if use_ray:
-        from berg_ray.distributed import fit_subjects, init_ray
-
-        init_ray()
-        models = fit_subjects(model_id, "all", dataset=assembly, cache=berg.store, context=context,
-                              settings=berg.settings, device=device_name, show_progress=True)
-    else:
-        from berg_ray.fitting import fit_subjects_local
-
-        models = fit_subjects_local(model_id, assembly, "all", store=berg.store, context=context,
-                                    settings=berg.settings, device=device_name, show_progress=True)
+    request = berg.request(model_id, device=device)
+    device_name = str(resolve_device(request.device))
+    models = berg.fit(request, "all", use_ray=use_ray, show_progress=True)
     models = {s: m.replace(device=device_name) for s, m in models.items()}
     responses = {s: berg.encode(m, sentences) for s, m in models.items()}
     table = format_cv_table(models)

@@ -18,20 +18,28 @@ import torch
 
 from berg_ray.encoding_model import EncodingModel
 from berg_ray.errors import InvalidInputError
-from berg_ray.features import FeatureExtractor, check_context, resolve_dtype
-from berg_ray.fitting import fit_encoding_model, load_cached, resolve_subjects
+from berg_ray.features import FeatureExtractor, resolve_dtype
+from berg_ray.fitting import fit_encoding_model
+from berg_ray.fitting import fit_subjects as fit_pipeline
 from berg_ray.neural import PereiraAssembly, load_pereira
-from berg_ray.registry import ModelSpec, get_spec
+from berg_ray.registry import ModelSpec
 from berg_ray.regression import PLSSettings
+from berg_ray.request import ModelRequest
 from berg_ray.store import EncodingModelStore
 
 logger = logging.getLogger(__name__)
 
-#: driver environment variables forwarded to Ray workers (S3 endpoint/credentials, registry, offline flags).
-#: Values travel in the job's runtime_env and are never logged.
-FORWARDED_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
-                 "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "AWS_REGION", "BERG_RAY_REGISTRY", "HF_HUB_OFFLINE",
-                 "HF_HOME", "BRAINIO_HOME", "BS_INSTALL_DEPENDENCIES", "TOKENIZERS_PARALLELISM")
+#: Non-secret driver settings forwarded to the Ray workers in the job's runtime_env: S3 endpoint and region, model
+#: registry, offline flags. Ray writes a runtime_env in plain text into its logs and into worker command lines, so
+#: nothing secret may go there.
+FORWARDED_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION", "AWS_REGION", "BERG_RAY_REGISTRY",
+                 "HF_HUB_OFFLINE", "HF_HOME", "BRAINIO_HOME", "BS_INSTALL_DEPENDENCIES", "TOKENIZERS_PARALLELISM",
+                 # quiet-by-default settings of the CLI (berg_ray.quiet), for workers on other nodes
+                 "BERG_RAY_QUIET", "TRANSFORMERS_VERBOSITY", "HF_HUB_DISABLE_PROGRESS_BARS")
+#: AWS credentials: never forwarded (never in a runtime_env, a task argument or a log). A local Ray started by
+#: init_ray inherits them (its processes are children of the driver); cluster nodes use their own credential chain
+#: (instance profile, their environment at `ray start`, ~/.aws).
+SECRET_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
 
 
 def ray_is_available() -> bool:
@@ -44,20 +52,30 @@ def ray_is_available() -> bool:
 
 
 def forwarded_env() -> dict[str, str]:
+    """The driver's values of the non-secret settings in :data:`FORWARDED_ENV` (never a credential)."""
     return {name: os.environ[name] for name in FORWARDED_ENV if name in os.environ}
 
 
 def init_ray(address: str | None = None, **kwargs: Any) -> None:
     """Connect to ``address`` (or ``$RAY_ADDRESS``), or start a local Ray that never joins another instance.
 
-    Driver environment variables in :data:`FORWARDED_ENV` are passed to the workers through the runtime_env.
+    Driver environment variables in :data:`FORWARDED_ENV` are passed to the workers through the runtime_env; AWS
+    credentials (:data:`SECRET_ENV`) never are: a local Ray inherits them from this process, cluster nodes use
+    their own credential chain. A ``runtime_env`` argument that sets a credential is refused.
     """
     import ray
 
+    runtime_env = kwargs.pop("runtime_env", {}) or {}
+    secrets = sorted(set(runtime_env.get("env_vars") or {}) & set(SECRET_ENV))
+    if secrets:
+        raise InvalidInputError(
+            f"runtime_env env_vars may not set the AWS credential(s) {', '.join(secrets)}: Ray writes a runtime_env "
+            "in plain text into its logs and worker command lines. Allowed: non-credential variables such as "
+            f"{', '.join(FORWARDED_ENV)}; workers get credentials from their node (instance profile, ~/.aws, or "
+            "the environment of `ray start`; a local Ray inherits the driver's)")
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
-    runtime_env = kwargs.pop("runtime_env", {}) or {}
     env_vars = forwarded_env()
     job = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
     if job:  # a `ray job submit` driver: Ray refuses to init when a job env var is given again, even unchanged
@@ -66,6 +84,10 @@ def init_ray(address: str | None = None, **kwargs: Any) -> None:
     runtime_env.setdefault("env_vars", {}).update(env_vars)
     if address:
         logger.info("connecting to Ray at %s", address)
+        held = [name for name in SECRET_ENV if name in os.environ]
+        if held:  # names only, never values
+            logger.info("%s of this driver are not forwarded to the Ray workers: they use their node's own AWS "
+                        "credentials (instance profile, ~/.aws, or the environment of `ray start`)", ", ".join(held))
         ray.init(address=address, runtime_env=runtime_env, **kwargs)
     else:
         logger.info("starting a local Ray instance")
@@ -115,36 +137,73 @@ def _resource_summary() -> str:
 
 
 class ExtractorActor:
-    """Ray actor around :class:`FeatureExtractor`: the model is loaded once, in ``__init__``."""
+    """Ray actor around :class:`FeatureExtractor`: the request's model is loaded once, in ``__init__``."""
 
-    def __init__(self, spec: ModelSpec, device: str = "cpu", dtype: str | None = None, batch_size: int = 32):
-        self.extractor = FeatureExtractor(spec, device=device, dtype=dtype, batch_size=batch_size)
+    def __init__(self, request: ModelRequest, device: str):
+        self.request = request
+        self.extractor = FeatureExtractor(request.spec, device=device, dtype=request.dtype,
+                                          batch_size=request.batch_size)
 
-    def features(self, sentences: Sequence[str], context: str = "sentence",
-                 passages: Sequence[Any] | None = None) -> np.ndarray:
-        """(n_sentences, n_units) float32."""
-        return self.extractor(list(sentences), context=context, passages=passages)
+    def features(self, sentences: Sequence[str], passages: Sequence[Any] | None = None) -> np.ndarray:
+        """(n_sentences, n_units) float32 features of the request's layer under its context."""
+        layer = self.request.layer
+        return self.extractor.extract(list(sentences), [layer], context=self.request.context,
+                                      passages=passages)[layer]
 
     def device(self) -> str:
         return str(self.extractor.lm.device)
 
 
-def _fit_task(spec: ModelSpec, features: np.ndarray, assembly: PereiraAssembly, subject: str, context: str,
-              settings: PLSSettings, cache_url: str | None, dtype: str | None = None) -> EncodingModel:
+def fit_task(request: ModelRequest, features: np.ndarray, assembly: PereiraAssembly, subject: str,
+             settings: PLSSettings, cache_url: str | None) -> EncodingModel:
     """One subject: PLS fit + CV r, written to the cache (if any) by the task itself."""
-    model = fit_encoding_model(spec, features, assembly, subject, context, settings, dtype)
+    model = fit_encoding_model(request, features, assembly, subject, settings)
     if cache_url is not None:
-        EncodingModelStore(cache_url).save(model, spec.name)
+        EncodingModelStore(cache_url).save(model, request.spec.name)
     return model
 
 
-def _as_store(cache: str | os.PathLike | EncodingModelStore | None) -> EncodingModelStore | None:
+class RayExecutor:
+    """The Ray executor of :func:`berg_ray.fitting.fit_subjects`: features once on an extractor actor (on a GPU with
+    ``num_gpus > 0``), shared by reference with one fit task per subject.
+
+    Args:
+        num_gpus: GPUs for the extractor actor (fractions allowed); 0 runs it on CPU (``device`` permitting).
+    """
+
+    def __init__(self, num_gpus: float = 0.0):
+        self.num_gpus = num_gpus
+
+    def fit_missing(self, request: ModelRequest, assembly: PereiraAssembly, subjects: list[str],
+                    settings: PLSSettings, store: EncodingModelStore | None,
+                    show_progress: bool) -> dict[str, EncodingModel]:
+        import ray
+
+        resources, torch_device = actor_resources(self.num_gpus, device=request.device)
+        resolve_dtype(request.dtype, torch.device(torch_device))  # a bad dtype fails here, not inside the actor
+        actor = ray.remote(ExtractorActor).options(**resources).remote(request, torch_device)
+        try:
+            features_ref = actor.features.remote(list(assembly.sentences), list(assembly.passages))
+            ray.get(features_ref)  # extraction errors surface here
+        finally:
+            # Free the actor's CPU/GPU before the fit tasks ask for CPUs: while it lived, a 1-CPU cluster (or two
+            # drivers on a 2-CPU one) left no CPU for them and fit_subjects waited forever.
+            ray.kill(actor)
+        assembly_ref = ray.put(assembly)
+        task = ray.remote(fit_task).options(num_cpus=1)
+        refs = {task.remote(request, features_ref, assembly_ref, s, settings, store.url if store else None): s
+                for s in subjects}
+        return _gather(refs, show_progress, f"fit PLS {request.model_id}")
+
+
+def as_store(cache: str | os.PathLike | EncodingModelStore | None) -> EncodingModelStore | None:
+    """A store for a cache root (folder or ``s3://`` URL); a store is returned as is, ``None`` means no cache."""
     if cache is None or isinstance(cache, EncodingModelStore):
         return cache
     return EncodingModelStore(cache)
 
 
-def fit_subjects(model_id: str | ModelSpec, subjects: str | Iterable[str] = "all",
+def fit_subjects(model_id: str | ModelSpec | ModelRequest, subjects: str | Iterable[str] = "all",
                  dataset: str | PereiraAssembly = "brainscore",
                  cache: str | os.PathLike | EncodingModelStore | None = "berg_dir", context: str = "sentence",
                  n_components: int = 25, settings: PLSSettings | None = None, device: str = "auto",
@@ -152,8 +211,11 @@ def fit_subjects(model_id: str | ModelSpec, subjects: str | Iterable[str] = "all
                  show_progress: bool = False) -> dict[str, EncodingModel]:
     """Encoding models for ``subjects`` on Ray: cached ones are loaded, the others fitted as parallel tasks.
 
+    A front door over :func:`berg_ray.fitting.fit_subjects` with the :class:`RayExecutor`.
+
     Args:
-        model_id: registered id or :class:`ModelSpec`.
+        model_id: registered id, :class:`ModelSpec`, or a :class:`ModelRequest` (then ``context``, ``device``,
+            ``dtype`` and ``batch_size`` come from it).
         subjects: ``"all"`` or a list of subject ids.
         dataset: ``"brainscore"``, ``"synthetic"``, a path/URL to a ``.nc`` file, or a loaded assembly.
         cache: cache root (folder or ``s3://`` URL) or a store; ``None`` disables caching.
@@ -162,40 +224,17 @@ def fit_subjects(model_id: str | ModelSpec, subjects: str | Iterable[str] = "all
     Returns:
         ``{subject: EncodingModel}`` in the order of ``subjects``.
     """
-    import ray
+    from berg_ray.validation import check_fit_arguments
 
+    check_fit_arguments(subjects=subjects, n_components=n_components, batch_size=batch_size, device=device,
+                        num_gpus=num_gpus)
+    request = model_id if isinstance(model_id, ModelRequest) else ModelRequest.build(
+        model_id, context=context, dtype=dtype, batch_size=batch_size, device=device)
     init_ray()
-    spec = get_spec(model_id)
-    check_context(context)
     settings = settings or PLSSettings(n_components=n_components)
     assembly = dataset if isinstance(dataset, PereiraAssembly) else load_pereira(dataset)
-    store = _as_store(cache)
-    chosen = resolve_subjects(assembly, subjects)
-    models: dict[str, EncodingModel] = {}
-    for subject in chosen:
-        cached = load_cached(store, spec, assembly, subject, context, settings, dtype)
-        if cached is not None:
-            models[subject] = cached
-    missing = [s for s in chosen if s not in models]
-    if models:
-        logger.info("%s: %d subject(s) loaded from cache", spec.model_id, len(models))
-    if missing:
-        resources, torch_device = actor_resources(num_gpus, device=device)
-        resolve_dtype(dtype, torch.device(torch_device))  # a bad dtype fails here, not inside the actor
-        actor = ray.remote(ExtractorActor).options(**resources).remote(spec, torch_device, dtype, batch_size)
-        try:
-            features_ref = actor.features.remote(list(assembly.sentences), context, list(assembly.passages))
-            ray.get(features_ref)  # extraction errors surface here
-        finally:
-            # Free the actor's CPU/GPU before the fit tasks ask for CPUs: while it lived, a 1-CPU cluster (or two
-            # drivers on a 2-CPU one) left no CPU for them and fit_subjects waited forever.
-            ray.kill(actor)
-        assembly_ref = ray.put(assembly)
-        task = ray.remote(_fit_task).options(num_cpus=1)
-        refs = {task.remote(spec, features_ref, assembly_ref, s, context, settings,
-                            store.url if store else None, dtype): s for s in missing}
-        models.update(_gather(refs, show_progress, f"fit PLS {spec.model_id}"))
-    return {s: models[s] for s in chosen}
+    return fit_pipeline(request, assembly, subjects, settings=settings, store=as_store(cache),
+                        executor=RayExecutor(num_gpus), show_progress=show_progress)
 
 
 def _gather(refs: dict, show_progress: bool, description: str) -> dict[str, EncodingModel]:

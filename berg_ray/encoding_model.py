@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from berg_ray.errors import InvalidInputError
 from berg_ray.regression import PLSFit, PLSSettings
+
+if TYPE_CHECKING:
+    from berg_ray.request import ModelRequest
 
 
 @dataclass
@@ -32,6 +35,8 @@ class EncodingModel:
         cache_key: the content key of its cache entry.
         key_fields: what the key was hashed from.
         device: where ``BERG.encode`` extracts features for it (not part of the fit).
+        request: the request it was fitted (or loaded) for: model, layer, context, dtype, batch size; ``encode``
+            extracts with it, so features are read exactly as in training.
     """
 
     model_id: str
@@ -49,6 +54,14 @@ class EncodingModel:
     key_fields: dict[str, Any] = field(default_factory=dict)
     fit_seconds: float = float("nan")
     device: str = "cpu"
+    request: ModelRequest | None = None
+
+    @property
+    def dtype(self) -> str:
+        """Forward-pass precision of the training features (and so of every prediction's features)."""
+        if self.request is not None:
+            return self.request.dtype
+        return str(self.key_fields.get("dtype", "float32"))
 
     @property
     def n_voxels(self) -> int:
@@ -80,11 +93,28 @@ class EncodingModel:
         """JSON-ready provenance (what ``encode(..., return_metadata=True)`` and cache manifests report)."""
         return {
             "model_id": self.model_id, "source": self.source, "layer": self.layer, "context": self.context,
-            "subject": self.subject, "n_voxels": self.n_voxels, "n_units": self.n_units,
+            "subject": self.subject, "dtype": self.dtype, "n_voxels": self.n_voxels, "n_units": self.n_units,
             "pls": self.settings.to_dict(), "cv": self.cv_summary(),
             "dataset_sha256": self.dataset_sha256, "synthetic": self.synthetic,
             "cache_key": self.cache_key, "fit_seconds": self.fit_seconds,
+            "request": self.request.to_dict() if self.request is not None else None,
         }
 
     def replace(self, **changes: Any) -> "EncodingModel":
         return dataclasses.replace(self, **changes)
+
+
+def format_cv_table(models: dict[str, "EncodingModel"]) -> str:
+    """A text table of per-subject CV r (median, mean) for fitted encoding models."""
+    lines = []
+    first = next(iter(models.values()))
+    if first.synthetic:
+        lines.append("*** SYNTHETIC DATA: scores measure recovery of a planted map, not brain predictivity ***")
+    lines.append(f"model {first.model_id}  layer {first.layer}  context {first.context}  "
+                 f"CV: GroupKFold({first.settings.cv_folds}) by {first.settings.cv_group}")
+    lines.append(f"{'subject':>8} {'voxels':>7} {'median r':>9} {'mean r':>8}")
+    for subject, model in models.items():
+        lines.append(f"{subject:>8} {model.n_voxels:>7d} {np.nanmedian(model.cv_r):>9.3f} {np.nanmean(model.cv_r):>8.3f}")
+    medians = [np.nanmedian(m.cv_r) for m in models.values()]
+    lines.append(f"{'all':>8} {sum(m.n_voxels for m in models.values()):>7d} {np.median(medians):>9.3f}")
+    return "\n".join(lines)

@@ -37,7 +37,18 @@ class DatasetError(BergRayError):
 
 
 class CacheIntegrityError(BergRayError):
-    """A cache entry whose files do not match the sha256 recorded in its manifest."""
+    """A cache entry that cannot be trusted: a file differs from the sha256 in its manifest, or the manifest's
+    content is malformed or contradicts the key the entry is stored under.
+
+    Attributes:
+        path: the entry folder or file at fault (``None`` if not known).
+        field: the manifest field or file at fault, dotted (``"metadata.context"``, ``"files.voxels"``), or ``None``.
+    """
+
+    def __init__(self, message: str, *, path: str | None = None, field: str | None = None):
+        super().__init__(message)
+        self.path = path
+        self.field = field
 
 
 class DeviceError(InvalidInputError):

@@ -6,10 +6,15 @@ This reproduces what brainscore-language's ``HuggingfaceSubject.digest_text`` co
   context policy, tokenized with the model's tokenizer (``truncation=True``, left side, at the model's maximum length);
 * a forward hook on the mapped module keeps its output (``output[0]`` for tuple outputs), read at the last token.
 
+Reading several layers is the basic operation (:meth:`FeatureExtractor.extract`, :func:`extract`): one hook
+function on every requested module reads each of them in the same forward pass; the one-layer call
+(:func:`extract_features`) is its special case.
+
 Batching differs from brainscore's batch-size-1 loop only in ways that leave the numbers unchanged: sequences are
 right-padded with an attention mask (padding never changes real tokens' outputs), sorted by length, and the forward
-pass stops as soon as the mapped layer has run. For causal models, contexts that are token-prefixes of a longer
-context are read from that one forward pass at their own last token (the causal mask makes the outputs equal).
+pass stops as soon as the deepest requested layer has run. For causal models, contexts that are token-prefixes of a
+longer context are read from that one forward pass at their own last token (the causal mask makes the outputs
+equal).
 
 No Ray and no storage here: this module is the numeric core that Ray actors wrap.
 """
@@ -28,13 +33,15 @@ from typing import Any
 import numpy as np
 import torch
 
+from berg_ray import options, validation
 from berg_ray.errors import DeviceError, InvalidInputError
 from berg_ray.registry import ModelSpec, get_spec
+from berg_ray.request import check_dtype
 
 logger = logging.getLogger(__name__)
 
-CONTEXTS: tuple[str, ...] = ("sentence", "passage", "running")
-DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+CONTEXTS: tuple[str, ...] = options.CONTEXTS
+DTYPES: dict[str, torch.dtype] = {name: getattr(torch, name) for name in options.DTYPES}
 DEFAULT_BATCH_SIZE = 32
 
 
@@ -80,6 +87,19 @@ def check_context(context: str) -> str:
     return context
 
 
+def check_layers(layers: str | Sequence[str]) -> list[str]:
+    """``layers`` as a list of distinct dotted module names (a single name is a list of one), in the given order."""
+    if isinstance(layers, str):
+        layers = [layers]
+    if not isinstance(layers, Sequence) or not layers:
+        raise InvalidInputError(f"layers must be a module name or a non-empty list of them (e.g. 'transformer.h.5'), "
+                                f"got {layers!r}")
+    for layer in layers:
+        if not isinstance(layer, str) or not layer:
+            raise InvalidInputError(f"layer {layer!r} is not a module name; give dotted names like 'transformer.h.5'")
+    return list(dict.fromkeys(layers))
+
+
 def context_groups(n_sentences: int, context: str, passages: Sequence[Any] | None = None) -> list[list[int]]:
     """Split sentence indices into groups that share a running context, in input order.
 
@@ -123,19 +143,14 @@ def resolve_device(device: str | torch.device = "cpu") -> torch.device:
 
 def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
     """fp32 unless asked otherwise; half precision only where it runs (bf16 on CPU and GPU, fp16 on GPU)."""
-    if dtype is None:
-        return torch.float32
-    if isinstance(dtype, torch.dtype):
-        dtype = str(dtype).removeprefix("torch.")
-    if dtype not in DTYPES:
-        raise InvalidInputError(f"unknown dtype {dtype!r}; allowed: {', '.join(DTYPES)}")
+    dtype = check_dtype(dtype)
     if dtype == "float16" and device.type == "cpu":
         raise InvalidInputError("dtype 'float16' needs a GPU; on CPU use 'float32' or 'bfloat16'")
     return DTYPES[dtype]
 
 
 class _StopForward(Exception):
-    """Raised by the readout hook: nothing after the mapped layer needs to run."""
+    """Raised by the readout hook once every requested layer has run: nothing after the deepest one needs to run."""
 
 
 @dataclass
@@ -192,27 +207,30 @@ def load_language_model(model: str | ModelSpec, device: str | torch.device = "cp
     max_length = int(min(limits))
     loaded = LanguageModel(spec, net, tokenizer, _get_module(net, spec.layer), torch_device, torch_dtype,
                            max_length, causal=False)
-    loaded.causal = _probe_causal(loaded)
+    loaded.causal = _probe_causal(loaded, {spec.layer: loaded.layer})[spec.layer]
     logger.info("%s: max length %d tokens, %s attention", spec.model_id, max_length,
                 "causal" if loaded.causal else "bidirectional")
     return loaded
 
 
-def _probe_causal(lm: LanguageModel) -> bool:
-    """Whether outputs at earlier positions ignore later tokens (then prefixes can share one forward pass).
+def _probe_causal(lm: LanguageModel, modules: dict[str, torch.nn.Module]) -> dict[str, bool]:
+    """Whether each module's outputs at earlier positions ignore later tokens (then prefixes share one forward pass).
 
     Checked on the model itself rather than guessed from its class: ``BertLMHeadModel`` is an "LM head model" yet
-    attends both ways unless ``is_decoder`` is set.
+    attends both ways unless ``is_decoder`` is set. Two forward passes, whatever the number of modules.
     """
     ids = lm.tokenizer("The quick brown fox jumps over the lazy dog near the river bank.")["input_ids"]
     ids = ids[: min(len(ids), lm.max_length)]
     if len(ids) < 3:
-        return False
-    full = _layer_output(lm, [ids])[0]
-    short = _layer_output(lm, [ids[:-1]])[0]
+        return {name: False for name in modules}
+    full = _hidden_states(lm, [ids], modules)
+    short = _hidden_states(lm, [ids[:-1]], modules)
     tolerance = 1e-4 if lm.dtype == torch.float32 else 2e-2
-    scale = float(full.abs().max()) or 1.0
-    return bool((full[: len(ids) - 1] - short).abs().max() <= tolerance * scale)
+    causal = {}
+    for name in modules:
+        scale = float(np.abs(full[name]).max()) or 1.0
+        causal[name] = bool(np.abs(full[name][0, : len(ids) - 1] - short[name][0]).max() <= tolerance * scale)
+    return causal
 
 
 def padded_inputs(lm: LanguageModel, sequences: list[list[int]], token_types: list[list[int]] | None = None
@@ -233,27 +251,57 @@ def padded_inputs(lm: LanguageModel, sequences: list[list[int]], token_types: li
     return inputs
 
 
-def _layer_output(lm: LanguageModel, sequences: list[list[int]], token_types: list[list[int]] | None = None
-                  ) -> torch.Tensor:
-    """Run right-padded ``sequences`` up to the mapped layer; returns its output (batch, max_len, units)."""
+def _read_layers(lm: LanguageModel, sequences: list[list[int]], token_types: list[list[int]] | None,
+                 modules: dict[str, torch.nn.Module], rows: list[int], positions: list[int]) -> dict[str, np.ndarray]:
+    """One forward pass over right-padded ``sequences`` that reads every module of ``modules`` at the ``(row,
+    position)`` pairs, and stops as soon as the deepest of them has run.
+
+    The one readout hook of this package. Returns ``{name: array of shape (len(rows), n_units) float32}``.
+    """
     inputs = padded_inputs(lm, sequences, token_types)
-    captured: dict[str, torch.Tensor] = {}
+    row_index, position_index = torch.as_tensor(rows), torch.as_tensor(positions)
+    captured: dict[str, np.ndarray] = {}
 
-    def hook(_module: torch.nn.Module, _inputs: Any, output: Any) -> None:
-        captured["out"] = output[0] if isinstance(output, (tuple, list)) else output
-        raise _StopForward
+    def make_hook(name: str) -> Any:
+        def hook(_module: torch.nn.Module, _inputs: Any, output: Any) -> None:
+            if name in captured:  # a module that runs twice: its first output is the layer's
+                return
+            hidden = output[0] if isinstance(output, (tuple, list)) else output
+            captured[name] = hidden[row_index, position_index].float().cpu().numpy()
+            if len(captured) == len(modules):
+                raise _StopForward
+        return hook
 
-    handle = lm.layer.register_forward_hook(hook)
+    handles = [module.register_forward_hook(make_hook(name)) for name, module in modules.items()]
     try:
         with torch.inference_mode():
             lm.model(**inputs, use_cache=False)
     except _StopForward:
         pass
     finally:
-        handle.remove()
-    if "out" not in captured:
-        raise RuntimeError(f"layer {lm.spec.layer!r} did not run in the forward pass of {lm.spec.model_id}")
-    return captured["out"]
+        for handle in handles:
+            handle.remove()
+    missing = [name for name in modules if name not in captured]
+    if missing:
+        raise RuntimeError(f"layer(s) {', '.join(missing)} did not run in the forward pass of {lm.spec.model_id}")
+    return captured
+
+
+def _hidden_states(lm: LanguageModel, sequences: list[list[int]], modules: dict[str, torch.nn.Module],
+                   token_types: list[list[int]] | None = None) -> dict[str, np.ndarray]:
+    """Every position of each module's output: ``{name: array (batch, max_len, units) float32}``."""
+    width = max(len(s) for s in sequences)
+    rows = [row for row in range(len(sequences)) for _ in range(width)]
+    positions = list(range(width)) * len(sequences)
+    flat = _read_layers(lm, sequences, token_types, modules, rows, positions)
+    return {name: values.reshape(len(sequences), width, -1) for name, values in flat.items()}
+
+
+def _layer_output(lm: LanguageModel, sequences: list[list[int]], token_types: list[list[int]] | None = None
+                  ) -> torch.Tensor:
+    """The mapped layer's output at every position of right-padded ``sequences``: (batch, max_len, units) float32."""
+    states = _hidden_states(lm, sequences, {lm.spec.layer: lm.layer}, token_types)
+    return torch.from_numpy(states[lm.spec.layer])
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -270,6 +318,9 @@ class _Sequence:
 class FeatureExtractor:
     """Holds one loaded model and turns sentences into features; what a Ray actor keeps alive.
 
+    ``extractor.extract(sentences, layers)`` reads any of the model's layers (all in one forward pass);
+    ``extractor(sentences)`` reads the spec's mapped layer.
+
     Args:
         model: registered model id or :class:`ModelSpec`.
         device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"``.
@@ -284,6 +335,8 @@ class FeatureExtractor:
         self.lm = load_language_model(model, device=device, dtype=dtype)
         self.batch_size = batch_size
         self._lock = threading.Lock()
+        self._modules: dict[str, torch.nn.Module] = {self.spec.layer: self.lm.layer}
+        self._causal: dict[str, bool] = {self.spec.layer: self.lm.causal}  # per layer, probed once
 
     @property
     def spec(self) -> ModelSpec:
@@ -310,7 +363,10 @@ class FeatureExtractor:
         types = encoded.get("token_type_ids")
         return ids, types
 
-    def _plan(self, sentences: list[str], groups: list[list[int]]) -> list[_Sequence]:
+    def _plan(self, sentences: list[str], groups: list[list[int]], causal: bool | None = None) -> list[_Sequence]:
+        """Tokenized contexts, one per sentence, merged where one is a causal prefix of the next (``causal``:
+        whether every layer to be read is causal; default: the mapped layer's)."""
+        causal = self.lm.causal if causal is None else causal
         contexts: list[str] = []
         owners: list[int] = []
         boundaries: list[bool] = []  # True where a new context group starts
@@ -324,7 +380,7 @@ class FeatureExtractor:
         for n, (seq, owner, first) in enumerate(zip(ids, owners, boundaries)):
             token_types = types[n] if types is not None else None
             reading = (owner, len(seq) - 1)
-            if (self.lm.causal and not first and plan and len(seq) >= len(plan[-1].ids)
+            if (causal and not first and plan and len(seq) >= len(plan[-1].ids)
                     and seq[: len(plan[-1].ids)] == plan[-1].ids
                     and (token_types is None or token_types[: len(plan[-1].ids)] == plan[-1].token_types)):
                 # The previous context is a prefix of this one: one causal pass serves both.
@@ -334,17 +390,43 @@ class FeatureExtractor:
                 plan.append(_Sequence(seq, token_types, [reading]))
         return plan
 
-    def __call__(self, sentences: str | Sequence[str], context: str = "sentence",
-                 passages: Sequence[Any] | None = None, show_progress: bool = False,
-                 batch_size: int | None = None) -> np.ndarray:
-        """Features of ``sentences``: array of shape (n_sentences, n_units), float32, in input order."""
+    def _layer_modules(self, layers: list[str]) -> tuple[dict[str, torch.nn.Module], bool]:
+        """The modules of ``layers`` and whether all of them are causal (probed once per layer; call under lock)."""
+        for name in layers:
+            if name not in self._modules:
+                self._modules[name] = _get_module(self.lm.model, name)
+        modules = {name: self._modules[name] for name in layers}
+        unknown = {name: module for name, module in modules.items() if name not in self._causal}
+        if unknown:
+            self._causal.update(_probe_causal(self.lm, unknown))
+        return modules, all(self._causal[name] for name in layers)
+
+    def extract(self, sentences: str | Sequence[str], layers: str | Sequence[str], context: str = "sentence",
+                passages: Sequence[Any] | None = None, show_progress: bool = False,
+                batch_size: int | None = None) -> dict[str, np.ndarray]:
+        """Features of several layers, all read in one forward pass per batch.
+
+        Args:
+            sentences: a string or a list of n_sentences non-empty strings.
+            layers: a dotted module name or a list of them (e.g. ``["transformer.h.0", "transformer.h.5"]``);
+                a name given twice is read once.
+            context, passages: the context policy and passage labels (see :func:`extract_features`).
+            show_progress: a progress bar over batches.
+            batch_size: sequences per forward pass (default: the extractor's).
+
+        Returns:
+            ``{layer: array of shape (n_sentences, n_units_of_layer) float32}`` in the order of ``layers``, rows in
+            input order: each layer's output at each context's last token, equal to the one-layer call on it.
+        """
         sentences = check_sentences(sentences)
+        names = check_layers(layers)
         batch_size = check_batch_size(batch_size or self.batch_size)
         groups = context_groups(len(sentences), context, passages)
+        out: dict[str, np.ndarray] = {}
         with self._lock:  # one forward at a time per model (threads in an actor share it)
-            plan = self._plan(sentences, groups)
+            modules, causal = self._layer_modules(names)
+            plan = self._plan(sentences, groups, causal)
             order = sorted(range(len(plan)), key=lambda i: -len(plan[i].ids))
-            out = np.empty((len(sentences), self.n_units), dtype=np.float32)
             batches = [order[i: i + batch_size] for i in range(0, len(order), batch_size)]
             iterator: Any = batches
             if show_progress:
@@ -354,16 +436,25 @@ class FeatureExtractor:
             for batch in iterator:
                 seqs = [plan[i] for i in batch]
                 types = [s.token_types for s in seqs] if seqs[0].token_types is not None else None
-                hidden = _layer_output(self.lm, [s.ids for s in seqs], types)
                 rows, positions, targets = [], [], []
                 for row, seq in enumerate(seqs):
                     for index, position in seq.readouts:
                         rows.append(row)
                         positions.append(position)
                         targets.append(index)
-                picked = hidden[torch.as_tensor(rows), torch.as_tensor(positions)]
-                out[targets] = picked.float().cpu().numpy()
-        return out
+                picked = _read_layers(self.lm, [s.ids for s in seqs], types, modules, rows, positions)
+                for name, values in picked.items():
+                    if name not in out:
+                        out[name] = np.empty((len(sentences), values.shape[1]), dtype=np.float32)
+                    out[name][targets] = values
+        return {name: out[name] for name in names}
+
+    def __call__(self, sentences: str | Sequence[str], context: str = "sentence",
+                 passages: Sequence[Any] | None = None, show_progress: bool = False,
+                 batch_size: int | None = None) -> np.ndarray:
+        """Features of the mapped layer: array of shape (n_sentences, n_units), float32, in input order."""
+        return self.extract(sentences, self.spec.layer, context=context, passages=passages,
+                            show_progress=show_progress, batch_size=batch_size)[self.spec.layer]
 
 
 _loaded: OrderedDict[tuple, FeatureExtractor] = OrderedDict()
@@ -408,10 +499,36 @@ def extract_features(model_id: str | ModelSpec, sentences: str | Sequence[str], 
     Returns:
         array of shape (n_sentences, n_units), float32: the layer output at each context's last token.
     """
-    sentences = check_sentences(sentences)
+    sentences = validation.check_sentences(sentences)  # str, non-empty, UTF-8-encodable; names the bad index
     check_context(context)
     check_batch_size(batch_size)
     context_groups(len(sentences), context, passages)  # validate before loading a model
     extractor = get_extractor(model_id, device=device, dtype=dtype, batch_size=batch_size)
     return extractor(sentences, context=context, passages=passages, show_progress=show_progress,
                      batch_size=batch_size)
+
+
+def extract(model: str | ModelSpec, sentences: str | Sequence[str], layers: str | Sequence[str],
+            context: str = "sentence", passages: Sequence[Any] | None = None, device: str = "cpu",
+            batch_size: int = DEFAULT_BATCH_SIZE, dtype: str | None = None,
+            show_progress: bool = False) -> dict[str, np.ndarray]:
+    """Activations of several layers of a model, one row per sentence, from one forward pass per batch.
+
+    Args:
+        model: a registered id or :class:`ModelSpec`; its mapped layer need not be among ``layers``.
+        sentences: a string or a list of n_sentences non-empty strings.
+        layers: a dotted module name or a list of them (``berg_ray.layers.block_layers`` lists a model's blocks).
+        context, passages, device, batch_size, dtype, show_progress: as for :func:`extract_features`.
+
+    Returns:
+        ``{layer: array of shape (n_sentences, n_units_of_layer) float32}`` in the order of ``layers``; each equals
+        ``extract_features`` of a spec mapped to that layer.
+    """
+    sentences = validation.check_sentences(sentences)
+    names = check_layers(layers)
+    check_context(context)
+    check_batch_size(batch_size)
+    context_groups(len(sentences), context, passages)  # validate before loading a model
+    extractor = get_extractor(model, device=device, dtype=dtype, batch_size=batch_size)
+    return extractor.extract(sentences, names, context=context, passages=passages, show_progress=show_progress,
+                             batch_size=batch_size)

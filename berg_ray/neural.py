@@ -105,6 +105,9 @@ class PereiraAssembly:
     metadata: dict[str, Any] = field(default_factory=dict)
     """Planted-map information of a synthetic file (planted_model, seed, rank, noise, features_sha256, ...);
     ``{}`` for real data."""
+    dropped_subjects: dict[str, str] = field(default_factory=dict)
+    """Subjects in the file that ``dropna('neuroid')`` removed entirely, each with the reason (NaN responses to the
+    384 sentences: in the real data, the subjects who only did the 243-sentence experiment)."""
     _responses: np.ndarray = field(default=None, repr=False)  # (384, n_total) float32, subjects concatenated
     _voxels: pd.DataFrame = field(default=None, repr=False)  # one row per column of _responses
     _columns: dict[str, slice] = field(default_factory=dict, repr=False)  # subject -> columns of _responses
@@ -179,10 +182,21 @@ def check_subject(assembly_or_subjects: PereiraAssembly | Iterable[str] | None, 
         normalised = text.zfill(3) if text.isdigit() else text
     if normalised is not None and normalised in allowed:
         return normalised
+    dropped = assembly_or_subjects.dropped_subjects if isinstance(assembly_or_subjects, PereiraAssembly) else {}
+    if normalised in dropped:
+        raise UnknownSubjectError(
+            f"Unknown subject {subject!r}: subject {normalised} is in {assembly_or_subjects.source} but was dropped "
+            f"when it loaded ({dropped[normalised]}). The Pereira2018 subjects are {', '.join(allowed)}.")
     hint = closest(str(normalised if normalised is not None else subject), allowed)
     suggestion = f" Did you mean {', '.join(repr(h) for h in hint)}?" if hint else ""
     raise UnknownSubjectError(
         f"Unknown subject {subject!r}: the Pereira2018 subjects are {', '.join(allowed)}.{suggestion}")
+
+
+def dataset_cache_dir(berg_dir: str | os.PathLike) -> str | None:
+    """Where datasets derived for a cache root live (synthetic files, downloaded copies); None for remote roots."""
+    text = os.fspath(berg_dir)
+    return None if "://" in text else str(Path(text) / "datasets")
 
 
 def load_pereira(dataset: str | os.PathLike = "brainscore", *, cache_dir: str | os.PathLike | None = None,
@@ -190,7 +204,7 @@ def load_pereira(dataset: str | os.PathLike = "brainscore", *, cache_dir: str | 
     """Load the 384-sentence language-network assembly of Pereira (2018).
 
     ``dataset``: ``"brainscore"`` (brainscore-language's loader and S3 bucket), ``"synthetic"`` (a file made by
-    :mod:`berg_ray.synthetic` from :func:`berg_ray.synthetic.default_planted_features`, generated once and then
+    :mod:`berg_ray.synthetic` from :func:`default_planted_features`, generated once and then
     reused from ``cache_dir``), or a local path or URL (``s3://``, ``https://``, any fsspec protocol) of a ``.nc``
     file in the layout of ``assy_Pereira2018_language.nc``. Remote files are downloaded to ``cache_dir`` (default
     :func:`default_cache_dir`) into a folder named by the URL's hash and reused while their size and ETag or
@@ -225,6 +239,15 @@ def load_pereira(dataset: str | os.PathLike = "brainscore", *, cache_dir: str | 
 # ----------------------------------------------------------------------------------------------- sources
 
 
+def default_planted_features(sentences: list[str]) -> np.ndarray:
+    """Features of ``sentences`` from :data:`berg_ray.synthetic.DEFAULT_PLANTED_MODEL`, each sentence alone:
+    array of shape (len(sentences), d): what plants the map of ``load_pereira("synthetic")``."""
+    from berg_ray import synthetic
+    from berg_ray.features import extract_features  # lazy: loads torch and transformers
+
+    return np.asarray(extract_features(synthetic.DEFAULT_PLANTED_MODEL, list(sentences), context="sentence"))
+
+
 def _load_synthetic(cache: Path) -> PereiraAssembly:
     from berg_ray import synthetic
 
@@ -234,7 +257,9 @@ def _load_synthetic(cache: Path) -> PereiraAssembly:
     else:
         _logger.info("generating synthetic Pereira2018 assembly %s (planted model %s)", path,
                      synthetic.DEFAULT_PLANTED_MODEL)
-        synthetic.write_synthetic_pereira(path)
+        features = default_planted_features(synthetic.synthetic_stimuli(seed=0)["sentence"].tolist())
+        synthetic.write_synthetic_pereira(path, features, seed=0, rank=10, noise=1.0,
+                                          planted_model=synthetic.DEFAULT_PLANTED_MODEL)
     return _load_file(path, source=str(path))
 
 
@@ -366,7 +391,9 @@ def _from_assembly(assembly, *, source: str, sha256: str, file: str) -> PereiraA
         raise DatasetError(f"{file} has no presentations with experiment == {EXPERIMENT!r} "
                            f"(experiments: {', '.join(experiments)})")
     # Exactly as BrainScore's Pereira2018 benchmark: not all subjects did both experiments.
-    data = assembly.sel(experiment=EXPERIMENT).dropna("neuroid").transpose("presentation", "neuroid")
+    selected = assembly.sel(experiment=EXPERIMENT).transpose("presentation", "neuroid")
+    dropped = _report_nan_neuroids(selected, file)
+    data = selected.dropna("neuroid")
     if data.sizes["presentation"] != N_SENTENCES:
         raise DatasetError(f"{file}: expected {N_SENTENCES} presentations with experiment == {EXPERIMENT!r}, found "
                            f"{data.sizes['presentation']}")
@@ -384,6 +411,7 @@ def _from_assembly(assembly, *, source: str, sha256: str, file: str) -> PereiraA
     order = np.concatenate([np.flatnonzero(subject_of_column == s) for s in subjects])  # stable within subject
     values = np.asarray(data.values, dtype=np.float32)[:, order]
     values = np.ascontiguousarray(values)
+    _check_finite(values, subject_of_column[order], file)
     values.setflags(write=False)
     voxels = voxels.iloc[order].reset_index(drop=True)
     columns: dict[str, slice] = {}
@@ -413,6 +441,7 @@ def _from_assembly(assembly, *, source: str, sha256: str, file: str) -> PereiraA
         synthetic=synthetic,
         source=source,
         metadata=metadata,
+        dropped_subjects=dropped,
         _responses=values,
         _voxels=voxels,
         _columns=columns,
@@ -421,6 +450,46 @@ def _from_assembly(assembly, *, source: str, sha256: str, file: str) -> PereiraA
     _logger.info("loaded Pereira2018 %s%s: %d sentences × %d voxels of %d subjects, sha256 %s", source,
                  " (SYNTHETIC)" if synthetic else "", N_SENTENCES, values.shape[1], len(subjects), sha256)
     return result
+
+
+def _report_nan_neuroids(selected, file: str) -> dict[str, str]:
+    """Log, per subject, the voxels that ``dropna('neuroid')`` is about to drop; return the subjects dropped whole.
+
+    ``selected``: the ``'384sentences'`` presentations × all neuroids. A subject that loses every voxel is what
+    BrainScore's benchmark does to the subjects who only did the 243-sentence experiment (logged at INFO); a subject
+    that loses only some voxels is unusual and logged as a warning.
+    """
+    values = np.asarray(selected.values)
+    if not np.issubdtype(values.dtype, np.floating):
+        return {}
+    has_nan = np.isnan(values).any(axis=0)  # (n_neuroids,)
+    subjects = np.asarray(selected["subject"].values).astype(str)
+    dropped: dict[str, str] = {}
+    for subject in sorted(set(subjects[has_nan])):
+        mine = subjects == subject
+        n_nan, n_all = int(np.count_nonzero(has_nan & mine)), int(np.count_nonzero(mine))
+        if n_nan == n_all:
+            dropped[subject] = (f"all {n_all} of its voxels have NaN responses to the {selected.sizes['presentation']} "
+                                f"sentences of the {EXPERIMENT!r} experiment")
+            _logger.info("%s: subject %s dropped: %s (as BrainScore's dropna('neuroid'))", file, subject,
+                         dropped[subject])
+        else:
+            _logger.warning("%s: subject %s: %d of its %d voxels have NaN responses in the %r experiment and are "
+                            "dropped (as BrainScore's dropna('neuroid')); %d voxels remain", file, subject, n_nan,
+                            n_all, EXPERIMENT, n_all - n_nan)
+    return dropped
+
+
+def _check_finite(values: np.ndarray, subject_of_column: np.ndarray, file: str) -> None:
+    """Refuse infinite responses (NaN voxels are already dropped): PLS would turn them into NaN predictions."""
+    bad_columns = ~np.isfinite(values).all(axis=0)
+    if not bad_columns.any():
+        return
+    counts = {str(s): int(np.count_nonzero(bad_columns & (subject_of_column == s)))
+              for s in sorted(set(subject_of_column[bad_columns].astype(str)))}
+    described = ", ".join(f"subject {s} ({n} voxel{'s' if n != 1 else ''})" for s, n in counts.items())
+    raise DatasetError(f"{file}: infinite responses (inf, or too large for float32) in {described}; responses must "
+                       "be finite (voxels with NaN are dropped as BrainScore does, infinite ones are refused)")
 
 
 def _plain(value: Any) -> Any:

@@ -1,25 +1,27 @@
-"""Plots and the markdown report of a sweep (matplotlib, Agg backend: no display needed).
+"""Plots of a sweep's tables (matplotlib, Agg backend: no display needed); the sweep's report embeds them.
 
 * ``heatmap_model_subject.png``: median r per model (at its best layer) × subject, one panel per context;
 * ``layer_curves.png``: median r across subjects against block index, one line per model × context, with the
   interquartile range across subjects shaded and the registry's mapped layer starred;
-* ``roi_bars.png``: median r per ROI (median over subjects) at each model's best layer;
-* ``report.md``: the run's settings, the layer table and the plots.
+* ``roi_bars.png``: median r per ROI (median over subjects) at each model's best layer.
 
-Everything says SYNTHETIC when the data are synthetic.
+Each ``plot_*`` function draws into ``target`` (a path or a binary file object); :func:`render_plots` returns the
+three PNGs as bytes, for the sweep to store wherever its output lives (local or ``s3://``). Everything says
+SYNTHETIC when the data are synthetic.
 """
 
 from __future__ import annotations
 
+import io
 import os
-from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import pandas as pd
 
 SYNTHETIC_BANNER = "SYNTHETIC DATA (planted map): scores measure map recovery, not brain predictivity"
 _LINESTYLES = {"sentence": "-", "passage": "--", "running": ":"}
+Target = str | os.PathLike | IO[bytes]
 
 
 def _pyplot():
@@ -49,7 +51,7 @@ def _short(model: str) -> str:
     return model.removeprefix("brainscore_language-")
 
 
-def plot_heatmap(table: pd.DataFrame, summary: pd.DataFrame, path: Path, synthetic: bool) -> Path:
+def plot_heatmap(table: pd.DataFrame, summary: pd.DataFrame, target: Target, synthetic: bool) -> Target:
     """Model × subject heatmap of the median r at each model's best layer (one panel per context)."""
     plt = _pyplot()
     ok = table[table["status"] == "ok"]
@@ -93,12 +95,12 @@ def plot_heatmap(table: pd.DataFrame, summary: pd.DataFrame, path: Path, synthet
     fig.colorbar(image, ax=axes[:, 0].tolist(), fraction=0.04, label="median r over voxels")
     protocol = summary["protocol"].iloc[0] if len(summary) else ""
     _title(fig, f"Median r per subject at each model's best layer (model / best layer; {protocol})", synthetic)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    fig.savefig(target, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
-    return path
+    return target
 
 
-def plot_layer_curves(table: pd.DataFrame, summary: pd.DataFrame, path: Path, synthetic: bool) -> Path:
+def plot_layer_curves(table: pd.DataFrame, summary: pd.DataFrame, target: Target, synthetic: bool) -> Target:
     """Median r across subjects against block index per model × context; shaded: interquartile range."""
     plt = _pyplot()
     ok = table[table["status"] == "ok"]
@@ -134,12 +136,12 @@ def plot_layer_curves(table: pd.DataFrame, summary: pd.DataFrame, path: Path, sy
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     _title(fig, "Layer-wise scores (shaded: interquartile range across subjects)", synthetic)
     fig.tight_layout()
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    fig.savefig(target, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
-    return path
+    return target
 
 
-def plot_roi_bars(table: pd.DataFrame, summary: pd.DataFrame, path: Path, synthetic: bool) -> Path:
+def plot_roi_bars(table: pd.DataFrame, summary: pd.DataFrame, target: Target, synthetic: bool) -> Target:
     """Per-ROI median r (median over subjects) at each model's best layer, one bar group per ROI."""
     plt = _pyplot()
     ok = table[table["status"] == "ok"]
@@ -162,77 +164,26 @@ def plot_roi_bars(table: pd.DataFrame, summary: pd.DataFrame, path: Path, synthe
     ax.grid(axis="y", alpha=0.3)
     fig.legend(fontsize=8, loc="outside lower center", ncols=min(3, max(1, len(best))))
     _title(fig, "Per-ROI scores at each model's best layer (hatching: context)", synthetic)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    fig.savefig(target, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
-    return path
+    return target
 
 
-def write_plots(table: pd.DataFrame, summary: pd.DataFrame, out: str | os.PathLike, synthetic: bool
-                ) -> dict[str, Path]:
-    """The three PNGs in ``out`` (none when no cell finished); returns ``{name: path}``."""
-    out = Path(out)
+#: plot name -> (file name, drawing function)
+PLOTS: dict[str, tuple[str, Any]] = {
+    "heatmap": ("heatmap_model_subject.png", plot_heatmap),
+    "layer_curves": ("layer_curves.png", plot_layer_curves),
+    "roi_bars": ("roi_bars.png", plot_roi_bars),
+}
+
+
+def render_plots(table: pd.DataFrame, summary: pd.DataFrame, synthetic: bool) -> dict[str, tuple[str, bytes]]:
+    """The three PNGs (none when no cell finished): ``{name: (file name, PNG bytes)}``."""
     if summary.empty:
         return {}
-    return {
-        "heatmap": plot_heatmap(table, summary, out / "heatmap_model_subject.png", synthetic),
-        "layer_curves": plot_layer_curves(table, summary, out / "layer_curves.png", synthetic),
-        "roi_bars": plot_roi_bars(table, summary, out / "roi_bars.png", synthetic),
-    }
-
-
-def markdown_table(frame: pd.DataFrame, float_format: str = "{:.3f}") -> str:
-    """A GitHub-flavoured markdown table of ``frame`` (no extra dependency)."""
-    def cell(value: Any) -> str:
-        if value is None or (isinstance(value, float) and np.isnan(value)) or value is pd.NA:
-            return ""
-        if isinstance(value, (float, np.floating)):
-            return float_format.format(value)
-        return str(value).replace("|", "\\|").replace("\n", " ")
-
-    header = "| " + " | ".join(map(str, frame.columns)) + " |"
-    rule = "|" + "|".join("---" for _ in frame.columns) + "|"
-    body = ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
-    return "\n".join([header, rule, *body])
-
-
-def write_report(table: pd.DataFrame, summary: pd.DataFrame, out: str | os.PathLike, pngs: dict[str, Path],
-                 meta: dict[str, Any]) -> Path:
-    """``out/report.md``: what was run, the per-layer table, the plots, and every skipped or failed cell."""
-    out = Path(out)
-    run = meta["run"]
-    lines = ["# berg-ray sweep report", ""]
-    if meta["synthetic"]:
-        lines += [f"> **{SYNTHETIC_BANNER}.** Dataset `{meta['dataset']}` is synthetic.", ""]
-    lines += [
-        f"- protocol: `{meta['protocol']}`; CV: {meta['cv']}"
-        + (f"; PLS: {meta['pls']['n_components']} components" if meta.get("pls") else ""),
-        f"- dataset: `{meta['dataset']}` (sha256 `{meta['dataset_sha256'][:16]}…`, synthetic: {meta['synthetic']})",
-        (f"- cells: {run['cells']} ({run['reused']} reused from earlier runs, {run['from_cache']} from the fit cache, "
-         f"{run['computed']} computed, {run['failed']} failed); {run['skipped']} skipped; {run['seconds']} s; "
-         f"finished {meta['finished']}"),
-        ("- tables: [`scores.csv`](scores.csv) / `scores.parquet` (one row per cell), [`summary.csv`](summary.csv) "
-         "(one row per model × layer × context); per-voxel r: `voxel_r/<cell-id>.npz`"),
-        "",
-    ]
-    if not summary.empty:
-        best = summary[summary["best_layer"]]
-        lines += ["## Best layer per model and context", "",
-                  markdown_table(best[["model", "context", "layer", "layer_index", "n_subjects", "median_r",
-                                       "pooled_score", "mapped_layer"]]), ""]
-        for name, title in (("heatmap", "Model × subject"), ("layer_curves", "Layer-wise curves"),
-                            ("roi_bars", "Per-ROI scores")):
-            if name in pngs:
-                lines += [f"## {title}", "", f"![{title}]({Path(pngs[name]).name})", ""]
-        lines += ["## All layers", "",
-                  "`median_r`: median over subjects of each subject's median r over voxels. `pooled_score`: "
-                  "BrainScore's aggregation over all subjects' voxels pooled"
-                  + (" (the benchmark's raw score where `brainscore_comparable`)." if meta["protocol"]
-                     == "brainscore-linear" else " (median CV r)."), "",
-                  markdown_table(summary.drop(columns=["synthetic", "protocol"])), ""]
-    problems = table[table["status"] != "ok"]
-    if len(problems):
-        lines += ["## Skipped and failed", "",
-                  markdown_table(problems[["model", "layer", "context", "subject", "status", "reason"]]), ""]
-    path = out / "report.md"
-    path.write_text("\n".join(lines))
-    return path
+    rendered = {}
+    for name, (filename, plot) in PLOTS.items():
+        buffer = io.BytesIO()
+        plot(table, summary, buffer, synthetic)
+        rendered[name] = (filename, buffer.getvalue())
+    return rendered

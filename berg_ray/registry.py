@@ -235,37 +235,122 @@ def _write_registry(path: Path, entries: dict[str, ModelSpec]) -> None:
     os.replace(tmp, path)  # readers in other processes never see a half-written file
 
 
+def _looks_like_path(source: str) -> bool:
+    """Whether ``source`` was meant as a local folder rather than a hub id (``name`` or ``org/name``)."""
+    if os.path.isabs(source) or source.startswith((".", "~")) or "\\" in source:
+        return True
+    parts = [part for part in source.replace(os.sep, "/").split("/") if part]
+    # a hub id has at most one "/"; "models/my_modle" whose first folder exists here is a mistyped local path
+    return len(parts) > 2 or (len(parts) > 1 and Path(parts[0]).is_dir())
+
+
+def _resolve_source(source: str) -> tuple[str, bool]:
+    """``(absolute folder, True)`` for an existing local model folder, ``(hub id, False)`` for a hub id."""
+    if not isinstance(source, str) or not source.strip():
+        raise InvalidInputError(f"source must be a local model folder or a Hugging Face hub id, got {source!r}")
+    local = Path(source).expanduser()
+    if local.exists():
+        if not local.is_dir() or not (local / "config.json").exists():
+            raise InvalidInputError(f"model folder {source!r} has no config.json; give a saved transformers model "
+                                    "folder or a Hugging Face hub id")
+        return str(local.resolve()), True
+    if _looks_like_path(source):
+        raise InvalidInputError(f"model folder {source!r} does not exist (looked for {local.resolve()}); give an "
+                                "existing saved transformers model folder, or a Hugging Face hub id such as "
+                                "'gpt2' or 'org/name'")
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(source)
+    except HFValidationError as error:
+        raise InvalidInputError(f"source {source!r} is neither an existing folder nor a valid Hugging Face hub id "
+                                f"('name' or 'org/name'): {error}") from error
+    return source, False
+
+
+def weightless_model(source: str, revision: str | None = None) -> Any:
+    """The ``torch.nn.Module`` tree of ``source`` as features load it (``AutoModelForCausalLM``), built from its
+    config on the ``meta`` device: module names and types at the cost of reading ``config.json``, no weights."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    config = AutoConfig.from_pretrained(source, revision=revision)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # "add is_decoder=True" and similar notes are irrelevant here
+    try:
+        with torch.device("meta"):
+            return AutoModelForCausalLM.from_config(config)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+
+
+def _check_layer(source: str, layer: str) -> None:
+    """Raise unless ``layer`` is a module of the model in local folder ``source`` (nearest names in the message)."""
+    try:
+        names = [name for name, _ in weightless_model(source).named_modules() if name]
+    except (OSError, ValueError, KeyError) as error:  # unreadable config, unknown model_type, not a causal LM
+        raise InvalidInputError(f"cannot build the model in {source!r} from its config.json "
+                                f"(berg-ray loads it with AutoModelForCausalLM): {error}") from error
+    if layer not in names:
+        nearest = closest(layer, names)
+        hint = (f"nearest layer names: {', '.join(nearest)}" if nearest else "modules at that depth include: "
+                + ", ".join([n for n in names if n.count(".") <= layer.count(".")][:8]))
+        raise InvalidInputError(f"layer {layer!r} is not a module of the model in {source!r}; {hint} "
+                                f"({len(names)} modules, as in model.named_modules())")
+
+
 def register_model(model_id: str, source: str, layer: str, *, revision: str | None = None,
-                   tokenizer_kwargs: dict[str, Any] | None = None, persist: bool = False) -> ModelSpec:
+                   tokenizer_kwargs: dict[str, Any] | None = None, persist: bool = False,
+                   replace: bool = False) -> ModelSpec:
     """Add a custom model, addressed afterwards by exactly ``model_id`` (API, CLI, jobs).
 
+    A local folder is checked now: it must exist and hold ``config.json``, and ``layer`` must be a module of the
+    model its config builds (checked without weights). A hub id (``name`` or ``org/name``) is accepted as such
+    (nothing is downloaded; its layer is checked when the model is first loaded).
+
     Args:
-        model_id: the new id; must not collide with a BrainScore or built-in id.
+        model_id: the new id; must not be a BrainScore or built-in id.
         source: a local folder with ``config.json`` (absolute path is stored) or a Hugging Face hub id.
         layer: dotted module name of the layer to read (as in ``model.named_modules()``), e.g. ``"transformer.h.5"``.
         revision: hub revision; ignored for local folders (their content hash is used instead).
         tokenizer_kwargs: extra ``AutoTokenizer.from_pretrained`` arguments (default: left truncation, as brainscore).
         persist: also write the registration to :func:`registry_path` so other processes see it.
+        replace: allow replacing a different registration of ``model_id`` (in this process or the registry file),
+            or shadowing a BrainScore short alias (``"gpt2"`` for ``brainscore_language-gpt2``). Registering the
+            same spec again is always allowed.
+
+    Raises:
+        InvalidInputError: bad id, source or layer; or a collision (without ``replace``); the message says which.
     """
     if not isinstance(model_id, str) or not model_id.strip():
         raise InvalidInputError(f"model_id must be a non-empty string, got {model_id!r}")
     if not isinstance(layer, str) or not layer.strip():
         raise InvalidInputError(f"layer must be a dotted module name such as 'transformer.h.5', got {layer!r}")
-    taken = {s.model_id for s in brainscore_specs()} | {s.model_id for s in _builtin_specs()}
+    brainscore_ids = {s.model_id for s in brainscore_specs()}
+    taken = brainscore_ids | {s.model_id for s in _builtin_specs()}
     if model_id in taken:
         raise InvalidInputError(f"model id {model_id!r} is already a BrainScore or built-in model; choose another id")
-    local = Path(source).expanduser()
-    if local.exists():
-        if not (local / "config.json").exists():
-            raise InvalidInputError(f"model folder {source!r} has no config.json; give a saved transformers model "
-                                    "folder or a Hugging Face hub id")
-        source = str(local.resolve())
+    if BRAINSCORE_PREFIX + model_id in brainscore_ids and not replace:
+        raise InvalidInputError(f"model id {model_id!r} is the short alias of {BRAINSCORE_PREFIX + model_id!r}; "
+                                "registering it would shadow that model. Choose another id, or pass replace=True "
+                                "(berg-ray register --replace) to shadow it on purpose")
+    source, local = _resolve_source(source)
     spec = ModelSpec(model_id, source, layer, revision=revision,
                      tokenizer_kwargs={**BRAINSCORE_TOKENIZER_KWARGS, **(tokenizer_kwargs or {})}, origin="custom")
+    persisted = _persisted_specs()
+    for where, existing in (("in this process", _custom.get(model_id)),
+                            (f"in {registry_path()}", persisted.get(model_id))):
+        if existing is not None and existing != spec and not replace:
+            raise InvalidInputError(f"model id {model_id!r} is already registered {where} (source "
+                                    f"{existing.source!r}, layer {existing.layer!r}, revision {existing.revision!r}); "
+                                    "choose another id, or pass replace=True (berg-ray register --replace) to "
+                                    "replace it")
+    if local:
+        _check_layer(source, layer)
     _custom[model_id] = spec
     if persist:
-        path = registry_path()
-        _write_registry(path, {**_persisted_specs(), model_id: spec})
+        _write_registry(registry_path(), {**persisted, model_id: spec})
     logger.info("registered model %s -> %s (layer %s)", model_id, source, layer)
     return spec
 

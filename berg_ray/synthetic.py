@@ -19,13 +19,19 @@ brainio's ``write_netcdf``), so it loads through exactly the same code as the re
 Every file records that it is synthetic in its attributes (``berg_ray_synthetic='true'``) together with the
 planted model, seed, rank, noise and the SHA-256 of the planted features (see :func:`features_sha256`), so any
 reader can tell it apart from the real data and trace the planted map.
+
+Pure numerics and file writing: the planted features are an input (the caller extracts them from a language model;
+this module loads none), and the sentences' topic table is package data (``berg_ray/data/synthetic_topics.json``).
 """
 
 from __future__ import annotations
 
 import berg_ray._environment  # noqa: F401  (must precede any brainscore import)
 
+import functools
 import hashlib
+import importlib.resources
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -39,7 +45,11 @@ from berg_ray.errors import InvalidInputError
 _logger = logging.getLogger(__name__)
 
 DEFAULT_PLANTED_MODEL = "minilm-l6"
-"""The model whose sentence features plant the default synthetic map (``load_pereira('synthetic')``)."""
+"""The model whose sentence features plant the default synthetic map (``load_pereira('synthetic')`` extracts
+them and passes them to :func:`write_synthetic_pereira`)."""
+
+TOPICS_FILE = "synthetic_topics.json"
+"""The topic table (package data in ``berg_ray/data``): category nouns, items and phrases the templates use."""
 
 SYNTHETIC_ATTR = "berg_ray_synthetic"
 """Assembly attribute that marks a synthetic file (value ``'true'``)."""
@@ -81,184 +91,16 @@ class _Topic:
     has: tuple[str, ...]  # noun phrases: "its shape and its sound"
 
 
-_TOPICS: tuple[_Topic, ...] = (
-    _Topic("profession", "professional", "professionals",
-           ("astronaut", "carpenter", "dentist", "firefighter", "journalist", "librarian", "plumber"),
-           ("respected", "hard-working", "skilled"),
-           ("found in almost every modern city", "described in many school textbooks", "employed around the world"),
-           ("usually needs several years of training", "must hold a licence in many countries",
-            "often works long hours during busy periods"),
-           ("the tools and clothing that go with the job", "the special training it requires",
-            "the uniform worn at work")),
-    _Topic("musical_instrument", "musical instrument", "musical instruments",
-           ("accordion", "banjo", "cello", "clarinet", "harp", "trumpet", "xylophone"),
-           ("popular", "traditional", "versatile"),
-           ("often heard at folk festivals", "played in many orchestras", "taught in music schools"),
-           ("can play a melody and its accompaniment at the same time",
-            "needs regular tuning to sound its best", "takes many years of practice to master"),
-           ("its distinctive sound", "its shape and the way it is held", "the range of notes it can play")),
-    _Topic("animal", "animal", "animals",
-           ("beaver", "camel", "dolphin", "giraffe", "hedgehog", "octopus", "raccoon"),
-           ("remarkable", "intelligent", "well known"),
-           ("found on several continents", "often seen in wildlife documentaries", "kept in many zoos"),
-           ("spends much of the day searching for food", "can survive in surprisingly harsh conditions",
-            "lives in small family groups for most of its life"),
-           ("its body shape and the way it moves", "its colouring", "the sounds it makes")),
-    _Topic("weather", "weather event", "weather events",
-           ("blizzard", "drought", "hailstorm", "hurricane", "monsoon", "thunderstorm", "tornado"),
-           ("dangerous", "dramatic", "seasonal"),
-           ("recorded in many parts of the world", "tracked closely by meteorologists",
-            "reported on the evening news"),
-           ("can cause serious damage to crops and houses", "is often predicted several days in advance",
-            "affects the lives of millions of people every year"),
-           ("the sky and the wind that come before it", "the damage it leaves behind",
-            "the season in which it usually occurs")),
-    _Topic("building", "building", "buildings",
-           ("cathedral", "castle", "lighthouse", "skyscraper", "windmill", "pagoda", "observatory"),
-           ("famous", "historic", "impressive"),
-           ("visited by many tourists", "found in many old towns", "shown on postcards"),
-           ("usually takes several years to build", "requires careful maintenance to remain safe",
-            "was once a symbol of wealth and power"),
-           ("its height and outline", "the materials used to build it", "its windows and towers")),
-    _Topic("vegetable", "vegetable", "vegetables",
-           ("artichoke", "broccoli", "carrot", "cucumber", "eggplant", "potato", "pumpkin"),
-           ("nutritious", "common", "versatile"),
-           ("grown in gardens around the world", "sold in most markets", "used in many traditional recipes"),
-           ("contains vitamins and fibre that are good for health", "can be eaten raw or cooked",
-            "grows best in rich soil with plenty of sunlight"),
-           ("its colour and shape", "its taste and texture", "the way it is usually cooked")),
-    _Topic("fruit", "fruit", "fruits",
-           ("apple", "banana", "cherry", "lemon", "mango", "pineapple", "strawberry"),
-           ("sweet", "popular", "refreshing"),
-           ("grown in warm regions", "exported to many countries", "eaten fresh in summer"),
-           ("is rich in vitamins and natural sugars", "ripens quickly after it is picked",
-            "is often used to make juice and desserts"),
-           ("its colour and smell", "its sweet or sour taste", "the shape of its seeds")),
-    _Topic("vehicle", "vehicle", "vehicles",
-           ("bicycle", "helicopter", "motorcycle", "sailboat", "submarine", "tractor", "tram"),
-           ("useful", "modern", "reliable"),
-           ("used for transport in many countries", "built in large factories", "found in most cities"),
-           ("can carry people over long distances", "needs regular maintenance to run safely",
-            "has changed a great deal since it was invented"),
-           ("its engine noise", "its size and shape", "the number of people it can carry")),
-    _Topic("tool", "hand tool", "hand tools",
-           ("hammer", "chisel", "ladder", "saw", "screwdriver", "shovel", "wrench"),
-           ("simple", "sturdy", "essential"),
-           ("kept in most workshops", "sold in every hardware store", "used by builders and gardeners"),
-           ("has been used in some form for thousands of years",
-            "is usually made of steel with a wooden or plastic handle",
-            "makes heavy work much easier for the person using it"),
-           ("its handle and head", "the job it is designed for", "its weight and length")),
-    _Topic("clothing", "piece of clothing", "pieces of clothing",
-           ("coat", "kimono", "raincoat", "sandal", "scarf", "sweater", "tuxedo"),
-           ("comfortable", "fashionable", "practical"),
-           ("worn in many different climates", "sold in most clothing shops", "seen at formal events"),
-           ("can be made from wool, cotton or synthetic fibres", "is often chosen to match the season",
-            "has changed in style many times over the centuries"),
-           ("its cut and fabric", "the occasions on which it is worn", "its colour and pattern")),
-    _Topic("bird", "bird", "birds",
-           ("eagle", "flamingo", "hummingbird", "owl", "parrot", "pelican", "swan"),
-           ("beautiful", "graceful", "striking"),
-           ("found near lakes and rivers", "watched by many bird lovers", "seen in parks and gardens"),
-           ("builds a nest each spring to raise its young", "can fly long distances during migration",
-            "feeds mainly on fish, insects or seeds"),
-           ("its feathers and beak", "its call", "the way it flies")),
-    _Topic("insect", "insect", "insects",
-           ("ant", "bee", "butterfly", "cricket", "dragonfly", "firefly", "ladybird"),
-           ("small", "fascinating", "common"),
-           ("found in gardens and meadows", "studied by many biologists", "seen on warm summer evenings"),
-           ("goes through several stages of growth before becoming an adult",
-            "plays an important role in its ecosystem", "has six legs and a body divided into three parts"),
-           ("its wings and colours", "the sound it makes", "the way it moves")),
-    _Topic("sports_equipment", "piece of sports equipment", "pieces of sports equipment",
-           ("baseball bat", "football", "golf club", "hockey stick", "skateboard", "surfboard", "tennis racket"),
-           ("popular", "lightweight", "durable"),
-           ("sold in every sports shop", "used by amateurs and professionals", "seen at many competitions"),
-           ("must meet strict rules before it can be used in official games",
-            "is made from materials that have improved greatly over the years",
-            "can cost a great deal of money when made by hand"),
-           ("its shape and weight", "the sport in which it is used", "its colour and brand")),
-    _Topic("kitchen_utensil", "kitchen utensil", "kitchen utensils",
-           ("blender", "colander", "kettle", "ladle", "spatula", "teapot", "whisk"),
-           ("handy", "everyday", "useful"),
-           ("found in almost every kitchen", "sold in department stores", "used by home cooks and chefs"),
-           ("makes preparing food quicker and easier", "is usually made of metal, plastic or glass",
-            "should be washed carefully after every use"),
-           ("its shape and handle", "the task it is used for", "the material it is made of")),
-    _Topic("furniture", "piece of furniture", "pieces of furniture",
-           ("armchair", "bookcase", "cradle", "desk", "hammock", "sofa", "wardrobe"),
-           ("comfortable", "sturdy", "elegant"),
-           ("found in many homes", "sold in furniture shops", "shown in interior design magazines"),
-           ("can last for generations if it is well made", "is often made of wood, metal or fabric",
-            "is usually chosen to match the rest of the room"),
-           ("its size and design", "the wood or fabric it is made of", "the room it usually stands in")),
-    _Topic("body_part", "part of the human body", "parts of the human body",
-           ("ankle", "elbow", "heart", "kidney", "lung", "skull", "tongue"),
-           ("vital", "complex", "important"),
-           ("described in every anatomy textbook", "studied closely by doctors", "found in all vertebrates"),
-           ("can be injured in accidents or during sport", "is examined during a routine medical check",
-            "works together with many other organs and tissues"),
-           ("its position in the body", "its shape and size", "the job it does for the body")),
-    _Topic("landform", "natural landform", "natural landforms",
-           ("canyon", "glacier", "island", "volcano", "waterfall", "valley", "cave"),
-           ("spectacular", "vast", "famous"),
-           ("visited by hikers and tourists", "formed over millions of years", "shown in many photographs"),
-           ("changes slowly because of wind, water and ice",
-            "provides a home for many plants and animals", "is often protected inside a national park"),
-           ("its size and shape", "the rocks it is made of", "the landscape around it")),
-    _Topic("tree", "tree", "trees",
-           ("baobab", "birch", "maple", "oak", "palm", "redwood", "willow"),
-           ("tall", "long-lived", "common"),
-           ("planted in parks and streets", "found in many forests", "grown for its wood"),
-           ("can live for hundreds of years in the right conditions",
-            "loses or keeps its leaves depending on the climate", "provides shade and shelter for wildlife"),
-           ("its leaves and bark", "its height and shape", "the colour of its leaves in autumn")),
-    _Topic("flower", "flower", "flowers",
-           ("daisy", "orchid", "rose", "sunflower", "tulip", "lily", "lotus"),
-           ("beautiful", "fragrant", "colourful"),
-           ("grown in gardens around the world", "sold by florists", "painted by many artists"),
-           ("attracts bees and butterflies with its scent", "blooms for only a few weeks each year",
-            "is often given as a gift on special occasions"),
-           ("its petals and scent", "its colour", "the shape of its leaves")),
-    _Topic("dance", "dance", "dances",
-           ("waltz", "tango", "polka", "minuet", "foxtrot", "jig", "quickstep"),
-           ("lively", "elegant", "traditional"),
-           ("performed at weddings and festivals", "taught in dance schools", "seen in ballroom competitions"),
-           ("is danced to music with a steady rhythm", "became fashionable more than a century ago",
-            "requires partners to move together in time"),
-           ("its steps and rhythm", "the music played for it", "the way the dancers hold each other")),
-    _Topic("computer_device", "computer device", "computer devices",
-           ("keyboard", "laptop", "printer", "router", "scanner", "smartphone", "webcam"),
-           ("modern", "popular", "compact"),
-           ("found in most offices", "sold in electronics stores", "used in schools and homes"),
-           ("has become much cheaper and faster over the last decades",
-            "connects to other devices with a cable or by radio", "needs software updates to work well"),
-           ("its size and buttons", "the way it connects to a computer", "its screen or lights")),
-    _Topic("celestial_object", "celestial object", "celestial objects",
-           ("comet", "asteroid", "galaxy", "moon", "nebula", "planet", "star"),
-           ("distant", "bright", "mysterious"),
-           ("studied by astronomers", "observed through large telescopes", "photographed by space probes"),
-           ("moves through space along a path set by gravity",
-            "can be seen from Earth on a clear night with a telescope",
-            "has been studied by scientists for many centuries"),
-           ("its brightness and colour", "its position in the night sky", "its size and distance from Earth")),
-    _Topic("appliance", "household appliance", "household appliances",
-           ("dishwasher", "microwave", "refrigerator", "toaster", "vacuum cleaner", "washing machine",
-            "hair dryer"),
-           ("useful", "electric", "everyday"),
-           ("found in most homes", "sold in electronics shops", "advertised on television"),
-           ("saves a great deal of time on household chores", "uses electricity from a wall socket",
-            "should be serviced regularly to last many years"),
-           ("its size and controls", "the noise it makes", "the job it does in the home")),
-    _Topic("toy", "toy", "toys",
-           ("kite", "puppet", "teddy bear", "yo-yo", "jigsaw puzzle", "rocking horse", "spinning top"),
-           ("classic", "popular", "simple"),
-           ("sold in toy shops", "given to children as presents", "found in many museums of childhood"),
-           ("has entertained children for many generations", "can be made by hand from simple materials",
-            "helps young children develop new skills through play"),
-           ("its bright colours", "its shape and size", "the way children play with it")),
-)
-assert len(_TOPICS) == 24 and all(len(t.items) == 7 for t in _TOPICS)
+@functools.cache
+def _topics() -> tuple[_Topic, ...]:
+    """The 24 topics, from the package data file ``berg_ray/data/synthetic_topics.json``."""
+    text = importlib.resources.files("berg_ray").joinpath("data", TOPICS_FILE).read_text(encoding="utf-8")
+    topics = tuple(_Topic(**{key: value if isinstance(value, str) else tuple(value) for key, value in entry.items()})
+                   for entry in json.loads(text)["topics"])
+    if len(topics) != 24 or any(len(t.items) != 7 for t in topics):
+        raise RuntimeError(f"{TOPICS_FILE} must hold 24 topics of 7 items each (the 384- and 243-sentence designs)")
+    return topics
+
 
 # Sentence templates. {A}/{The} are the item with its article, {a}/{the} in lower case.
 _TEMPLATES: tuple[str, ...] = (
@@ -310,10 +152,10 @@ def _stimuli(experiment: str, seed: int) -> pd.DataFrame:
     rng = np.random.default_rng([seed, 1 if experiment == EXPERIMENT_384 else 2])
     rows: list[dict[str, object]] = []
     if experiment == EXPERIMENT_384:
-        plan = [(topic, item, 4) for topic in _TOPICS for item in topic.items[:4]]
+        plan = [(topic, item, 4) for topic in _topics() for item in topic.items[:4]]
     else:
         # 72 passages (three per topic): 27 of four sentences and 45 of three, 243 sentences in all.
-        plan = [(topic, item, 0) for topic in _TOPICS for item in topic.items[4:]]
+        plan = [(topic, item, 0) for topic in _topics() for item in topic.items[4:]]
         four = set(rng.choice(len(plan), size=27, replace=False).tolist())
         plan = [(topic, item, 4 if k in four else 3) for k, (topic, item, _) in enumerate(plan)]
     for passage_index, (topic, item, n) in enumerate(plan, start=1):
@@ -469,32 +311,20 @@ def make_synthetic_assembly(features: np.ndarray, *, seed: int = 0, rank: int = 
     return assembly
 
 
-def default_planted_features(sentences: list[str]) -> np.ndarray:
-    """Features of ``sentences`` from :data:`DEFAULT_PLANTED_MODEL`, each sentence alone: (len(sentences), d)."""
-    from berg_ray.features import extract_features  # lazy: loads torch and transformers
-
-    return np.asarray(extract_features(DEFAULT_PLANTED_MODEL, list(sentences), context="sentence"))
-
-
-def write_synthetic_pereira(path: str | os.PathLike, features: np.ndarray | None = None, *, seed: int = 0,
-                            rank: int = 10, noise: float = 1.0, planted_model: str | None = None,
-                            compress: bool = False) -> Path:
+def write_synthetic_pereira(path: str | os.PathLike, features: np.ndarray, *, seed: int = 0, rank: int = 10,
+                            noise: float = 1.0, planted_model: str | None = None, compress: bool = False) -> Path:
     """Write a synthetic ``assy_Pereira2018_language.nc``-shaped file to ``path`` and return its path.
 
-    ``features``: (384, d) planted features for ``synthetic_stimuli(seed)``'s sentences; ``None`` computes
-    :func:`default_planted_features` (model :data:`DEFAULT_PLANTED_MODEL`, recorded as the planted model unless
-    ``planted_model`` says otherwise). Written with brainio's ``write_netcdf`` (so it loads exactly like the real
-    file) to a temporary name in the same folder, then renamed, so readers never see a partial file.
+    ``features``: (384, d) planted features for ``synthetic_stimuli(seed)``'s sentences, in order (the caller
+    extracts them, e.g. with :func:`berg_ray.features.extract_features`; ``planted_model`` records whose they are).
+    Written with brainio's ``write_netcdf`` (so it loads exactly like the real file) to a temporary name in the same
+    folder, then renamed, so readers never see a partial file.
     ``compress=True`` uses brainio's default zlib level 9, which takes ~10 s for this ~35 MB of float32 noise;
     the default writes uncompressed.
     """
     from brainscore_core.supported_data_standards.brainio.packaging import write_netcdf
 
     path = Path(path)
-    if features is None:
-        sentences = synthetic_stimuli(seed)["sentence"].tolist()
-        features = default_planted_features(sentences)
-        planted_model = planted_model or DEFAULT_PLANTED_MODEL
     assembly = make_synthetic_assembly(features, seed=seed, rank=rank, noise=noise, planted_model=planted_model)
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp.nc")

@@ -121,9 +121,12 @@ def test_roundtrip(synthetic_file, loaded, planted_features):
         assert len(voxels) == block.shape[1] and set(voxels["subject"]) == {subject}
         assert voxels["neuroid_id"].tolist() == [f"{subject}.{v}" for v in voxels["voxel_num"]]
         assert voxels["voxel_num"].is_monotonic_increasing  # file order
-    # z-scored per voxel, as the real data
-    np.testing.assert_allclose(everything.mean(axis=0), 0, atol=1e-4)
-    np.testing.assert_allclose(everything.std(axis=0), 1, atol=1e-3)
+    # z-scored per voxel, as the real data: z-scored in float64, stored as float32 (≤ eps32/2 relative each) and
+    # averaged here in float32 (pairwise sums over 384 rows: ≲ log2(384)·eps32 of the largest |value|) ≈ 4e-6;
+    # observed 7e-8 (mean) and 5e-7 (std). An uncentred voxel is off by ~0.05, ddof=1 scaling by 1.3e-3.
+    tolerance = np.log2(384) * np.finfo(np.float32).eps * np.abs(everything).max()
+    np.testing.assert_allclose(everything.mean(axis=0), 0, atol=tolerance)
+    np.testing.assert_allclose(everything.std(axis=0), 1, rtol=0, atol=tolerance)
     meta = assembly.metadata
     assert meta["planted_model"] == "random-test-features"
     assert (meta["seed"], meta["rank"], meta["noise"]) == (0, 10, 1.0)
@@ -176,14 +179,20 @@ def test_planted_map_is_recoverable(loaded, planted_features):
     held_out = responses[300:]
     a, b = predicted - predicted.mean(0), held_out - held_out.mean(0)
     r = (a * b).sum(0) / np.sqrt((a ** 2).sum(0) * (b ** 2).sum(0))
+    # expected ≈ sqrt(R² ≈ 0.5) ≈ 0.7 less the fit's estimation loss (21 coefficients from 300 rows): 0.68 seen;
+    # one voxel's r over 84 sentences has a standard error ≈ (1 - r²)/sqrt(84) ≈ 0.06, so 0.5 is > 3 SE below, and
+    # shuffled features give ≈ 0 ± 0.11
     assert np.median(r) > 0.5, np.median(r)
 
 
 def test_planted_responses_noise_controls_fit(planted_features):
     clean = synthetic.planted_responses(planted_features, 50, seed=1, rank=5, noise=0.0)
     residual = clean - _predict(_fit(planted_features, clean), planted_features)
-    assert np.abs(residual).max() < 1e-8  # noiseless: exactly linear in the features
-    assert np.linalg.matrix_rank(clean - clean.mean(0), tol=1e-6) == 5  # and of the planted rank
+    # noiseless: exactly linear in the features. float64 least squares (cond ≈ 1.5) leaves a rounding residual
+    # ≲ n·eps64·max|clean| ≈ 3e-13 (6e-15 seen); noise of sd 1e-6 would leave 6e-6
+    assert np.abs(residual).max() < clean.shape[0] * np.finfo(np.float64).eps * np.abs(clean).max()
+    # and of the planted rank; numpy's default rank tolerance σ_max·max(shape)·eps64 ≈ 6e-12 (σ_6 ≈ 2e-14, σ_5 ≈ 42)
+    assert np.linalg.matrix_rank(clean - clean.mean(0)) == 5
     with pytest.raises(InvalidInputError):
         synthetic.planted_responses(planted_features[:100], 50)
     with pytest.raises(InvalidInputError):

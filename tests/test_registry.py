@@ -261,3 +261,120 @@ def test_register_rejects_bad_input(tmp_path):
     assert "''" in str(info.value)
     with pytest.raises(InvalidInputError):
         register_model("", "gpt2", "transformer.h.1")
+
+
+# ---------------------------------------------------------------------------------------------- registration checks
+
+
+@pytest.mark.parametrize("kind", ["absolute", "dot", "home", "partial"])
+def test_missing_local_folder_is_refused(kind, tmp_path, monkeypatch, isolated_registry_file):
+    """A source that is meant as a folder but does not exist is refused now, not taken for a hub id and persisted
+    (which used to fail much later with a raw HFValidationError)."""
+    (tmp_path / "models").mkdir()
+    monkeypatch.chdir(tmp_path)
+    source = {"absolute": str(tmp_path / "no-such-model"), "dot": "./no-such-model",
+              "home": "~/berg-ray-no-such-model-folder", "partial": "models/no-such-model"}[kind]
+    with pytest.raises(InvalidInputError) as info:
+        register_model("missing-folder-model", source, "transformer.h.1", persist=True)
+    assert repr(source) in str(info.value) and "does not exist" in str(info.value)
+    assert not isolated_registry_file.exists()
+    with pytest.raises(UnknownModelError):
+        get_spec("missing-folder-model")
+
+
+def test_hub_id_is_accepted_offline_and_a_malformed_one_is_not(isolated_registry_file):
+    """``org/name`` that is no local path is a hub id (nothing downloads); a string that cannot be one is refused."""
+    try:
+        spec = register_model("hub-style-model", "some-org/some-model", "transformer.h.1", revision="v1",
+                              persist=True)
+        assert (spec.source, spec.revision, spec.is_local) == ("some-org/some-model", "v1", False)
+        assert json.loads(isolated_registry_file.read_text())[0]["source"] == "some-org/some-model"
+    finally:
+        unregister_model("hub-style-model")
+    for bad in ("some model with spaces", "org/name--x"):
+        with pytest.raises(InvalidInputError) as info:
+            register_model("malformed-hub-id", bad, "transformer.h.1", persist=True)
+        assert repr(bad) in str(info.value) and "hub id" in str(info.value)
+    assert json.loads(isolated_registry_file.read_text()) == []
+
+
+def test_layer_missing_from_the_config_is_refused_with_the_nearest_names(tmp_path, isolated_registry_file):
+    """The layer is checked on a weightless model built from config.json: a folder with the config alone suffices,
+    a missing layer is refused naming it and the nearest module names (difflib)."""
+    from berg_ray.offline_models import build_gpt2
+
+    folder = build_gpt2(tmp_path / "tiny", n_layer=3, n_embd=32, n_head=4, n_positions=64, seed=0)
+    config_only = tmp_path / "config-only"
+    config_only.mkdir()
+    (config_only / "config.json").write_bytes((folder / "config.json").read_bytes())
+    for source in (folder, config_only):
+        for layer, nearest in (("transformer.h.9", "transformer.h.2"), ("transfomer.h.1.mlp", "transformer.h.1.mlp"),
+                               ("encoder.layer.1", "transformer.h")):
+            with pytest.raises(InvalidInputError) as info:
+                register_model("tiny-bad-layer", str(source), layer, persist=True)
+            message = str(info.value)
+            assert repr(layer) in message and nearest in message and str(source) in message
+    assert not isolated_registry_file.exists()
+    try:  # a module below a block, and the config-only folder (no weights are read to check it)
+        assert register_model("tiny-mlp-layer", str(folder), "transformer.h.1.mlp").layer == "transformer.h.1.mlp"
+        assert register_model("tiny-config-only", str(config_only), "transformer.h.2").source == str(config_only)
+    finally:
+        unregister_model("tiny-mlp-layer")
+        unregister_model("tiny-config-only")
+
+
+def test_shadowing_a_brainscore_alias_needs_replace(tiny_gpt2, isolated_registry_file):
+    with pytest.raises(InvalidInputError) as info:
+        register_model("gpt2", tiny_gpt2.folder, tiny_gpt2.layer, persist=True)
+    assert "'gpt2'" in str(info.value) and "brainscore_language-gpt2" in str(info.value)
+    assert "replace=True" in str(info.value)
+    assert get_spec("gpt2").model_id == "brainscore_language-gpt2"  # the alias still means BrainScore's gpt2
+    assert not isolated_registry_file.exists()
+    try:
+        register_model("gpt2", tiny_gpt2.folder, tiny_gpt2.layer, replace=True)
+        assert get_spec("gpt2").source == str(Path(tiny_gpt2.folder).resolve())  # shadowed on purpose
+    finally:
+        unregister_model("gpt2")
+    assert get_spec("gpt2").model_id == "brainscore_language-gpt2"
+
+
+def test_reregistering_an_id_needs_replace(tiny_gpt2, isolated_registry_file):
+    custom_id = "re-registered-gpt2"
+    try:
+        first = register_model(custom_id, tiny_gpt2.folder, "transformer.h.1", persist=True)
+        assert register_model(custom_id, tiny_gpt2.folder, "transformer.h.1", persist=True) == first  # same spec
+        with pytest.raises(InvalidInputError) as info:
+            register_model(custom_id, tiny_gpt2.folder, "transformer.h.2")
+        assert repr(custom_id) in str(info.value) and "'transformer.h.1'" in str(info.value)
+        assert "replace=True" in str(info.value)
+        assert get_spec(custom_id) == first
+        # registered only in the file (as by another process): still refused, naming the file
+        registry._custom.pop(custom_id)
+        with pytest.raises(InvalidInputError) as info:
+            register_model(custom_id, tiny_gpt2.folder, "transformer.h.0", persist=True)
+        assert str(isolated_registry_file) in str(info.value)
+        assert [e["layer"] for e in json.loads(isolated_registry_file.read_text())] == ["transformer.h.1"]
+        second = register_model(custom_id, tiny_gpt2.folder, "transformer.h.2", persist=True, replace=True)
+        assert get_spec(custom_id) == second and second.layer == "transformer.h.2"
+        assert [e["layer"] for e in json.loads(isolated_registry_file.read_text())] == ["transformer.h.2"]
+    finally:
+        unregister_model(custom_id)
+
+
+def test_cli_register_checks_and_replace_flag(tiny_gpt2, isolated_registry_file, capsys):
+    custom_id = "cli-replaced-gpt2"
+    try:
+        assert cli_main(["register", custom_id, "--source", tiny_gpt2.folder, "--layer", "transformer.h.7"]) == 2
+        err = capsys.readouterr().err
+        assert "'transformer.h.7'" in err and "transformer.h.2" in err
+        assert cli_main(["register", "gpt2", "--source", tiny_gpt2.folder, "--layer", "transformer.h.1"]) == 2
+        assert "--replace" in capsys.readouterr().err
+        assert cli_main(["register", custom_id, "--source", tiny_gpt2.folder, "--layer", "transformer.h.0"]) == 0
+        assert cli_main(["register", custom_id, "--source", tiny_gpt2.folder, "--layer", "transformer.h.1"]) == 2
+        assert "already registered" in capsys.readouterr().err
+        assert cli_main(["register", custom_id, "--source", tiny_gpt2.folder, "--layer", "transformer.h.1",
+                         "--replace"]) == 0
+        entries = {e["model_id"]: e for e in json.loads(isolated_registry_file.read_text())}
+        assert entries[custom_id]["layer"] == "transformer.h.1" and "gpt2" not in entries
+    finally:
+        unregister_model(custom_id)

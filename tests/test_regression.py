@@ -16,12 +16,15 @@ from berg_ray.regression import PLSSettings, cross_validated_r, fit_pls, pearson
 
 warnings.filterwarnings("ignore", category=FutureWarning)
 
-TOLERANCE = 1e-5
+#: relative to the reference's largest |value|: both sides are float64 PLS (the same NIPALS iterations in another
+#: order), equal up to rounding — observed ≤ 90·eps64 ≈ 2e-14; ≤ 500 power iterations × cond ≲ 100 × eps64 stays
+#: < 1e-11, so 1e-9 leaves a wide margin while a wrong component, sign, centring or scaling is off by > 1e-3.
+TOLERANCE = 1e-9
 
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_blas_thread():
-    from conftest import single_blas_thread
+    from support import single_blas_thread
 
     with single_blas_thread():
         yield
@@ -48,11 +51,12 @@ def pereira_shaped():
 def _compare(fit, reference, X, X_new):
     for data in (X, X_new):
         ours, theirs = fit.predict(data), reference.predict(data)
-        assert np.abs(theirs).max() > 1e-2
-        assert np.abs(ours - theirs).max() <= TOLERANCE, np.abs(ours - theirs).max()
+        assert np.abs(theirs).max() > 1e-2  # a scale to be relative to (a comparison that can fail)
+        assert np.abs(ours - theirs).max() <= TOLERANCE * np.abs(theirs).max(), np.abs(ours - theirs).max()
     assert fit.n_iter == list(reference.n_iter_)
-    np.testing.assert_allclose(fit.coef, reference.coef_, atol=TOLERANCE)
-    np.testing.assert_allclose(fit.intercept, reference.intercept_, atol=TOLERANCE)
+    np.testing.assert_allclose(fit.coef, reference.coef_, rtol=0, atol=TOLERANCE * np.abs(reference.coef_).max())
+    np.testing.assert_allclose(fit.intercept, reference.intercept_, rtol=0,
+                               atol=TOLERANCE * np.abs(reference.intercept_).max())  # relative, as above
 
 
 def test_fit_pls_matches_sklearn_on_pereira_shapes(pereira_shaped):
@@ -92,7 +96,8 @@ def test_fit_pls_single_target_matches_sklearn():
     rng = np.random.default_rng(2)
     X, y = rng.standard_normal((50, 12)), rng.standard_normal(50)
     fit, reference = fit_pls(X, y, n_components=5), _sklearn(X, y, n_components=5)
-    np.testing.assert_allclose(fit.predict(X)[:, 0], reference.predict(X).ravel(), atol=TOLERANCE)
+    expected = reference.predict(X).ravel()
+    np.testing.assert_allclose(fit.predict(X)[:, 0], expected, rtol=0, atol=TOLERANCE * np.abs(expected).max())
     assert fit.n_iter == list(reference.n_iter_)
 
 
@@ -128,7 +133,7 @@ def test_cross_validated_r_matches_sklearn():
     reference = _sklearn_cv_r(X, Y, stories)
     assert ours.shape == (q,)
     assert np.abs(reference).max() > 0.1
-    assert np.abs(ours - reference).max() <= TOLERANCE
+    assert np.abs(ours - reference).max() <= TOLERANCE * np.abs(reference).max()  # float64 r: relative, as above
 
 
 def test_cross_validated_r_needs_enough_groups():
@@ -144,6 +149,7 @@ def test_pearson_r_matches_scipy_and_flags_constant_columns():
     a, b = rng.standard_normal((30, 4)), rng.standard_normal((30, 4))
     b[:, 3] = 1.0
     r = pearson_r(a, b)
+    # float64 Pearson r of 30 samples (|r| ≤ 1), two formulas: rounding only (≈ 30·eps64 ≈ 7e-15 at most)
     np.testing.assert_allclose(r[:3], [pearsonr(a[:, j], b[:, j])[0] for j in range(3)], atol=1e-12)
     assert np.isnan(r[3])
 
@@ -153,7 +159,7 @@ def test_pearson_r_matches_scipy_and_flags_constant_columns():
 
 def test_planted_map_recovery_matches_sklearn(gpt2_berg, gpt2_synthetic):
     """Encoding models fitted through BERG on a file planted with the tiny GPT-2's own features score (median CV r)
-    within 0.02 of what sklearn reaches on the planted features themselves."""
+    what sklearn reaches on the planted features themselves (to float rounding)."""
     from berg_ray.neural import load_pereira
 
     assembly = load_pereira(gpt2_synthetic["path"])
@@ -164,6 +170,10 @@ def test_planted_map_recovery_matches_sklearn(gpt2_berg, gpt2_synthetic):
         responses = np.asarray(assembly.responses(subject), dtype=np.float64)
         reference = np.median(_sklearn_cv_r(planted, responses, np.asarray(assembly.stories)))
         ours = model.cv_summary()["median_r"]
-        assert reference > 0.3  # the planted map is recoverable at all
-        assert abs(ours - reference) <= 0.02, (subject, ours, reference)
+        assert reference > 0.3  # the planted map is recoverable at all (noise = signal: ≈ 0.65 expected)
+        # Both float64 PLS; BERG re-extracts the features, equal to the planted ones but for float32 rounding, which
+        # a fit moves r by ≲ 2·cond(features)·eps32 (≈ 6e-6, cond ≈ 25). 24 components instead of 25, 5 folds or
+        # GroupKFold by passage move the median by 1e-4 to 4e-3; an off-by-one sentence by 0.6.
+        tolerance = 2 * np.linalg.cond(planted - planted.mean(axis=0)) * np.finfo(np.float32).eps
+        assert abs(ours - reference) <= tolerance, (subject, ours, reference)
         assert model.synthetic and model.n_voxels == responses.shape[1]

@@ -14,17 +14,22 @@ import pandas as pd
 import pytest
 
 from berg_ray.encoding_model import EncodingModel
-from berg_ray.errors import CacheIntegrityError
-from berg_ray.fitting import key_fields
+from berg_ray.errors import CacheIntegrityError, InvalidInputError
 from berg_ray.registry import ModelSpec
 from berg_ray.regression import PLSSettings, fit_pls
-from berg_ray.store import EncodingModelStore, cache_key
+from berg_ray.request import ModelRequest, cache_key
+from berg_ray.store import EncodingModelStore
 
 warnings.filterwarnings("ignore", category=FutureWarning)
 
 NAME = "store-test"
 SPEC = ModelSpec("store-test-model", "some-org/some-model", "transformer.h.1", origin="custom")
 DATASET_SHA = "ab" * 32
+
+
+def key_fields(spec, subject, context, dataset_sha256, settings, dtype=None):
+    """The cache key fields of ``spec``'s request (what fitting computes on the driver)."""
+    return ModelRequest.build(spec, context=context, dtype=dtype).key_fields(subject, dataset_sha256, settings)
 
 
 def make_model(subject: str = "018", context: str = "sentence", settings: PLSSettings | None = None,
@@ -213,6 +218,147 @@ def test_local_folder_key_follows_the_weights(tmp_path):
     first = spec.source_fingerprint()
     (folder / "model.safetensors").write_bytes(b"weights v2")
     assert spec.source_fingerprint() != first
+
+
+# ---------------------------------------------------------------------------------------------- meaning checks
+
+
+def edit_entry(folder: Path, edit_manifest=None, edit_voxels=None, edit_arrays=None) -> None:
+    """Edit an entry as someone with a text editor would, then re-sign every data file's sha256 and size in the
+    manifest, so that the byte check passes and only the meaning check is left to catch the edit."""
+    from safetensors.numpy import load as st_load
+    from safetensors.numpy import save as st_save
+
+    manifest = json.loads((folder / "manifest.json").read_text())
+    if edit_voxels is not None:
+        path = folder / manifest["files"]["voxels"]["name"]
+        path.write_text(json.dumps(edit_voxels(json.loads(path.read_text()))))
+    if edit_arrays is not None:
+        path = folder / manifest["files"]["arrays"]["name"]
+        path.write_bytes(st_save(edit_arrays(dict(st_load(path.read_bytes())))))
+    for info in manifest["files"].values():
+        data = (folder / info["name"]).read_bytes()
+        info.update(sha256=hashlib.sha256(data).hexdigest(), bytes=len(data))
+    if edit_manifest is not None:
+        manifest = edit_manifest(manifest)
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2))
+
+
+def load_checked(store: EncodingModelStore, model: EncodingModel) -> EncodingModel | None:
+    """Load as ``fitting.load_cached`` does: with the key fields the caller computed the key from."""
+    return store.load(NAME, model.subject, model.cache_key, model.synthetic, expected_fields=model.key_fields)
+
+
+def _set(section: str, field: str, value):
+    def edit(manifest):
+        targets = ("metadata", "key_fields") if section == "both" else (section,)
+        for target in targets:
+            manifest[target][field] = value
+        return manifest
+    return edit
+
+
+EDITS = {"context": "passage", "layer": "transformer.h.2", "subject": "199"}
+
+
+@pytest.mark.parametrize("section", ["metadata", "key_fields", "both"])
+@pytest.mark.parametrize("field", sorted(EDITS))
+def test_edited_meaning_is_refused_naming_the_field(saved, field, section):
+    """Editing what the entry means (context, layer or subject) in the manifest's metadata, in the key fields, or
+    consistently in both, is refused even though every sha256 still matches."""
+    store, model, folder = saved
+    edit_entry(folder, edit_manifest=_set(section, field, EDITS[field]))
+    with pytest.raises(CacheIntegrityError) as info:
+        load_checked(store, model)
+    expected_field = f"{'metadata' if section == 'metadata' else 'key_fields'}.{field}"
+    assert info.value.field == expected_field
+    assert expected_field in str(info.value) and str(folder) in str(info.value) and str(folder) in info.value.path
+    assert repr(EDITS[field]) in str(info.value)  # the edited value is shown
+
+
+def test_edited_key_fields_are_refused_without_expected_fields(saved):
+    """Without the caller's fields the recomputed key still differs from the key the entry is stored under."""
+    store, model, folder = saved
+    edit_entry(folder, edit_manifest=_set("both", "context", "running"))
+    with pytest.raises(CacheIntegrityError) as info:
+        store.load(NAME, model.subject, model.cache_key, model.synthetic)
+    assert info.value.field == "key_fields" and model.cache_key in str(info.value)
+
+
+def test_edited_context_is_refused_on_the_fitting_path(saved):
+    """``fitting.load_cached`` (what BERG, the CLI, Ray tasks and the sweep use) refuses the edited entry; the
+    untouched entry comes back with the caller's own id and source."""
+    from types import SimpleNamespace
+
+    from berg_ray.fitting import load_cached
+
+    store, model, folder = saved
+    assembly = SimpleNamespace(sha256=DATASET_SHA, synthetic=True)
+    alias = ModelSpec(NAME, SPEC.source, SPEC.layer)  # another id (same folder name) for the same weights
+    loaded = load_cached(store, ModelRequest.build(alias, context=model.context), assembly, model.subject, model.settings)
+    assert (loaded.model_id, loaded.source) == (alias.model_id, alias.source)
+    assert_same_model(loaded.replace(model_id=model.model_id), model)
+    edit_entry(folder, edit_manifest=_set("metadata", "context", "running"))
+    with pytest.raises(CacheIntegrityError) as info:
+        load_cached(store, ModelRequest.build(alias, context=model.context), assembly, model.subject, model.settings)
+    assert info.value.field == "metadata.context"
+
+
+def test_untouched_entry_passes_the_meaning_checks(saved):
+    store, model, folder = saved
+    edit_entry(folder)  # re-signing alone changes nothing
+    assert_same_model(load_checked(store, model), model)
+    assert_same_model(store.load(NAME, model.subject, model.cache_key, model.synthetic), model)
+
+
+def _drop_voxels_file(manifest):
+    del manifest["files"]["voxels"]
+    return manifest
+
+
+def _voxel_rows(table, keep: int):
+    table["data"] = table["data"][:keep]
+    return table
+
+
+@pytest.mark.parametrize("edit, field", [
+    ({"edit_manifest": lambda m: []}, "manifest"),
+    ({"edit_manifest": lambda m: "a string"}, "manifest"),
+    ({"edit_manifest": _drop_voxels_file}, "files.voxels"),
+    ({"edit_manifest": lambda m: {**m, "files": {**m["files"], "voxels": "voxels.json"}}}, "files.voxels"),
+    ({"edit_manifest": lambda m: {k: v for k, v in m.items() if k != "metadata"}}, "metadata"),
+    ({"edit_manifest": lambda m: {**m, "key_fields": []}}, "key_fields"),
+    ({"edit_manifest": _set("metadata", "layer", 5)}, "metadata.layer"),
+    ({"edit_manifest": _set("metadata", "synthetic", "yes")}, "metadata.synthetic"),
+    ({"edit_manifest": _set("metadata", "n_iter", "12")}, "metadata.n_iter"),
+    ({"edit_manifest": _set("metadata", "pls", {**PLSSettings(n_components=5).to_dict()})}, "metadata.pls"),
+    ({"edit_manifest": _set("metadata", "source", "other-org/other-model")}, "metadata.source"),
+    ({"edit_voxels": lambda t: {**t, "data": 7}}, "files.voxels"),
+    ({"edit_voxels": lambda t: _voxel_rows(t, 29)}, "files.voxels"),
+    ({"edit_arrays": lambda a: {**a, "cv_r": a["cv_r"][:-1]}}, "arrays.cv_r"),
+    ({"edit_arrays": lambda a: {k: v for k, v in a.items() if k != "intercept"}}, "arrays.intercept"),
+], ids=["list", "string", "no-voxels-file", "voxels-entry-not-object", "no-metadata", "key-fields-list",
+        "layer-int", "synthetic-str", "n-iter-str", "pls-edited", "hub-source-edited", "voxel-data-int",
+        "voxel-row-dropped", "cv-r-short", "no-intercept"])
+def test_malformed_entry_is_refused_naming_the_field(saved, edit, field):
+    """Valid JSON of the wrong shape, and re-signed data files whose content contradicts the rest, are refused with
+    the field named (never an AttributeError, KeyError or TypeError, nor a silently wrong model)."""
+    store, model, folder = saved
+    edit_entry(folder, **edit)
+    with pytest.raises(CacheIntegrityError) as info:
+        load_checked(store, model)
+    assert info.value.field == field
+    assert field in str(info.value) and str(folder) in str(info.value)
+
+
+def test_saving_a_model_whose_key_contradicts_its_fields_is_refused(tmp_path):
+    store = EncodingModelStore(tmp_path / "cache")
+    model = make_model()
+    bad = model.replace(key_fields={**model.key_fields, "context": "running"})
+    with pytest.raises(InvalidInputError) as info:
+        store.save(bad, NAME)
+    assert model.cache_key in str(info.value)
+    assert not (tmp_path / "cache").exists()
 
 
 def test_fitted_models_roundtrip_through_the_cache(gpt2_berg):

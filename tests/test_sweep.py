@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import environ, ray_temp_dir, remove_tree, stop_ray_processes
+from support import clean_ray, ray_temp_dir, remove_tree, stop_ray_processes
 
 from berg_ray.errors import InvalidInputError, UnknownSubjectError
 from berg_ray.regression import PLSSettings
@@ -31,11 +31,12 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 @pytest.fixture(scope="module")
 def ray_local():
-    """A local Ray instance of this module's own (2 CPUs, private temp dir), stopped by pid afterwards."""
+    """A local Ray instance of this module's own (2 CPUs, private temp dir, own auth token), stopped by pid afterwards,
+    from and back to a clean Ray state (``clean_ray``)."""
     import ray
 
     temp_dir = ray_temp_dir()
-    with environ(RAY_ADDRESS=None):
+    with clean_ray():
         try:
             ray.init(address="local", num_cpus=2, include_dashboard=False, _temp_dir=temp_dir)
             yield temp_dir
@@ -80,16 +81,16 @@ def grid(ray_local, tiny_gpt2, tiny_bert, gpt2_synthetic, tmp_path_factory) -> d
         return sweep.run_sweep(models, subjects="all", layers="all", contexts=CONTEXTS, dataset=gpt2_synthetic["path"],
                                cache=str(cache), out=str(out), settings=SETTINGS, device="cpu")
 
-    write_cell, written = sweep._write_cell, []
+    write_cell, written = sweep.CellStore.write, []
 
-    def write_then_die(out_dir, row, arrays):
+    def write_then_die(store, row, arrays):
         if len(written) == KILLED_AFTER:
             raise Killed
-        write_cell(out_dir, row, arrays)
-        written.append(row["cell_id"])
+        write_cell(store, row, arrays)
+        written.append(row.cell_id)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(sweep, "_write_cell", write_then_die)
+        patch.setattr(sweep.CellStore, "write", write_then_die)
         with pytest.raises(Killed):
             run()
     killed = _cell_files(out)
@@ -173,6 +174,8 @@ def test_tables_and_per_voxel_arrays_are_written(grid):
         with np.load(out / row["voxel_r_file"], allow_pickle=False) as arrays:
             assert arrays["r"].shape == (row["n_voxels"],)
             assert arrays["neuroid_id"][0].startswith(f"{row['subject']}.")
+            # the same float64 values (npz and the JSON row round-trip exactly): equal; approx's default rel=1e-6
+            # is far below what another cell's or voxel set's median differs by
             assert np.nanmedian(arrays["r"]) == pytest.approx(row["median_r"])
     summary = pd.read_parquet(out / "summary.parquet")
     # the layer-wise curve: one row per model × layer × context, every subject in it
@@ -194,7 +197,7 @@ def test_plots_are_valid_pngs_and_the_report_embeds_them(grid):
         assert path.read_bytes()[:8] == PNG_SIGNATURE, name
         image = plt.imread(path)
         assert image.shape[0] > 200 and image.shape[1] > 400, (name, image.shape)
-        assert image[..., :3].std() > 0.05, f"{name} looks blank"
+        assert image[..., :3].std() > 0.05, f"{name} looks blank"  # RGB in [0, 1]: a blank page has std 0
     report = (out / "report.md").read_text()
     assert "SYNTHETIC" in report
     for name in ("heatmap_model_subject.png", "layer_curves.png", "roi_bars.png"):
@@ -237,6 +240,7 @@ def test_deleted_cells_are_redone_and_only_they(grid, tmp_path):
     assert {name: after[name] for name in kept} == kept  # the other cells were not touched
     assert set(after) - set(kept) == {f"{c}.json" for c in lost["cell_id"]}
     merged = rerun.set_index("cell_id").loc[lost["cell_id"]]
+    # float64 r of the same cached fits (|r| ≤ 1), equal up to the file round trip; 1e-10 ≫ eps64, ≪ any other cell
     np.testing.assert_allclose(merged["median_r"], lost["median_r"], atol=1e-10)
 
 
@@ -261,6 +265,7 @@ def test_a_new_output_folder_reuses_the_fit_cache(grid, tmp_path):
     assert (run["from_cache"], run["computed"], run["feature_passes"]) == (90, 0, 0)
     assert table.loc[table["status"] == "ok", "from_cache"].all()
     expected = grid["table"][grid["table"]["status"] == "ok"].set_index("cell_id")["median_r"]
+    # float64 r of the same cached fits: 1e-10 as in test_deleted_cells_are_redone_and_only_they
     np.testing.assert_allclose(table.set_index("cell_id").loc[expected.index, "median_r"], expected, atol=1e-10)
 
 
@@ -359,11 +364,15 @@ def test_cli_brainscore_protocol_pools_subjects_like_the_benchmark(grid, tmp_pat
                                 passages=list(assembly.passages))
     reference = brainscore_linear_score(features, assembly, subjects=subjects)
     summary = pd.read_csv(out / "summary.csv")
-    assert summary["pooled_score"].iloc[0] == pytest.approx(reference.raw, abs=1e-6)
+    # float32 least squares: r to ~cond(features)·eps32, and a fit of one subject's voxels blocks the BLAS products
+    # differently from a fit of both subjects': 2·cond·eps32 ≈ 2.4e-5 (as in test_scoring); a wrong split, context
+    # or voxel set moves these medians by > 1e-3
+    tolerance = 2 * np.linalg.cond(features - features.mean(axis=0)) * np.finfo(np.float32).eps
+    assert summary["pooled_score"].iloc[0] == pytest.approx(reference.raw, abs=tolerance)
     assert not summary["brainscore_comparable"].iloc[0]  # two of nine subjects
     per_subject = reference.subject_scores()
     for _, row in table.iterrows():
-        assert row["median_r"] == pytest.approx(per_subject[row["subject"]], abs=1e-6)
+        assert row["median_r"] == pytest.approx(per_subject[row["subject"]], abs=tolerance)  # the bound above
         with np.load(out / row["voxel_r_file"], allow_pickle=False) as arrays:
             assert arrays["split_r"].shape == (10, row["n_voxels"])
     assert json.loads((out / "last_run.json").read_text())["protocol"] == "brainscore-linear"
@@ -372,36 +381,84 @@ def test_cli_brainscore_protocol_pools_subjects_like_the_benchmark(grid, tmp_pat
 # ------------------------------------------------------------------------------------------------------ pieces
 
 
-def test_one_pass_reads_every_layer_exactly_as_single_layer_extraction(tiny_gpt2, tiny_bert, gpt2_synthetic):
-    import dataclasses
+def test_every_protocol_option_has_a_scorer():
+    from berg_ray.options import PROTOCOLS
+    from berg_ray.sweep.protocols import SCORERS, get_scorer
 
-    from berg_ray.features import FeatureExtractor, extract_features
-    from berg_ray.registry import get_spec
-    from berg_ray.sweep import block_layers, extract_layer_features
-
-    sentences = gpt2_synthetic["sentences"][:24]
-    passages = [k // 4 for k in range(24)]
-    for model, expected in ((tiny_gpt2, [f"transformer.h.{k}" for k in range(3)]),
-                            (tiny_bert, [f"bert.encoder.layer.{k}" for k in range(2)])):
-        spec = get_spec(model.model_id)
-        assert block_layers(spec) == expected
-        extractor = FeatureExtractor(spec, batch_size=5)
-        for context in ("sentence", "passage"):
-            together = extract_layer_features(extractor, expected, sentences, context, passages)
-            for layer in expected:
-                alone = extract_features(dataclasses.replace(spec, layer=layer), sentences, context=context,
-                                         passages=passages, batch_size=7)
-                np.testing.assert_allclose(together[layer], alone, atol=1e-5, rtol=1e-5, err_msg=layer)
+    assert tuple(SCORERS) == PROTOCOLS  # the CLI's --protocol choices are exactly the registered scorers
+    assert all(get_scorer(name).name == name for name in PROTOCOLS)
+    with pytest.raises(InvalidInputError, match="unknown protocol 'ridge'; allowed: pls-groupkfold"):
+        get_scorer("ridge")
 
 
-def test_layer_choices(tiny_gpt2):
-    from berg_ray.registry import get_spec
-    from berg_ray.sweep import resolve_layers
+def test_sweep_output_on_s3_is_written_and_read_back(grid, moto_server):
+    """``out="s3://…"``: cells, tables, plots and the report go through the atomic file layer to S3, and a rerun
+    into the same prefix reads every finished cell back from there."""
+    from support import create_bucket, environ, list_keys, s3_environment
 
-    spec = get_spec(tiny_gpt2.model_id)
-    chosen, unknown = resolve_layers(spec, "mapped")
-    assert [c.name for c in chosen] == [tiny_gpt2.layer] and chosen[0].index == 2 and not unknown
-    chosen, unknown = resolve_layers(spec, ["-1", 0, "transformer.h.1.mlp", "transformer.h.0", "nope"])
-    assert [c.name for c in chosen] == ["transformer.h.0", "transformer.h.1.mlp", "transformer.h.2"]
-    assert [c.index for c in chosen] == [0, None, 2]
-    assert [name for name, _ in unknown] == ["nope"]
+    gpt2, subjects = grid["gpt2"], ["018", "426"]
+    arguments = {"models": [gpt2.model_id], "subjects": subjects, "contexts": ("sentence",), "plots": True}
+    with environ(**s3_environment(moto_server)):
+        create_bucket(moto_server, "berg-sweep-test")
+        table = _rerun(grid, "s3://berg-sweep-test/out", grid["cache"], **arguments)  # fits come from the cache
+        assert table.attrs["run"]["from_cache"] == 6 and table.attrs["run"]["computed"] == 0
+        keys = list_keys(moto_server, "berg-sweep-test", "out/")
+        rerun = _rerun(grid, "s3://berg-sweep-test/out", None, **arguments)
+    ok = table[table["status"] == "ok"]
+    assert sorted(k for k in keys if k.startswith("out/cells/")) == sorted(f"out/cells/{c}.json" for c in ok["cell_id"])
+    assert sorted(k for k in keys if k.startswith("out/voxel_r/")) == sorted(f"out/{f}" for f in ok["voxel_r_file"])
+    for name in ("scores.parquet", "scores.csv", "summary.parquet", "summary.csv", "last_run.json", "report.md",
+                 "heatmap_model_subject.png", "layer_curves.png", "roi_bars.png"):
+        assert f"out/{name}" in keys, name
+    assert rerun.attrs["run"]["reused"] == 6
+    expected = grid["table"].set_index("cell_id").loc[ok["cell_id"], "median_r"]
+    np.testing.assert_allclose(rerun.set_index("cell_id").loc[ok["cell_id"], "median_r"], expected,
+                               atol=1e-12)  # the same cached fits, stored as JSON floats (exact round trip)
+
+
+# ------------------------------------------------------------------------------------------------------ precision
+
+
+def test_cli_sweep_in_bfloat16_scores_bfloat16_features(grid, tmp_path):
+    """``berg-ray sweep --dtype bfloat16 --batch-size 7``: both reach the extractor actors and the cell identity;
+    the scores differ from float32's and equal an in-process bf16 extraction (same batch size) scored alike."""
+    from berg_ray.cli import main
+    from berg_ray.features import extract_features
+    from berg_ray.fitting import fit_encoding_model
+    from berg_ray.neural import load_pereira
+    from berg_ray.request import ModelRequest
+    from berg_ray.sweep.grid import cell_id
+    from berg_ray.sweep.protocols import get_scorer
+
+    gpt2, subjects, out = grid["gpt2"], ["018", "288"], tmp_path / "out"
+    code = main(["sweep", "--models", gpt2.model_id, "--subjects", *subjects, "--contexts", "sentence",
+                 "--dataset", grid["dataset"], "--cache", str(tmp_path / "cache"), "--out", str(out),
+                 "--device", "cpu", "--n-components", "5", "--dtype", "bfloat16", "--batch-size", "7"])
+    assert code == 0
+    table = pd.read_parquet(out / "scores.parquet").set_index("subject")
+    assert (table["status"] == "ok").all() and len(table) == 2
+    assert json.loads((out / "last_run.json").read_text())["extraction"] == {"dtype": "bfloat16", "batch_size": 7,
+                                                                            "device": "cpu"}
+    assembly, settings = load_pereira(grid["dataset"]), PLSSettings(n_components=5)
+    requests = {dtype: ModelRequest.build(gpt2.model_id, dtype=dtype, batch_size=7, device="cpu")
+                for dtype in ("bfloat16", "float32")}
+    features = {dtype: extract_features(gpt2.model_id, list(assembly.sentences), dtype=dtype, batch_size=7)
+                for dtype in requests}
+    # bf16 keeps 8 significant bits (up to 0.4% rounding per value, compounded over three blocks)
+    assert np.abs(features["bfloat16"] - features["float32"]).max() > 1e-3 * np.abs(features["float32"]).max()
+    scorer = get_scorer("pls-groupkfold")
+    for subject in subjects:
+        row = table.loc[subject]
+        with np.load(out / row["voxel_r_file"], allow_pickle=False) as arrays:
+            voxel_r = arrays["r"]
+        expected = fit_encoding_model(requests["bfloat16"], features["bfloat16"], assembly, subject, settings)
+        # the same bf16 features (same batches, one torch thread in the actor and here); PLS and CV run in float64,
+        # so only the BLAS summation order can differ (~1e-12)
+        np.testing.assert_allclose(voxel_r, expected.cv_r, atol=1e-6)
+        assert row["cache_key"] == expected.cache_key and expected.key_fields["dtype"] == "bfloat16"
+        float32 = fit_encoding_model(requests["float32"], features["float32"], assembly, subject, settings)
+        # features that differ by ~1% move held-out r far more than float64 round-off (~1e-12)
+        assert np.abs(voxel_r - float32.cv_r).max() > 1e-4
+        identity = {dtype: cell_id(request, subject, assembly.sha256, scorer, settings)
+                    for dtype, request in requests.items()}
+        assert row["cell_id"] == identity["bfloat16"] != identity["float32"]

@@ -1,0 +1,159 @@
+"""One frozen request: which language model to run, and how — resolved and validated once, at the front door.
+
+The API, the CLI and the jobs build a :class:`ModelRequest` from what the user typed (a model id, layer(s), context,
+precision, batch size, device); every lower layer — feature extraction, fitting, the Ray actors and tasks, the
+corpus pipeline, sweeps — receives that object instead of loose ids and keyword arguments, so a setting cannot be
+dropped on one path. It is stored on every :class:`~berg_ray.encoding_model.EncodingModel` (so ``BERG.encode``
+extracts exactly as the model was fitted) and in every cache manifest.
+
+Cache keys are computed here, once, on the driver: :meth:`ModelRequest.key_fields` lists everything that changes a
+fitted model (model content fingerprint, layer, tokenizer settings, context, dtype, subject, dataset sha256, PLS
+settings, format versions) and :func:`cache_key` hashes them. The model's fingerprint (for a local folder: a hash of
+its files) is taken when the request is built, so Ray workers never re-hash a weight folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from berg_ray.errors import InvalidInputError
+from berg_ray.options import CONTEXTS, DEFAULT_CONTEXT, DEFAULT_DTYPE, DTYPES
+from berg_ray.registry import ModelSpec, get_spec
+from berg_ray.regression import PLSSettings
+from berg_ray.validation import check_batch_size, check_device_name
+
+#: bump when the cache entry layout or anything that changes fitted numbers changes
+CACHE_FORMAT_VERSION = 1
+#: identifies how features are read out; change it when the readout changes numbers
+FEATURES_VERSION = "brainscore-last-token/1"
+#: sequences per forward pass unless asked otherwise
+DEFAULT_BATCH_SIZE = 32
+#: where models run unless asked otherwise: a GPU when one is visible, else the CPU
+DEFAULT_DEVICE = "auto"
+
+
+def cache_key(fields: dict[str, Any]) -> str:
+    """sha256 (hex) of the canonical JSON of ``fields`` (see :meth:`ModelRequest.key_fields`)."""
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def check_context(context: Any) -> str:
+    """``context`` if it is one of :data:`~berg_ray.options.CONTEXTS`; else a clear error."""
+    if context not in CONTEXTS:
+        raise InvalidInputError(f"unknown context {context!r}; allowed: {', '.join(CONTEXTS)}")
+    return context
+
+
+def check_dtype(dtype: Any) -> str:
+    """The name of a forward-pass precision (``None`` means float32); else a clear error."""
+    if dtype is None:
+        return DEFAULT_DTYPE
+    name = str(dtype).removeprefix("torch.")
+    if name not in DTYPES:
+        raise InvalidInputError(f"unknown dtype {dtype!r}; allowed: {', '.join(DTYPES)}")
+    return name
+
+
+@dataclass(frozen=True)
+class ModelRequest:
+    """A language model and how to run it; immutable, hashable, cheap to send to Ray workers.
+
+    Attributes:
+        spec: the registered model (hub id or local folder, mapped layer, tokenizer settings).
+        layers: modules read out, in order; ``(spec.layer,)`` unless asked otherwise.
+        context: context policy: ``"sentence"``, ``"passage"`` or ``"running"``.
+        dtype: forward-pass precision: ``"float32"``, ``"bfloat16"`` or ``"float16"``.
+        batch_size: sequences per forward pass.
+        device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``; resolved where the model is loaded (a Ray actor
+            decides on its own node).
+        fingerprint: the model's content fingerprint (hub id + revision, or a hash of the local folder's files).
+    """
+
+    spec: ModelSpec
+    layers: tuple[str, ...]
+    context: str = DEFAULT_CONTEXT
+    dtype: str = DEFAULT_DTYPE
+    batch_size: int = DEFAULT_BATCH_SIZE
+    device: str = DEFAULT_DEVICE
+    fingerprint: str = ""
+
+    @classmethod
+    def build(cls, model: str | ModelSpec, *, layers: str | Sequence[str] | None = None,
+              context: str | None = DEFAULT_CONTEXT, dtype: str | None = None,
+              batch_size: int = DEFAULT_BATCH_SIZE, device: str | None = DEFAULT_DEVICE) -> "ModelRequest":
+        """Resolve ``model`` (an id or spec) once and check every setting; raises ``InvalidInputError`` naming the bad
+        value. ``layers=None`` reads the layer the model's submitter mapped to the language system."""
+        spec = get_spec(model)
+        if layers is None:
+            chosen: tuple[str, ...] = (spec.layer,)
+        elif isinstance(layers, str):
+            chosen = (layers,)
+        else:
+            chosen = tuple(dict.fromkeys(str(layer) for layer in layers))
+        if not chosen or not all(chosen):
+            raise InvalidInputError(f"layers must name at least one module, got {layers!r}")
+        return cls(spec=spec, layers=chosen, context=check_context(context or DEFAULT_CONTEXT),
+                   dtype=check_dtype(dtype), batch_size=check_batch_size(batch_size),
+                   device=check_device_name(device or DEFAULT_DEVICE), fingerprint=spec.source_fingerprint())
+
+    # -- views ------------------------------------------------------------------------------------------------------
+
+    @property
+    def model_id(self) -> str:
+        return self.spec.model_id
+
+    @property
+    def layer(self) -> str:
+        """The one layer read out; an error for a multi-layer request (use :attr:`layers`)."""
+        if len(self.layers) != 1:
+            raise InvalidInputError(f"this request reads {len(self.layers)} layers ({', '.join(self.layers)}); "
+                                    "an encoding model reads one")
+        return self.layers[0]
+
+    def replace(self, **changes: Any) -> "ModelRequest":
+        """A copy with some settings changed, checked like :meth:`build` (the fingerprint is kept: same model)."""
+        if "spec" in changes or "fingerprint" in changes:
+            raise InvalidInputError("a request's model cannot be replaced; build a new request")
+        updated = dataclasses.replace(self, **changes)
+        return dataclasses.replace(updated, context=check_context(updated.context),
+                                   dtype=check_dtype(updated.dtype), batch_size=check_batch_size(updated.batch_size),
+                                   device=check_device_name(updated.device), layers=tuple(updated.layers))
+
+    def for_layer(self, layer: str) -> "ModelRequest":
+        """The one-layer request of ``layer`` (a sweep cell, or one layer of a multi-layer readout)."""
+        return self.replace(layers=(layer,))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready description (cache manifests, ``encode(..., return_metadata=True)``, corpus outputs)."""
+        return {"model_id": self.spec.model_id, "source": self.spec.source, "revision": self.spec.revision,
+                "layers": list(self.layers), "context": self.context, "dtype": self.dtype,
+                "batch_size": self.batch_size, "device": self.device, "fingerprint": self.fingerprint}
+
+    # -- cache identity ---------------------------------------------------------------------------------------------
+
+    def key_fields(self, subject: str, dataset_sha256: str, settings: PLSSettings) -> dict[str, Any]:
+        """Everything that changes the fitted encoding model of ``subject``: its cache key hashes these fields.
+
+        Batch size and device change no number (the readout is exact for any batching), so they are not part of it.
+        """
+        return {
+            "cache_format": CACHE_FORMAT_VERSION,
+            "features": FEATURES_VERSION,
+            "model": self.fingerprint or self.spec.source_fingerprint(),
+            "layer": self.layer,
+            "tokenizer": self.spec.tokenizer_kwargs,
+            "context": self.context,
+            "dtype": self.dtype,
+            "subject": subject,
+            "dataset_sha256": dataset_sha256,
+            "pls": settings.to_dict(),
+        }
+
+    def cache_key(self, subject: str, dataset_sha256: str, settings: PLSSettings) -> str:
+        """The cache key of ``subject``'s encoding model (sha256 hex of :meth:`key_fields`)."""
+        return cache_key(self.key_fields(subject, dataset_sha256, settings))

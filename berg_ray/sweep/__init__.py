@@ -1,0 +1,34 @@
+"""Sweeps: score a model × layer × context × subject grid on Ray, resumably, into tables, plots and a report.
+
+    table = run_sweep(["brainscore_language-distilgpt2", "brainscore_language-gpt2"], layers="all",
+                      contexts=("sentence", "passage"), dataset="brainscore", out="sweep_out")
+
+One module per step:
+
+* :mod:`~berg_ray.sweep.grid`: the cells (model, layer, context, subject) and the skipped rows with reasons;
+  every cell's id hashes everything that changes its number (model weights, layer, context, subject, dataset
+  sha256, protocol and its settings, dtype);
+* :mod:`~berg_ray.sweep.protocols`: the scoring protocols, a registry of scorers (``pls-groupkfold``: PLS on all
+  384 sentences with GroupKFold-by-story CV, fits shared with the encoding-model cache of the API and the CLI;
+  ``brainscore-linear``: brainscore's ``Pereira2018.384sentences-linear-shuffle`` metric);
+* :mod:`~berg_ray.sweep.cells`: the store of finished cells (``out/cells/<cell-id>.json`` plus per-voxel r in
+  ``out/voxel_r/<cell-id>.npz``, no pickle, atomic, local or ``s3://``): a rerun reads finished cells instead of
+  recomputing them, and cells whose fit is in the cache are filled from it without features;
+* :mod:`~berg_ray.sweep.scheduler`: features once per model × context on extractor actors (every requested layer
+  in one forward pass), one Ray task per cell; a failing cell becomes a ``failed`` row (retried on the next run);
+* :mod:`~berg_ray.sweep.report`: ``scores.parquet``/``.csv`` (one row per cell), ``summary.csv``/``.parquet`` (one
+  row per model × layer × context, with the BrainScore-style pooled score), PNG plots and ``report.md``;
+* :mod:`~berg_ray.sweep.run`: :func:`run_sweep`, which ties them together.
+
+Bad input never stops the sweep: unknown or unsupported models and unknown layers become ``skipped`` rows with the
+reason.
+"""
+
+from berg_ray.sweep.cells import COLUMNS, CellRow, CellStore
+from berg_ray.sweep.grid import SWEEP_FORMAT_VERSION, Cell
+from berg_ray.sweep.protocols import SCORERS, Scorer, get_scorer
+from berg_ray.sweep.report import summarize_layers, write_outputs
+from berg_ray.sweep.run import run_sweep
+
+__all__ = ["COLUMNS", "SCORERS", "SWEEP_FORMAT_VERSION", "Cell", "CellRow", "CellStore", "Scorer", "get_scorer",
+           "run_sweep", "summarize_layers", "write_outputs"]

@@ -1,0 +1,167 @@
+"""The grid of a sweep: the (model, layer, context, subject) cells to score, and the requested rows that cannot run.
+
+Unknown or unsupported models and unknown layers never stop a sweep: they become :class:`SkippedRow` s with the
+reason (a model whose layer structure cannot be read becomes a ``failed`` row). Every cell has an id that hashes
+everything that changes its number (model weights, layer, context, subject, dataset, protocol and its settings,
+forward-pass dtype), so a rerun finds the cells it already scored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from berg_ray import options
+from berg_ray.errors import InvalidInputError, UnknownModelError, UnsupportedModelError
+from berg_ray.features import check_context
+from berg_ray.layers import LayerChoice, resolve_layers
+from berg_ray.registry import ModelSpec, get_spec
+from berg_ray.regression import PLSSettings
+from berg_ray.request import ModelRequest
+from berg_ray.sweep.protocols import Scorer
+
+logger = logging.getLogger(__name__)
+
+#: bump when what a cell file holds, or how it is scored, changes
+SWEEP_FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One (model, layer, context, subject) cell of the grid."""
+
+    request: ModelRequest  # the cell's one layer, its context, and the sweep's dtype, batch size and device
+    layer: LayerChoice
+    mapped_layer: bool  # whether this is the registry's language-system layer
+    subject: str
+    cell_id: str
+
+    @property
+    def spec(self) -> ModelSpec:
+        return self.request.spec
+
+    @property
+    def context(self) -> str:
+        return self.request.context
+
+
+@dataclass(frozen=True)
+class SkippedRow:
+    """A requested model or layer that yields no cells, with the reason."""
+
+    model: str
+    hub_id: str
+    layer: str | None
+    status: str  # "skipped" (unknown model or layer) or "failed" (the model's layers could not be read)
+    reason: str
+
+
+@dataclass
+class Grid:
+    cells: list[Cell]
+    skipped: list[SkippedRow]
+
+
+@dataclass(frozen=True)
+class GridAxes:
+    """The checked axes of a grid, before models and layers are looked up."""
+
+    models: list[str]
+    layers: str | list[str | int]  # "mapped", "all" or names/indices
+    contexts: list[str]
+    subjects: str | list[str]  # "all" or ids
+
+
+def _as_list(value: Any, what: str) -> list:
+    if isinstance(value, (str, int)):
+        return [value]
+    if value is None:
+        return []
+    try:
+        return list(value)
+    except TypeError:
+        raise InvalidInputError(f"{what} must be a string or a list, got {type(value).__name__}") from None
+
+
+def check_axes(models: str | Sequence[str], layers: str | Sequence[str | int], contexts: Sequence[str],
+               subjects: str | Iterable[str]) -> GridAxes:
+    """The grid's axes as lists, or :class:`InvalidInputError` for an empty axis or an unknown context."""
+    model_list = _as_list(models, "models")
+    if not model_list:
+        raise InvalidInputError("empty grid: no models given; pass at least one model id (see `berg-ray models`)")
+    context_list = list(dict.fromkeys(_as_list(contexts, "contexts")))
+    if not context_list:
+        raise InvalidInputError(f"empty grid: no contexts given; allowed: {', '.join(options.CONTEXTS)}")
+    for context in context_list:
+        check_context(context)
+    if not (isinstance(layers, str) and layers in options.LAYER_SELECTIONS):
+        if isinstance(layers, str):
+            layers = [part for part in layers.split(",") if part.strip()]
+        layers = _as_list(layers, "layers")
+        if not layers:
+            raise InvalidInputError("empty grid: no layers given; use 'mapped', 'all' or a list of layer names")
+    subject_list = _as_list(subjects, "subjects")
+    if not subject_list:
+        raise InvalidInputError("empty grid: no subjects given; use 'all' or a list of subject ids")
+    return GridAxes(model_list, layers, context_list, "all" if subject_list == ["all"] else subject_list)
+
+
+def cell_id(request: ModelRequest, subject: str, dataset_sha256: str, scorer: Scorer, settings: PLSSettings) -> str:
+    """``<model>__<layer>__<context>__<subject>__<hash>`` of a one-layer ``request``: the hash covers everything
+    that changes the cell's number (the encoding-model cache's key fields, with the protocol's own settings instead
+    of PLS's)."""
+    fields = request.key_fields(subject, dataset_sha256, settings)
+    fields.pop("pls")
+    fields.update(scorer.identity(settings))
+    fields.update(protocol=scorer.name, sweep_format=SWEEP_FORMAT_VERSION)
+    digest = hashlib.sha256(json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    readable = "__".join(_safe(part) for part in (request.spec.name, request.layer, request.context, subject))
+    return f"{readable}__{digest[:12]}"
+
+
+def _safe(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in str(text))
+
+
+def plan_grid(axes: GridAxes, subjects: list[str], dataset_sha256: str, scorer: Scorer, settings: PLSSettings, *,
+              dtype: str, batch_size: int, device: str) -> Grid:
+    """Look up every model and its layers: the runnable cells in grid order (model, layer, context, subject), and
+    a :class:`SkippedRow` for each model or layer that yields none. ``dtype``, ``batch_size`` and ``device`` (checked
+    by the caller) go into every cell's request."""
+    cells: list[Cell] = []
+    skipped: list[SkippedRow] = []
+    seen: set[str] = set()
+    for requested in axes.models:
+        try:
+            spec = get_spec(requested)
+        except (UnknownModelError, UnsupportedModelError) as error:
+            kind = "unsupported model" if isinstance(error, UnsupportedModelError) else "unknown model"
+            skipped.append(SkippedRow(str(requested), "", None, "skipped", f"{kind}: {error}"))
+            logger.warning("sweep: skipping %r: %s", requested, error)
+            continue
+        if spec.model_id in seen:
+            continue
+        seen.add(spec.model_id)
+        try:
+            request = ModelRequest.build(spec, context=axes.contexts[0], dtype=dtype, batch_size=batch_size,
+                                         device=device)  # fingerprints the weights once per model
+            chosen, unknown = resolve_layers(spec, axes.layers)
+        except Exception as error:  # noqa: BLE001  (config unreadable, hub id not cached offline, ...)
+            skipped.append(SkippedRow(spec.model_id, spec.source, None, "failed",
+                                      f"could not read the model's layer structure: {type(error).__name__}: {error}"))
+            logger.warning("sweep: %s: could not read its layers: %s", spec.model_id, error)
+            continue
+        for name, reason in unknown:
+            skipped.append(SkippedRow(spec.model_id, spec.source, name, "skipped", f"unknown layer: {reason}"))
+            logger.warning("sweep: skipping %s layer %s: %s", spec.model_id, name, reason)
+        for layer in chosen:
+            for context in axes.contexts:
+                cell_request = request.replace(layers=(layer.name,), context=context)
+                for subject in subjects:
+                    identity = cell_id(cell_request, subject, dataset_sha256, scorer, settings)
+                    cells.append(Cell(cell_request, layer, layer.name == spec.layer, subject, identity))
+    return Grid(cells, skipped)

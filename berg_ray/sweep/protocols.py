@@ -1,0 +1,140 @@
+"""Scoring protocols of a sweep: a registry of scorers, one per protocol name, with one common interface.
+
+A scorer turns one cell's features (one model layer under one context) into per-voxel r for one subject, and says
+what, besides the features, identifies its numbers (for the cell id), whether its fits live in the encoding-model
+cache, and how its scores read in the report. Adding a protocol is adding a :class:`Scorer` to :data:`SCORERS` and
+its name to :data:`berg_ray.options.PROTOCOLS` (a test checks
+that the two agree).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from berg_ray.errors import InvalidInputError
+from berg_ray.neural import PereiraAssembly
+from berg_ray.regression import PLSSettings
+from berg_ray.request import ModelRequest
+from berg_ray.scoring import BRAINSCORE_CV, linear_shuffle_split_r
+from berg_ray.store import EncodingModelStore
+
+
+@dataclass
+class VoxelScores:
+    """A scored cell.
+
+    Attributes:
+        voxel_r: array of shape (n_voxels,): per-voxel r (held-out).
+        split_r: array of shape (n_splits, n_voxels) when the protocol scores per split (then summaries follow
+            brainscore's aggregation: median within each split, mean over splits); else ``None``.
+        cache_key: the encoding-model cache key of the fit, for protocols that cache their fits.
+        fit_seconds: how long the original fit took, for scores read from the cache (``None``: just computed).
+    """
+
+    voxel_r: np.ndarray
+    split_r: np.ndarray | None = None
+    cache_key: str | None = None
+    fit_seconds: float | None = None
+
+
+class Scorer(ABC):
+    """One scoring protocol."""
+
+    name: ClassVar[str]
+    #: whether fits are read from and written to the encoding-model cache (shared with the API and the CLI)
+    caches_fits: ClassVar[bool] = False
+    #: the context under which the pooled score reproduces a published benchmark number (None: none does)
+    comparable_context: ClassVar[str | None] = None
+    #: what the summary's ``pooled_score`` (BrainScore's aggregation over the pooled voxels) is, for the report
+    pooled_meaning: ClassVar[str]
+
+    @abstractmethod
+    def identity(self, settings: PLSSettings) -> dict[str, Any]:
+        """The settings that change this protocol's numbers (hashed into every cell id)."""
+
+    @abstractmethod
+    def describe(self, settings: PLSSettings) -> dict[str, Any]:
+        """``{"cv": text, "pls": settings or None}`` for ``last_run.json`` and the report."""
+
+    @abstractmethod
+    def score(self, request: ModelRequest, subject: str, features: np.ndarray, assembly: PereiraAssembly,
+              settings: PLSSettings, cache: EncodingModelStore | None = None) -> VoxelScores:
+        """Score one cell: ``subject``'s responses from the features of ``request`` (one layer, one context).
+
+        Args:
+            features: array of shape (384, n_units), rows in ``assembly`` order.
+            cache: where to save the fit (protocols with :attr:`caches_fits`); ignored otherwise.
+        """
+
+    def cached(self, request: ModelRequest, subject: str, assembly: PereiraAssembly, settings: PLSSettings,
+               cache: EncodingModelStore) -> VoxelScores | None:
+        """The cell's scores from the encoding-model cache, or ``None`` (always, for protocols that do not cache)."""
+        return None
+
+
+class PLSGroupKFold(Scorer):
+    """BERG's encoding model: PLS on all 384 sentences, scored by GroupKFold-by-story CV (the fit is cached)."""
+
+    name = "pls-groupkfold"
+    caches_fits = True
+    pooled_meaning = "median CV r"
+
+    def identity(self, settings: PLSSettings) -> dict[str, Any]:
+        return {"pls": settings.to_dict()}
+
+    def describe(self, settings: PLSSettings) -> dict[str, Any]:
+        return {"cv": f"GroupKFold({settings.cv_folds}) by {settings.cv_group}", "pls": settings.to_dict()}
+
+    def score(self, request: ModelRequest, subject: str, features: np.ndarray, assembly: PereiraAssembly,
+              settings: PLSSettings, cache: EncodingModelStore | None = None) -> VoxelScores:
+        from berg_ray.fitting import fit_encoding_model
+
+        model = fit_encoding_model(request, features, assembly, subject, settings)
+        if cache is not None:
+            cache.save(model, request.spec.name)
+        return VoxelScores(model.cv_r, cache_key=model.cache_key)
+
+    def cached(self, request: ModelRequest, subject: str, assembly: PereiraAssembly, settings: PLSSettings,
+               cache: EncodingModelStore) -> VoxelScores | None:
+        from berg_ray.fitting import load_cached
+
+        model = load_cached(cache, request, assembly, subject, settings)
+        if model is None:
+            return None
+        return VoxelScores(model.cv_r, cache_key=model.cache_key, fit_seconds=model.fit_seconds)
+
+
+class BrainscoreLinear(Scorer):
+    """brainscore-language's ``Pereira2018.384sentences-linear-shuffle`` metric (:mod:`berg_ray.scoring`)."""
+
+    name = "brainscore-linear"
+    comparable_context = "passage"
+    pooled_meaning = "the benchmark's raw score where `brainscore_comparable`"
+
+    def identity(self, settings: PLSSettings) -> dict[str, Any]:
+        return {"cv": BRAINSCORE_CV}
+
+    def describe(self, settings: PLSSettings) -> dict[str, Any]:
+        return {"cv": "ShuffleSplit(10, train_size=0.9, random_state=1) on stimulus_id", "pls": None}
+
+    def score(self, request: ModelRequest, subject: str, features: np.ndarray, assembly: PereiraAssembly,
+              settings: PLSSettings, cache: EncodingModelStore | None = None) -> VoxelScores:
+        split_r = linear_shuffle_split_r(features, assembly.responses(subject), assembly.stimulus_ids,
+                                         n_splits=BRAINSCORE_CV["splits"], train_size=BRAINSCORE_CV["train_size"],
+                                         random_state=BRAINSCORE_CV["random_state"])
+        return VoxelScores(np.nanmean(split_r, axis=0), split_r=split_r)
+
+
+#: protocol name -> scorer
+SCORERS: dict[str, Scorer] = {scorer.name: scorer for scorer in (PLSGroupKFold(), BrainscoreLinear())}
+
+
+def get_scorer(protocol: str) -> Scorer:
+    """The scorer of ``protocol``, or :class:`InvalidInputError` naming the protocols there are."""
+    if protocol not in SCORERS:
+        raise InvalidInputError(f"unknown protocol {protocol!r}; allowed: {', '.join(SCORERS)}")
+    return SCORERS[protocol]

@@ -1,0 +1,210 @@
+"""Running a sweep's cells on Ray: extractor actors read the features, one task per cell scores them.
+
+* **features once per model × context**: one :class:`LayerFeaturesActor` per model loads the model once and, for
+  each context, reads *every* requested layer in one forward pass (:meth:`berg_ray.features.FeatureExtractor.extract`),
+  so ``layers="all"`` costs one pass, not one per layer. Each layer's (384 × units) features go to the object store
+  as a separate object; the actor is released as soon as its passes are done (at most ``max_extractors`` models are
+  loaded at a time).
+* **one Ray task per cell** (:func:`score_cell`) runs the protocol's scorer on those features.
+* every finished or failed cell is handed to ``on_outcome`` as it comes; if anything interrupts the loop, the
+  actors are killed and the queued scoring tasks cancelled.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from berg_ray.neural import PereiraAssembly
+from berg_ray.regression import PLSSettings
+from berg_ray.request import ModelRequest
+from berg_ray.sweep.cells import CellScore
+from berg_ray.sweep.grid import Cell
+from berg_ray.sweep.protocols import get_scorer
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ActorSettings:
+    """Where the extractor actors run (the cells' requests say how: dtype, batch size): GPUs per actor and the
+    number of models loaded at a time (``None``: one per two CPUs, or one per GPU)."""
+
+    num_gpus: float = 0.0
+    max_extractors: int | None = None
+
+
+@dataclass
+class CellOutcome:
+    """A computed cell: its score, or (``score is None``) why it failed."""
+
+    cell: Cell
+    score: CellScore | None
+    reason: str = ""
+    features_seconds: float = float("nan")
+
+
+@dataclass
+class _FeaturePass:
+    """One actor call in flight: every requested layer of one model under one context."""
+
+    model_id: str
+    context: str
+    layer_refs: dict[str, Any]  # layer -> ObjectRef of its (384, units) features
+
+
+@dataclass
+class _ScoringTask:
+    cell: Cell
+    features_seconds: float
+
+
+@dataclass
+class _LoadedModel:
+    actor: Any
+    passes_left: int
+
+
+class LayerFeaturesActor:
+    """Ray actor: one model loaded once; the features of all the layers of ``request`` per call."""
+
+    def __init__(self, request: ModelRequest, device: str):
+        from berg_ray.features import FeatureExtractor
+
+        self.layers = list(request.layers)
+        # loaded with a requested layer as its own: the mapped layer need not exist (e.g. layers="all")
+        self.extractor = FeatureExtractor(dataclasses.replace(request.spec, layer=self.layers[-1]), device=device,
+                                          dtype=request.dtype, batch_size=request.batch_size)
+
+    def features(self, sentences: Sequence[str], context: str, passages: Sequence[Any] | None) -> tuple:
+        """One (384, units) array per layer in ``self.layers`` order, then the seconds it took."""
+        started = time.perf_counter()
+        features = self.extractor.extract(sentences, self.layers, context=context, passages=passages)
+        return (*[features[name] for name in self.layers], time.perf_counter() - started)
+
+
+def score_cell(request: ModelRequest, subject: str, features: np.ndarray, assembly: PereiraAssembly,
+               protocol: str, settings: PLSSettings, cache_url: str | None = None) -> CellScore:
+    """Score one cell with the protocol's scorer (what each Ray task runs; writes only the optional fit cache).
+
+    Args:
+        request: the cell's one-layer request (layer, context, dtype).
+        features: array of shape (384, n_units), rows in ``assembly`` order.
+    """
+    from berg_ray.store import EncodingModelStore
+
+    started = time.perf_counter()
+    cache = EncodingModelStore(cache_url) if cache_url is not None else None
+    scores = get_scorer(protocol).score(request, subject, features, assembly, settings, cache)
+    return CellScore.from_scores(scores, assembly.voxels(subject), time.perf_counter() - started)
+
+
+def short_error(error: BaseException) -> str:
+    """The last line of an exception (unwrapping Ray's task error), for a table cell."""
+    cause = getattr(error, "cause", None) or error
+    text = str(cause).strip().splitlines()
+    return f"{type(cause).__name__}: {text[-1] if text else ''}"[:500]
+
+
+def _default_extractors(num_gpus_per_actor: float, n_models: int) -> int:
+    import ray
+
+    resources = ray.cluster_resources()
+    if num_gpus_per_actor > 0:
+        limit = int(resources.get("GPU", 0) // num_gpus_per_actor)
+    else:  # leave half the CPUs to the fit tasks
+        limit = int(resources.get("CPU", 1) // 2)
+    return max(1, min(limit, n_models))
+
+
+def compute_cells(todo: list[Cell], assembly: PereiraAssembly, protocol: str, settings: PLSSettings,
+                  cache_url: str | None, actors: ActorSettings,
+                  on_outcome: Callable[[CellOutcome], None]) -> int:
+    """Compute ``todo`` on the connected Ray cluster; returns the number of feature passes that ran.
+
+    ``on_outcome`` is called on the driver once per cell, in completion order.
+    """
+    import ray
+    import torch
+
+    from berg_ray.distributed import actor_resources
+    from berg_ray.features import resolve_dtype
+
+    by_model: dict[str, list[Cell]] = {}
+    for cell in todo:
+        by_model.setdefault(cell.spec.model_id, []).append(cell)
+    request = todo[0].request  # the sweep's dtype, batch size and device are every cell's
+    resources, torch_device = actor_resources(actors.num_gpus, device=request.device)
+    resolve_dtype(request.dtype, torch.device(torch_device))  # float16 on CPU fails here, not in every actor
+    limit = actors.max_extractors or _default_extractors(resources["num_gpus"], len(by_model))
+    assembly_ref = ray.put(assembly)
+    sentences, passages = list(assembly.sentences), list(assembly.passages)
+    actor_class = ray.remote(LayerFeaturesActor).options(max_restarts=0, **resources)
+    score_task = ray.remote(score_cell).options(num_cpus=1)
+    queue = deque(by_model)
+    loaded: dict[str, _LoadedModel] = {}
+    pending: dict[Any, _FeaturePass | _ScoringTask] = {}
+    passes = 0
+
+    def start_model() -> None:
+        model_id = queue.popleft()
+        cells = by_model[model_id]
+        layer_names = list(dict.fromkeys(c.layer.name for c in sorted(cells, key=lambda c: c.layer.index or 0)))
+        actor = actor_class.remote(cells[0].request.replace(layers=tuple(layer_names)), torch_device)
+        contexts = list(dict.fromkeys(c.context for c in cells))
+        for context in contexts:
+            refs = actor.features.options(num_returns=len(layer_names) + 1).remote(sentences, context, passages)
+            pending[refs[-1]] = _FeaturePass(model_id, context, dict(zip(layer_names, refs[:-1], strict=True)))
+        loaded[model_id] = _LoadedModel(actor, len(contexts))
+        logger.info("sweep: extracting %d layer(s) × %d context(s) of %s", len(layer_names), len(contexts), model_id)
+
+    def features_done(ref: Any, done: _FeaturePass) -> None:
+        nonlocal passes
+        cells = [c for c in by_model[done.model_id] if c.context == done.context]
+        try:
+            seconds = float(ray.get(ref))
+        except Exception as error:  # noqa: BLE001  (the model failed to load or run: its cells fail)
+            for cell in cells:
+                on_outcome(CellOutcome(cell, None, f"feature extraction failed: {short_error(error)}"))
+        else:
+            passes += 1
+            for cell in cells:
+                task = score_task.remote(cell.request, cell.subject, done.layer_refs[cell.layer.name], assembly_ref,
+                                         protocol, settings, cache_url)
+                pending[task] = _ScoringTask(cell, seconds)
+        model = loaded[done.model_id]
+        model.passes_left -= 1
+        if model.passes_left == 0:  # the features live on in the object store; free the actor's resources
+            ray.kill(loaded.pop(done.model_id).actor)
+            while queue and len(loaded) < limit:
+                start_model()
+
+    try:
+        while queue and len(loaded) < limit:
+            start_model()
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            entry = pending.pop(ready[0])
+            if isinstance(entry, _FeaturePass):
+                features_done(ready[0], entry)
+                continue
+            try:
+                score = ray.get(ready[0])
+            except Exception as error:  # noqa: BLE001  (one failing cell never stops the sweep)
+                on_outcome(CellOutcome(entry.cell, None, short_error(error), entry.features_seconds))
+            else:
+                on_outcome(CellOutcome(entry.cell, score, "", entry.features_seconds))
+    finally:  # interrupted (Ctrl-C, an error in this loop): free the cluster; finished cells are stored
+        for ref, entry in pending.items():
+            if isinstance(entry, _ScoringTask):
+                ray.cancel(ref)
+        for model in loaded.values():
+            ray.kill(model.actor)
+    return passes

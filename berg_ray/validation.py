@@ -1,0 +1,297 @@
+"""Argument checks for the front doors (Python API, CLI commands, Ray entry points), run before any work starts.
+
+Every check raises :class:`~berg_ray.errors.InvalidInputError` with a message that names the bad value and what is
+allowed, so a typo fails in milliseconds instead of after Ray has started, a model has loaded or nine subjects have
+been fitted. This module imports neither torch nor Ray nor a filesystem library: it is safe to call first.
+
+The per-command bundles (:func:`check_fit_arguments`, :func:`check_encode_arguments`,
+:func:`check_corpus_arguments`) are what the CLI and the library entry points call in one line; the small checks
+they are made of are public for other callers.
+"""
+
+from __future__ import annotations
+
+import numbers
+import os
+import re
+import urllib.parse
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from berg_ray.errors import InvalidInputError
+
+#: output formats of ``berg-ray encode --out`` (see :func:`berg_ray.corpus_io.write_encoded`)
+ENCODE_OUTPUT_SUFFIXES: tuple[str, ...] = (".parquet", ".npy")
+#: dataset names whose subjects are the nine of the published Pereira2018 assembly
+KNOWN_DATASETS: tuple[str, ...] = ("brainscore", "synthetic")
+_DEVICE = re.compile(r"^(cpu|auto|cuda(:\d+)?)$")
+
+
+# ---------------------------------------------------------------------------------------------------- numbers
+
+
+def check_positive_int(value: Any, name: str) -> int:
+    """``value`` if it is an integer ≥ 1 (not a bool, not a float); else :class:`InvalidInputError` naming it."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise InvalidInputError(f"{name} must be a positive integer (1, 2, ...), got {value!r}")
+    return int(value)
+
+
+def check_batch_size(batch_size: Any, name: str = "batch_size") -> int:
+    """Sequences per forward pass: a positive integer."""
+    return check_positive_int(batch_size, name)
+
+
+def check_n_components(n_components: Any, name: str = "n_components") -> int:
+    """PLS components: a positive integer."""
+    return check_positive_int(n_components, name)
+
+
+def check_non_negative_number(value: Any, name: str) -> float:
+    """``value`` if it is a finite real number ≥ 0 (e.g. ``num_gpus``: fractions allowed, 0 = none)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value < float("inf"):
+        raise InvalidInputError(f"{name} must be a number ≥ 0 (fractions allowed), got {value!r}")
+    return float(value)
+
+
+def check_positive_number(value: Any, name: str) -> float:
+    """``value`` if it is a finite real number > 0 (e.g. ``num_cpus_per_extractor``)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value < float("inf"):
+        raise InvalidInputError(f"{name} must be a number > 0 (fractions allowed), got {value!r}")
+    return float(value)
+
+
+def check_device_name(device: Any) -> str:
+    """The spelling of a device: ``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (whether a GPU exists is checked later,
+    by :func:`berg_ray.features.resolve_device`)."""
+    name = str(device) if device is not None else ""
+    if not _DEVICE.match(name):
+        raise InvalidInputError(f"unknown device {device!r}; allowed: 'cpu', 'cuda', 'cuda:N', 'auto'")
+    return name
+
+
+# ---------------------------------------------------------------------------------------------------- sentences
+
+
+def sentence_problem(sentence: Any) -> str | None:
+    """What is wrong with one sentence, as a phrase (``"is empty ('')"``), or None when it is usable.
+
+    Usable: a ``str`` with some non-whitespace text that encodes to UTF-8 (a lone surrogate such as ``'\\ud800'``,
+    which ``surrogateescape`` or a JSON ``\\ud800`` escape produces, does not; tokenizers reject it).
+    """
+    if isinstance(sentence, (bytes, bytearray)):
+        return f"is bytes {bytes(sentence[:60])!r}, not a string; decode it first (e.g. .decode('utf-8'))"
+    if sentence is None:
+        return "is missing (None)"
+    if not isinstance(sentence, str):
+        return f"is {type(sentence).__name__} {sentence!r:.80}, not a string"
+    if not sentence.strip():
+        return f"is empty ({sentence!r:.40}); every sentence needs some text"
+    try:
+        sentence.encode("utf-8")
+    except UnicodeEncodeError as error:
+        bad = sentence[error.start:error.end]
+        return (f"{sentence[:60]!r} cannot be encoded as UTF-8: {error.reason} {bad!r} at character {error.start} "
+                "(a lone surrogate; fix the text or its decoding)")
+    return None
+
+
+def check_sentences(sentences: Any) -> list[str]:
+    """``sentences`` (one string, or a list, tuple, array or Series of strings) as a list of n_sentences strings.
+
+    Raises :class:`InvalidInputError` naming the index and the problem of the first bad sentence (see
+    :func:`sentence_problem`), or the type of a container that is not a sequence of sentences.
+    """
+    if isinstance(sentences, str):
+        sentences = [sentences]
+    elif isinstance(sentences, (bytes, bytearray)):
+        raise InvalidInputError(f"sentences is bytes {bytes(sentences[:60])!r}, not a string or a list of strings; "
+                                "decode it first (e.g. .decode('utf-8'))")
+    elif hasattr(sentences, "tolist") and not isinstance(sentences, Sequence):  # numpy array, pandas Series
+        sentences = sentences.tolist()
+        if isinstance(sentences, str):  # a 0-d array
+            sentences = [sentences]
+    if not isinstance(sentences, Sequence):
+        raise InvalidInputError(f"sentences must be a string or a list of strings, got {type(sentences).__name__}")
+    sentences = list(sentences)
+    if not sentences:
+        raise InvalidInputError("sentences is an empty list; give at least one non-empty sentence")
+    for index, sentence in enumerate(sentences):
+        problem = sentence_problem(sentence)
+        if problem is not None:
+            raise InvalidInputError(f"sentence {index} {problem}")
+    return sentences
+
+
+# ---------------------------------------------------------------------------------------------------- subjects
+
+
+def check_subjects(subjects: Any, dataset: Any = None) -> str | list[str | int]:
+    """``"all"``, or the requested subject ids as a non-empty list (ids are normalised and looked up later, against
+    the loaded dataset, by :func:`berg_ray.neural.check_subject`).
+
+    ``"all"`` and ``["all"]`` (the CLI's default) mean every subject. For a known dataset name (``"brainscore"``,
+    ``"synthetic"``) the ids are checked against the nine Pereira2018 subjects here already.
+    """
+    if isinstance(subjects, str) or (isinstance(subjects, numbers.Integral) and not isinstance(subjects, bool)):
+        subjects = [subjects]
+    elif subjects is None or isinstance(subjects, (bytes, bytearray, dict)) or not isinstance(subjects, Iterable):
+        raise InvalidInputError(f"subjects must be 'all', a subject id or a list of subject ids (e.g. ['018', '199'])"
+                                f", got {subjects!r}")
+    chosen = list(subjects)
+    if not chosen:
+        raise InvalidInputError("no subjects given; allowed: 'all' or a list of subject ids (e.g. ['018', '199'])")
+    for subject in chosen:
+        if isinstance(subject, bool) or not isinstance(subject, (str, numbers.Integral)) or (
+                isinstance(subject, str) and not subject.strip()):
+            raise InvalidInputError(f"subject {subject!r} in subjects={chosen!r} is not a subject id; allowed: 'all' "
+                                    "or ids such as '018' or 18")
+    if any(isinstance(s, str) and s.strip() == "all" for s in chosen):
+        if len(chosen) > 1:
+            raise InvalidInputError(f"subjects={chosen!r}: 'all' cannot be combined with subject ids")
+        return "all"
+    if isinstance(dataset, str) and dataset in KNOWN_DATASETS:
+        from berg_ray.neural import check_subject  # numpy/pandas only; raises UnknownSubjectError naming the nine
+
+        for subject in chosen:
+            check_subject(None, subject)
+    return chosen
+
+
+# ---------------------------------------------------------------------------------------------------- paths
+
+
+def check_output_path(path: Any, suffixes: Sequence[str] = ENCODE_OUTPUT_SUFFIXES, name: str = "--out") -> str:
+    """An output file name that ends in one of ``suffixes`` and, when local, lies in an existing folder."""
+    if isinstance(path, os.PathLike):
+        path = os.fspath(path)
+    if not isinstance(path, str) or not path:
+        raise InvalidInputError(f"{name} must be a file name ending in {' or '.join(suffixes)}, got {path!r}")
+    if not path.endswith(tuple(suffixes)):
+        raise InvalidInputError(f"{name} {path!r} must end in {' or '.join(suffixes)}")
+    if "://" not in path:
+        folder = os.path.dirname(os.path.abspath(path))
+        if os.path.isdir(path):
+            raise InvalidInputError(f"{name} {path!r} is a folder; give a file name ending in {' or '.join(suffixes)}")
+        if not os.path.isdir(folder):
+            raise InvalidInputError(f"{name} {path!r}: folder {folder!r} does not exist (create it first)")
+    return path
+
+
+def check_output_folder(path: Any, name: str = "output") -> str:
+    """An output folder (local or URL) that is not an existing file."""
+    if isinstance(path, os.PathLike):
+        path = os.fspath(path)
+    if not isinstance(path, str) or not path:
+        raise InvalidInputError(f"{name} must be a folder path or URL (e.g. preds/ or s3://bucket/preds/), got "
+                                f"{path!r}")
+    if "://" not in path and os.path.isfile(path):
+        raise InvalidInputError(f"{name} {path!r} is an existing file; give a folder")
+    return path
+
+
+# ---------------------------------------------------------------------------------------------------- bundles
+
+
+def _namer(cli: bool):
+    """Names in messages: ``--batch-size`` for the command line, ``batch_size`` for Python callers."""
+    return (lambda name: "--" + name.replace("_", "-")) if cli else (lambda name: name)
+
+
+def check_fit_arguments(*, subjects: Any, n_components: Any, batch_size: Any, device: Any = "auto",
+                        num_gpus: Any = 0.0, dataset: Any = None, cli: bool = False) -> None:
+    """``fit`` / :func:`berg_ray.distributed.fit_subjects`: everything checkable before Ray or a model starts.
+
+    ``cli=True`` names the command-line options (``--batch-size``) instead of the keyword arguments.
+    """
+    name = _namer(cli)
+    check_subjects(subjects, dataset)
+    check_n_components(n_components, name("n_components"))
+    check_batch_size(batch_size, name("batch_size"))
+    check_device_name(device)
+    check_non_negative_number(num_gpus, name("num_gpus"))
+
+
+def check_encode_arguments(*, out: Any, subject: Any, n_components: Any, batch_size: Any, device: Any = "auto",
+                           sentences: Any = None, dataset: Any = None, cli: bool = False) -> None:
+    """``encode``: the output format first (it used to be refused only after fitting), then the rest."""
+    name = _namer(cli)
+    check_output_path(out, name=name("out"))
+    if isinstance(subject, (list, tuple)) or (isinstance(subject, str) and subject.strip() == "all"):
+        raise InvalidInputError(f"encode takes one subject id (e.g. '018'), got {subject!r}")
+    check_subjects([subject], dataset)
+    check_n_components(n_components, name("n_components"))
+    check_batch_size(batch_size, name("batch_size"))
+    check_device_name(device)
+    if sentences is not None:
+        check_sentences(sentences)
+
+
+def check_corpus_arguments(*, subjects: Any, n_components: Any, batch_size: Any, device: Any = "auto",
+                           num_extractors: Any = 1, num_gpus: Any = 0.0, rows_per_part: Any = 1,
+                           num_cpus_per_extractor: Any = None, output: Any = "out", dataset: Any = None,
+                           cli: bool = False) -> None:
+    """``encode-corpus`` / :func:`berg_ray.corpus.encode_corpus`: everything checkable before Ray starts."""
+    name = _namer(cli)
+    check_fit_arguments(subjects=subjects, n_components=n_components, batch_size=batch_size, device=device,
+                        num_gpus=num_gpus, dataset=dataset, cli=cli)
+    check_positive_int(num_extractors, name("num_extractors"))
+    check_positive_int(rows_per_part, name("rows_per_part"))
+    if num_cpus_per_extractor is not None:
+        check_positive_number(num_cpus_per_extractor, name("num_cpus_per_extractor"))
+    check_output_folder(output, name("output"))
+
+
+# ---------------------------------------------------------------------------------------------------- storage
+
+#: botocore's messages for a request that never got an answer (aiobotocore raises the same classes for s3fs)
+_UNREACHABLE = re.compile(
+    r"(Could not connect to the endpoint URL"
+    r"|Connection was closed before we received a valid response from endpoint URL"
+    r"|Connect timeout on endpoint URL|Read timeout on endpoint URL): \"([^\"]+)\"")
+
+
+def _chain(error: BaseException) -> list[BaseException]:
+    """``error`` and every exception behind it: ``__cause__``, ``__context__`` and a Ray error's ``cause``."""
+    found: list[BaseException] = []
+    todo: list[Any] = [error]
+    while todo:
+        current = todo.pop()
+        if not isinstance(current, BaseException) or any(current is seen for seen in found):
+            continue
+        found.append(current)
+        todo += [current.__cause__, current.__context__, getattr(current, "cause", None)]
+    return found
+
+
+def storage_failure_message(error: BaseException, *, resumable: bool = False) -> str | None:
+    """One line for an object store that could not be reached (refused, closed or timed out), else None.
+
+    Works on the driver's own errors and on Ray's (``RayTaskError`` / ``UserCodeException`` from a Ray Data actor):
+    a Ray error carries the worker's traceback as text, so the failing request is found in the text of the chain.
+    The line names the endpoint and the path of the failing request, and says whether a rerun resumes.
+    """
+    for current in _chain(error):
+        try:
+            text = str(current)
+        except Exception:  # noqa: BLE001, S112  (a broken __str__ must not hide the original error)
+            continue
+        match = _UNREACHABLE.search(text)
+        if match is None:
+            continue
+        kind, url = match.group(1), match.group(2)
+        parts = urllib.parse.urlsplit(url)
+        endpoint = f"{parts.scheme}://{parts.netloc}" if parts.netloc else url
+        path = urllib.parse.unquote(parts.path).strip("/")
+        prefix = urllib.parse.parse_qs(parts.query).get("prefix", [""])[0]
+        host = parts.hostname or ""
+        bucket = host.split(".s3", 1)[0] if ".s3" in host else ""  # virtual-hosted style: bucket.s3.amazonaws.com
+        target = "/".join(p for p in (bucket, path, prefix.strip("/")) if p)
+        failing = f" (failing request: s3://{target})" if target else ""
+        what = "timed out" if "timeout" in kind else "was closed" if "closed" in kind else "was refused"
+        if resumable:
+            advice = "finished parts are kept: once the endpoint is reachable, rerun the same command to resume"
+        else:
+            advice = "once the endpoint is reachable, rerun the same command"
+        return f"cannot reach the S3 endpoint {endpoint}{failing}: the connection {what}; {advice}"
+    return None
