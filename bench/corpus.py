@@ -138,7 +138,7 @@ def plain_loop(spec, input_path: str, output: str, dataset: str, cache: str, row
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from berg_ray.corpus import StackedPredictor
+    from berg_ray.encoding_model import StackedPredictor
     from berg_ray.features import FeatureExtractor
     from berg_ray.fitting import load_cached, resolve_subjects
     from berg_ray.neural import load_pereira

@@ -350,7 +350,7 @@ def main() -> int:
     iterations = [sum(m.fit.n_iter) for m in ray_models.values()]
 
     # ---------------- prediction: stacked vs nine sklearn predicts
-    from berg_ray.corpus import StackedPredictor
+    from berg_ray.encoding_model import StackedPredictor
 
     x = np.random.default_rng(2).standard_normal((predict_rows, N_UNITS)).astype(np.float32)
     start = time.perf_counter()

@@ -96,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep = sub.add_parser("sweep", help="score a model × layer × context × subject grid")
     sweep.add_argument("--models", nargs="+", required=True)
     sweep.add_argument("--layers", default="mapped", help="'mapped', 'all', or comma-separated layer names")
-    sweep.add_argument("--contexts", nargs="+", default=["sentence"])
+    sweep.add_argument("--contexts", nargs="+", default=["sentence"], choices=options.CONTEXTS)
     sweep.add_argument("--protocol", default=options.DEFAULT_PROTOCOL, choices=options.PROTOCOLS)
     sweep.add_argument("--out", required=True)
     sweep.add_argument("--address", default=None)

@@ -51,7 +51,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from berg_ray.encoding_model import EncodingModel
+from berg_ray.encoding_model import EncodingModel, StackedPredictor
 from berg_ray.errors import InvalidInputError
 from berg_ray.corpus_io import INPUT_SUFFIXES
 from berg_ray.features import FeatureExtractor
@@ -481,55 +481,6 @@ def mark_duplicate_ids(parts: Sequence[Part], files: Sequence[str]) -> list[Part
         part = dataclasses.replace(parts[k], duplicates=json.dumps(sorted(entries), separators=(",", ":")))
         marked[k] = dataclasses.replace(part, part_id=part_id(part.identity()))
     return marked
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Predicting all subjects at once
-
-
-@dataclass
-class StackedPredictor:
-    """All subjects' PLS maps as one factored affine map -> (n, total voxels) float32.
-
-    ``(X - m_s) C_sᵀ + b_s = X C_sᵀ + (b_s - m_s C_sᵀ)`` for each subject s, and a PLS map has rank ≤ n_components,
-    so ``C_sᵀ = R_s Q_s`` (thin SVD, R_s: n_units × k, Q_s: k × n_voxels). Prediction is one matmul with all
-    subjects' ``R`` side by side (n_units × 9k), then one small (k × n_voxels) matmul per subject: ~10× fewer
-    FLOPs than the dense (n_units × 12,155) product, equal to it to float32 rounding. Columns of subject s are
-    ``slices[s]``.
-    """
-
-    reducer: np.ndarray  # (n_units, sum of ranks) float32: the R_s side by side
-    loadings: list[np.ndarray]  # per subject, (rank_s, n_voxels_s) float32: Q_s
-    bias: np.ndarray  # (total_voxels,) float32
-    slices: dict[str, tuple[int, int]]
-
-    @classmethod
-    def from_models(cls, models: dict[str, EncodingModel]) -> "StackedPredictor":
-        reducers, loadings, biases, slices, start = [], [], [], {}, 0
-        for subject, model in models.items():
-            coef_t = model.fit.coef.T  # (n_units, n_voxels), float64
-            u, singular, vt = np.linalg.svd(coef_t, full_matrices=False)
-            rank = int(np.sum(singular > singular[0] * 1e-9)) if singular.size and singular[0] > 0 else 0
-            rank = max(1, min(rank, model.settings.n_components))
-            reducers.append(u[:, :rank] * singular[:rank])
-            loadings.append(np.ascontiguousarray(vt[:rank], dtype=np.float32))
-            biases.append(model.fit.intercept - model.fit.x_mean @ coef_t)
-            slices[subject] = (start, start + coef_t.shape[1])
-            start += coef_t.shape[1]
-        return cls(np.ascontiguousarray(np.concatenate(reducers, axis=1), dtype=np.float32), loadings,
-                   np.concatenate(biases).astype(np.float32), slices)
-
-    def predict(self, features: np.ndarray) -> np.ndarray:
-        """(n_sentences, n_units) -> (n_sentences, total_voxels) float32."""
-        scores = features.astype(np.float32, copy=False) @ self.reducer
-        out = np.empty((scores.shape[0], self.bias.shape[0]), dtype=np.float32)
-        offset = 0
-        for (lo, hi), loading in zip(self.slices.values(), self.loadings):
-            rank = loading.shape[0]
-            np.matmul(scores[:, offset: offset + rank], loading, out=out[:, lo:hi])
-            offset += rank
-        out += self.bias
-        return out
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -297,13 +297,6 @@ def _hidden_states(lm: LanguageModel, sequences: list[list[int]], modules: dict[
     return {name: values.reshape(len(sequences), width, -1) for name, values in flat.items()}
 
 
-def _layer_output(lm: LanguageModel, sequences: list[list[int]], token_types: list[list[int]] | None = None
-                  ) -> torch.Tensor:
-    """The mapped layer's output at every position of right-padded ``sequences``: (batch, max_len, units) float32."""
-    states = _hidden_states(lm, sequences, {lm.spec.layer: lm.layer}, token_types)
-    return torch.from_numpy(states[lm.spec.layer])
-
-
 # --------------------------------------------------------------------------------------------------------------
 # Extraction
 

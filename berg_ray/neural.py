@@ -33,12 +33,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from berg_ray import options
 from berg_ray.errors import DatasetError, InvalidInputError, UnknownSubjectError, closest
+from berg_ray.validation import check_subject_id, normalize_subject
 from berg_ray.synthetic import ATTR_PREFIX, SYNTHETIC_ATTR
 
 _logger = logging.getLogger(__name__)
 
-SUBJECTS: tuple[str, ...] = ("018", "199", "288", "289", "296", "343", "366", "407", "426")
+SUBJECTS: tuple[str, ...] = options.SUBJECTS
 VOXELS_PER_SUBJECT: dict[str, int] = {
     "018": 1358, "199": 1358, "288": 1341, "289": 1356, "296": 1323,
     "343": 1355, "366": 1355, "407": 1352, "426": 1357,
@@ -174,23 +176,13 @@ def check_subject(assembly_or_subjects: PereiraAssembly | Iterable[str] | None, 
         allowed = assembly_or_subjects.subjects
     else:
         allowed = tuple(str(s) for s in assembly_or_subjects)
-    normalised: str | None = None
-    if isinstance(subject, (int, np.integer)) and not isinstance(subject, (bool, np.bool_)):
-        normalised = f"{int(subject):03d}" if subject >= 0 else None
-    elif isinstance(subject, str):
-        text = subject.strip()
-        normalised = text.zfill(3) if text.isdigit() else text
-    if normalised is not None and normalised in allowed:
-        return normalised
+    normalised = normalize_subject(int(subject) if isinstance(subject, np.integer) else subject)
     dropped = assembly_or_subjects.dropped_subjects if isinstance(assembly_or_subjects, PereiraAssembly) else {}
-    if normalised in dropped:
+    if normalised not in allowed and normalised in dropped:
         raise UnknownSubjectError(
             f"Unknown subject {subject!r}: subject {normalised} is in {assembly_or_subjects.source} but was dropped "
             f"when it loaded ({dropped[normalised]}). The Pereira2018 subjects are {', '.join(allowed)}.")
-    hint = closest(str(normalised if normalised is not None else subject), allowed)
-    suggestion = f" Did you mean {', '.join(repr(h) for h in hint)}?" if hint else ""
-    raise UnknownSubjectError(
-        f"Unknown subject {subject!r}: the Pereira2018 subjects are {', '.join(allowed)}.{suggestion}")
+    return check_subject_id(subject if not isinstance(subject, np.integer) else int(subject), allowed)
 
 
 def dataset_cache_dir(berg_dir: str | os.PathLike) -> str | None:

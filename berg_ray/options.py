@@ -24,3 +24,6 @@ DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 
 #: layer selections of a sweep besides explicit module names or block indices
 LAYER_SELECTIONS: tuple[str, ...] = ("mapped", "all")
+
+#: the nine subjects of the Pereira (2018) 384-sentence experiment in brainscore's assembly
+SUBJECTS: tuple[str, ...] = ("018", "199", "288", "289", "296", "343", "366", "407", "426")

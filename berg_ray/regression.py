@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from sklearn.exceptions import ConvergenceWarning
 
 from berg_ray.errors import InvalidInputError
 
@@ -149,7 +151,9 @@ def fit_pls(X: np.ndarray, Y: np.ndarray, n_components: int = 25, scale: bool = 
             last, a = a, (Sx / xx) / ((x_score @ Sx) / xx**2 + eps)
         else:  # no convergence: sklearn returns the weights of the last iteration (and warns)
             a = last
-            logger.debug("PLS component %d reached max_iter=%d", k, max_iter)
+            warnings.warn(f"Maximum number of iterations ({max_iter}) reached in PLS component {k}: the weights of "
+                          "the last iteration are used (as sklearn's PLSRegression does)", ConvergenceWarning,
+                          stacklevel=2)
         n_iters.append(iteration + 1)
         x_weights = Xk.T @ (a / np.sqrt(a @ (K @ a)))
         x_weights /= np.sqrt(x_weights @ x_weights) + eps

@@ -167,10 +167,8 @@ def brainscore_linear_score(features: np.ndarray, assembly_or_responses: Any, *,
     Returns:
         :class:`LinearShuffleScore`; ``float(score)`` is the raw score.
     """
-    from berg_ray.neural import PereiraAssembly
-
     voxel_subjects = None
-    if isinstance(assembly_or_responses, PereiraAssembly):
+    if hasattr(assembly_or_responses, "responses") and hasattr(assembly_or_responses, "n_voxels"):  # an assembly
         assembly = assembly_or_responses
         chosen = list(assembly.subjects) if isinstance(subjects, str) and subjects == "all" else list(subjects)
         responses = np.concatenate([assembly.responses(s) for s in chosen], axis=1)

@@ -18,7 +18,8 @@ import urllib.parse
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from berg_ray.errors import InvalidInputError
+from berg_ray.errors import InvalidInputError, UnknownSubjectError, closest
+from berg_ray.options import SUBJECTS
 
 #: output formats of ``berg-ray encode --out`` (see :func:`berg_ray.corpus_io.write_encoded`)
 ENCODE_OUTPUT_SUFFIXES: tuple[str, ...] = (".parquet", ".npy")
@@ -151,11 +152,31 @@ def check_subjects(subjects: Any, dataset: Any = None) -> str | list[str | int]:
             raise InvalidInputError(f"subjects={chosen!r}: 'all' cannot be combined with subject ids")
         return "all"
     if isinstance(dataset, str) and dataset in KNOWN_DATASETS:
-        from berg_ray.neural import check_subject  # numpy/pandas only; raises UnknownSubjectError naming the nine
-
         for subject in chosen:
-            check_subject(None, subject)
+            check_subject_id(subject)
     return chosen
+
+
+def normalize_subject(subject: Any) -> str | None:
+    """A subject id in the dataset's spelling (``18``, ``'18'``, ``' 018 '`` → ``'018'``), or None if it is none."""
+    if isinstance(subject, numbers.Integral) and not isinstance(subject, bool):
+        return f"{int(subject):03d}" if subject >= 0 else None
+    if isinstance(subject, str):
+        text = subject.strip()
+        return text.zfill(3) if text.isdigit() else text
+    return None
+
+
+def check_subject_id(subject: Any, allowed: Sequence[str] = SUBJECTS) -> str:
+    """The normalised ``subject`` if it is one of ``allowed`` (default: the nine Pereira subjects); else
+    :class:`~berg_ray.errors.UnknownSubjectError` naming the value, the valid ids and the closest ones."""
+    normalised = normalize_subject(subject)
+    if normalised is not None and normalised in allowed:
+        return normalised
+    hint = closest(str(normalised if normalised is not None else subject), list(allowed))
+    suggestion = f" Did you mean {', '.join(repr(h) for h in hint)}?" if hint else ""
+    raise UnknownSubjectError(
+        f"Unknown subject {subject!r}: the Pereira2018 subjects are {', '.join(allowed)}.{suggestion}")
 
 
 # ---------------------------------------------------------------------------------------------------- paths

@@ -39,7 +39,8 @@ from support import (
     subprocess_env,
 )
 
-from berg_ray.corpus import StackedPredictor, list_inputs, plan_parts, read_part, read_predictions
+from berg_ray.corpus import list_inputs, plan_parts, read_part, read_predictions
+from berg_ray.encoding_model import StackedPredictor
 from berg_ray.errors import InvalidInputError
 from berg_ray.registry import get_spec
 from berg_ray.store import EncodingModelStore

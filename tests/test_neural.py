@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from berg_ray import synthetic
+from berg_ray import neural, synthetic
 from berg_ray.errors import DatasetError, InvalidInputError, UnknownSubjectError
 from berg_ray.neural import (BRAINSCORE_FILENAME, REQUIRED_NEUROID_COORDS, REQUIRED_PRESENTATION_COORDS, SUBJECTS,
                              VOXELS_PER_SUBJECT, check_subject, load_pereira)
@@ -206,7 +206,7 @@ def test_dataset_synthetic_generates_once(tmp_path, monkeypatch, planted_feature
         calls.append(len(sentences))
         return planted_features
 
-    monkeypatch.setattr(synthetic, "default_planted_features", fake_features)
+    monkeypatch.setattr(neural, "default_planted_features", fake_features)
     first = load_pereira("synthetic", cache_dir=tmp_path)
     second = load_pereira("synthetic", cache_dir=tmp_path)
     assert calls == [384]  # generated once, then reused by name

@@ -71,7 +71,11 @@ def test_fit_pls_matches_sklearn_when_nipals_hits_max_iter(max_iter):
     with pytest.warns(ConvergenceWarning):  # sklearn itself does not converge here
         reference = PLSRegression(n_components=25, scale=False, max_iter=max_iter).fit(X, Y)
     assert max_iter in reference.n_iter_
-    fit = fit_pls(X, Y, n_components=25, max_iter=max_iter)
+    with warnings.catch_warnings(record=True) as caught:  # and neither does fit_pls: it warns as sklearn does
+        warnings.simplefilter("always")
+        fit = fit_pls(X, Y, n_components=25, max_iter=max_iter)
+    warned = [w for w in caught if issubclass(w.category, ConvergenceWarning)]
+    assert len(warned) == sum(n == max_iter for n in reference.n_iter_)  # one per unconverged component
     _compare(fit, reference, X, X_new)
 
 

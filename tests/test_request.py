@@ -98,6 +98,8 @@ def test_bfloat16_reaches_fit_cache_and_encode_in_process_and_on_ray(tiny_gpt2, 
     # Ray and in-process fits of the same bf16 features are the same model. Both extract on one torch thread, so
     # the features are bitwise equal and the PLS fits (float64) differ only by BLAS summation order: 1e-9 relative.
     probe = np.random.default_rng(0).standard_normal((3, bf16_local.n_units))
+    # predictions are cast to float32 (values up to ~70 on this probe): rtol 1e-6 ≈ 8·eps32 takes a last-bit
+    # difference of the cast, atol 1e-6 the values near 0; another subject's or dtype's map is off by > 1e-2
     np.testing.assert_allclose(bf16_ray.predict(probe), bf16_local.predict(probe), rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(bf16_ray.fit.coef, bf16_local.fit.coef, rtol=1e-9, atol=1e-12)
 
