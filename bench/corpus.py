@@ -354,7 +354,7 @@ def run_memory(size: int, work: Path, paths: dict[str, Any], spec, subjects: str
     wall = time.perf_counter() - started
     disk = sum(os.path.getsize(p) for p in glob.glob(str(output / "predictions" / "*" / "*.parquet")))
     shutil.rmtree(output, ignore_errors=True)
-    lines = [l for l in proc.stdout.splitlines() if l.startswith(RESULT_PREFIX)]
+    lines = [line for line in proc.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
     if proc.returncode != 0 or not lines:
         raise RuntimeError(f"memory run at {size} failed (rc {proc.returncode}):\n{proc.stderr[-4000:]}")
     result = json.loads(lines[-1][len(RESULT_PREFIX):])

@@ -447,7 +447,7 @@ def main(argv: list[str] | None = None) -> int:
                         f"({source})"),
             ("", ""),
             ("[1] sentence context", ""),
-            ("  berg-ray extract (batch %d)" % args.batch_size,
+            (f"  berg-ray extract (batch {args.batch_size})",
              f"{n / ours_t:9.1f} sent/s   median {ours_t:8.3f} s  of {len(ours_times)} "
              f"[{', '.join(f'{t:.3f}' for t in ours_times)}]"),
             ("  brainscore digest_text([s]) x n",

@@ -308,12 +308,12 @@ def main() -> int:
             steps = ["A", "A1", "C", "C1", "B"]
             for step in steps if r % 2 == 0 else steps[::-1]:
                 if step == "A":
-                    (seconds,), part = timed(lambda: run_sklearn(features, assembly, chunk), 1, "A sklearn")
+                    (seconds,), part = timed(lambda chunk=chunk: run_sklearn(features, assembly, chunk), 1, "A sklearn")
                     sk.update(part)
                     a_chunks.append((len(chunk), seconds))
                 elif step == "A1" and r < n_one_thread:
                     with threadpool_limits(limits=1):
-                        (seconds,), _ = timed(lambda: run_sklearn(features, assembly, [subjects[r]]), 1,
+                        (seconds,), _ = timed(lambda r=r: run_sklearn(features, assembly, [subjects[r]]), 1,
                                               "A1 sklearn 1 thread")
                     a1_per_subject.append(seconds)
                 elif step == "C":

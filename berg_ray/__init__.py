@@ -19,6 +19,8 @@ _EXPORTS = {
     "get_spec": "berg_ray.registry",
     "ModelSpec": "berg_ray.registry",
     "extract_features": "berg_ray.features",
+    "extract": "berg_ray.features",
+    "ModelRequest": "berg_ray.request",
     "FeatureExtractor": "berg_ray.features",
     "load_pereira": "berg_ray.neural",
     "PereiraAssembly": "berg_ray.neural",

@@ -53,7 +53,7 @@ import pyarrow.parquet as pq
 
 from berg_ray.encoding_model import EncodingModel, StackedPredictor
 from berg_ray.errors import InvalidInputError
-from berg_ray.corpus_io import INPUT_SUFFIXES
+from berg_ray.corpus_io import INPUT_SUFFIXES, parse_lines, parse_records
 from berg_ray.features import FeatureExtractor
 from berg_ray.fsio import FileRoot
 from berg_ray.provenance import package_versions
@@ -274,7 +274,8 @@ def plan_parts(files: Sequence[str], rows_per_part: int, whole_files: bool = Fal
 def read_part(part: Part) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Rows of ``part`` as (good rows, bad rows); a bad row has a ``reason`` and never stops the job.
 
-    Good rows: ``{"row": int, "sentence_id": str, "sentence": str, "passage": str | None}``. Ids are the input's ``id`` column
+    Good rows: ``{"row": int, "sentence_id": str, "sentence": str, "passage": str | None}``. Ids are the input's
+    ``id`` column
     when present, else ``"<path>:<row>"`` (``part.path``, relative to the input root; 0-based row in the file).
     Rows listed in ``part.duplicates`` are bad rows (``"duplicate id ..."``).
 
@@ -283,16 +284,13 @@ def read_part(part: Part) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """
     suffix = os.path.splitext(part.source)[1].lower()
     name = part.path or posixpath.basename(part.source)
-    records: list[tuple[int, Any, str | None]] = []  # (row, record or raw, decode error)
     if suffix == ".parquet":
         if part.fingerprint and file_fingerprint(part.source) != part.fingerprint:
             raise InputChangedError(f"input {part.source} changed after it was planned (was {part.fingerprint}, "
                                     f"now {file_fingerprint(part.source)}); rerun: changed files are planned afresh")
         with fsspec.open(part.source, "rb") as handle:
             table = pq.read_table(handle)
-        table = table.slice(part.row_start, part.n_rows)
-        for offset, record in enumerate(table.to_pylist()):
-            records.append((part.row_start + offset, record, None))
+        rows = parse_records(table.slice(part.row_start, part.n_rows).to_pylist(), part.row_start)
     else:
         with fsspec.open(part.source, "rb") as handle:
             handle.seek(part.byte_start)
@@ -301,55 +299,22 @@ def read_part(part: Part) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
             raise InputChangedError(f"input {part.source} changed after it was planned (bytes {part.byte_start}–"
                                     f"{part.byte_end} no longer have their planned sha256); rerun: changed files "
                                     "are planned afresh")
-        # Split exactly as plan_parts counted (on b"\n" only): bytes.splitlines() also splits on a lone b"\r",
-        # which shifted row numbers and duplicated sentence ids.
-        lines = data.split(b"\n")
-        if lines and not lines[-1]:
-            lines.pop()
-        for offset, raw in enumerate(lines):
-            raw = raw.removesuffix(b"\r")  # CRLF line endings
-            row = part.row_start + offset
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as error:
-                records.append((row, raw[:200].decode("utf-8", "replace"), f"not valid UTF-8: {error.reason}"))
-                continue
-            if suffix == ".txt":
-                records.append((row, {"sentence": text}, None))
-            else:
-                try:
-                    value = json.loads(text) if text.strip() else None
-                except json.JSONDecodeError as error:
-                    records.append((row, text[:200], f"invalid JSON: {error.msg}"))
-                    continue
-                if not isinstance(value, dict):
-                    records.append((row, text[:200], "JSON line is not an object with a 'sentence' field"))
-                    continue
-                records.append((row, value, None))
+        rows = parse_lines(data, suffix, part.row_start)  # split exactly as plan_parts counted (b"\n" only)
     duplicates = {row: f"duplicate id {sentence_id!r} (first at {first_path} row {first_row})"
                   for row, sentence_id, first_path, first_row in json.loads(part.duplicates or "[]")}
     good, bad = [], []
-    for row, record, error in records:
-        sentence_id = f"{name}:{row}"
-        if isinstance(record, dict) and record.get("id") is not None:
+    for parsed in rows:
+        record = parsed.record
+        sentence_id = f"{name}:{parsed.row}"
+        if record is not None and record.get("id") is not None:
             sentence_id = str(record["id"])
-        if error is None and row in duplicates:
-            error = duplicates[row]
-        if error is None and isinstance(record, dict):
-            sentence = record.get("sentence")
-            if "sentence" not in record:
-                error = "no 'sentence' field"
-            elif not isinstance(sentence, str):
-                error = f"sentence is {type(sentence).__name__}, not text"
-            elif not sentence.strip():
-                error = "empty sentence"
-        if error is not None:
-            value = record.get("sentence") if isinstance(record, dict) else record
-            bad.append({"source": part.source, "row": row, "sentence_id": sentence_id, "reason": error,
-                        "value": None if value is None else str(value)[:200]})
+        problem = parsed.problem or duplicates.get(parsed.row)
+        if problem is not None:
+            bad.append({"source": part.source, "row": parsed.row, "sentence_id": sentence_id, "reason": problem,
+                        "value": parsed.text})
             continue
         passage = record.get("passage")
-        good.append({"row": row, "sentence_id": sentence_id, "sentence": record["sentence"],
+        good.append({"row": parsed.row, "sentence_id": sentence_id, "sentence": record["sentence"],
                      "passage": None if passage is None else str(passage)})
     return good, bad
 
@@ -563,7 +528,8 @@ BAD_ROWS_SCHEMA = pa.schema([("source", pa.string()), ("row", pa.int64()), ("sen
 # The job
 
 
-def encode_corpus(model_id: str | ModelSpec | ModelRequest, input: str, output: str, subjects: str | Iterable[str] = "all",
+def encode_corpus(model_id: str | ModelSpec | ModelRequest, input: str, output: str,
+                  subjects: str | Iterable[str] = "all",
                   dataset: str = "brainscore", cache: str | None = "berg_dir", context: str = "sentence",
                   batch_size: int = 32, num_extractors: int = 1, num_gpus: float = 0.0, device: str = "auto",
                   dtype: str | None = None, n_components: int = 25, rows_per_part: int = DEFAULT_ROWS_PER_PART,

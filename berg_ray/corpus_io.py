@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,63 +52,92 @@ def read_sentences_table(path: str) -> pd.DataFrame:
         raise InvalidInputError(f"input {path!r} is a folder; give one {', '.join(INPUT_SUFFIXES)} file") from error
     except pa.ArrowException as error:
         raise InvalidInputError(f"input {path!r} is not a readable Parquet file: {error}") from error
-    problems: list[str] = []
     if suffix == ".parquet":
         if "sentence" not in table:
             raise InvalidInputError(f"input {path!r} has no 'sentence' column (columns: {', '.join(map(str, table))})")
-        for row, sentence in enumerate(table["sentence"].tolist()):
-            problem = sentence_problem(sentence)
-            if problem is not None:
-                problems.append(f"row {row}: sentence {problem}")
-        n_rows = len(table)
+        rows = parse_records(table.to_dict(orient="records"))
+        where = "row {row}"
     else:
-        lines = data.split(b"\n")
-        if lines and not lines[-1]:
-            lines.pop()  # the file's final newline ends the last line; it does not start another
-        records = [_read_line(raw.removesuffix(b"\r"), suffix, f"line {row + 1} (row {row})", problems)
-                   for row, raw in enumerate(lines)]
-        table = pd.DataFrame([r for r in records if r is not None])
-        n_rows = len(lines)
-    if n_rows == 0:
+        rows = parse_lines(data, suffix)
+        where = "line {line} (row {row})"
+        table = pd.DataFrame([r.record for r in rows if r.problem is None])
+    if not rows:
         raise InvalidInputError(f"input {path!r} holds no sentences")
+    problems = [f"{where.format(line=r.row + 1, row=r.row)}: {r.problem}" for r in rows if r.problem is not None]
     if problems:
         listed = "; ".join(problems[:MAX_LISTED_PROBLEMS])
         more = f"; and {len(problems) - MAX_LISTED_PROBLEMS} more" if len(problems) > MAX_LISTED_PROBLEMS else ""
         unit = "row" if suffix == ".parquet" else "line"
-        raise InvalidInputError(f"input {path!r}: {len(problems)} of {n_rows} {unit}(s) hold no usable sentence "
+        raise InvalidInputError(f"input {path!r}: {len(problems)} of {len(rows)} {unit}(s) hold no usable sentence "
                                 f"(every {unit} must hold one; nothing is skipped): {listed}{more}")
     return table
 
 
-def _read_line(raw: bytes, suffix: str, where: str, problems: list[str]) -> dict[str, Any] | None:
-    """One line of a ``.txt``/``.jsonl`` file as a record with a usable ``sentence``, or None (problem appended)."""
+@dataclass(frozen=True)
+class SourceRow:
+    """One row of an input file, parsed: its record, or why it holds no usable sentence.
+
+    Attributes:
+        row: 0-based row in the file (a text file's line number minus one).
+        record: the row as a dict (``{"sentence": text}`` for ``.txt``); None when the row could not be parsed.
+        text: the row's text, for reports (at most 200 characters; undecodable bytes replaced).
+        problem: why the row holds no usable sentence (``"not valid UTF-8 ..."``, ``"invalid JSON ..."``,
+            ``"sentence is empty ..."``, ...), or None.
+    """
+
+    row: int
+    record: dict[str, Any] | None
+    text: str | None
+    problem: str | None
+
+
+def parse_lines(data: bytes, suffix: str, first_row: int = 0) -> list[SourceRow]:
+    """The rows of ``.txt`` or ``.jsonl`` bytes (a whole file, or whole lines of it starting at row ``first_row``).
+
+    Lines are split on ``b"\\n"`` only and a trailing ``b"\\r"`` is stripped (CRLF files): ``splitlines`` would also
+    split inside a sentence at ``\\r``, ``\\x0b``, ``\\x1c``, ``\\u2028``, ... and shift every later row. The final
+    newline ends the last line; it does not start another. The one set of rules for every reader of sentence files
+    (:func:`read_sentences_table`, :func:`berg_ray.corpus.read_part`).
+    """
+    lines = data.split(b"\n")
+    if lines and not lines[-1]:
+        lines.pop()
+    return [_parse_line(first_row + offset, raw.removesuffix(b"\r"), suffix) for offset, raw in enumerate(lines)]
+
+
+def parse_records(records: Sequence[dict[str, Any]], first_row: int = 0) -> list[SourceRow]:
+    """Rows of a table (Parquet) given as records, checked by the same rules as text rows."""
+    return [_checked(first_row + offset, record) for offset, record in enumerate(records)]
+
+
+def _parse_line(row: int, raw: bytes, suffix: str) -> SourceRow:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as error:
-        problems.append(f"{where}: not valid UTF-8 ({error.reason} at byte {error.start}: {raw[:60]!r})")
-        return None
+        return SourceRow(row, None, raw[:200].decode("utf-8", "replace"),
+                         f"not valid UTF-8 ({error.reason} at byte {error.start}: {raw[:60]!r})")
     if suffix == ".txt":
-        record: Any = {"sentence": text}
-    else:
-        if not text.strip():
-            problems.append(f"{where}: blank line")
-            return None
-        try:
-            record = json.loads(text)
-        except json.JSONDecodeError as error:
-            problems.append(f"{where}: invalid JSON ({error.msg} at column {error.colno}: {text[:60]!r})")
-            return None
-        if not isinstance(record, dict):
-            problems.append(f"{where}: JSON {type(record).__name__}, not an object with a 'sentence' field")
-            return None
-        if "sentence" not in record:
-            problems.append(f"{where}: no 'sentence' field (fields: {', '.join(map(str, record)) or 'none'})")
-            return None
-    problem = sentence_problem(record["sentence"])
-    if problem is not None:
-        problems.append(f"{where}: sentence {problem}")
-        return None
-    return record
+        return _checked(row, {"sentence": text})
+    if not text.strip():
+        return SourceRow(row, None, text, "blank line, not an object with a 'sentence' field")
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError as error:
+        return SourceRow(row, None, text[:200], f"invalid JSON ({error.msg} at column {error.colno}: {text[:60]!r})")
+    if not isinstance(record, dict):
+        return SourceRow(row, None, text[:200],
+                         f"JSON {type(record).__name__}, not an object with a 'sentence' field")
+    return _checked(row, record)
+
+
+def _checked(row: int, record: dict[str, Any]) -> SourceRow:
+    if "sentence" not in record:
+        return SourceRow(row, record, None,
+                         f"no 'sentence' field (fields: {', '.join(map(str, record)) or 'none'})")
+    sentence = record["sentence"]
+    text = None if sentence is None else str(sentence)[:200]
+    problem = sentence_problem(sentence)
+    return SourceRow(row, record, text, None if problem is None else f"sentence {problem}")
 
 
 def read_sentences_file(path: str) -> list[str]:

@@ -101,7 +101,7 @@ class EncodingModel:
             "request": self.request.to_dict() if self.request is not None else None,
         }
 
-    def replace(self, **changes: Any) -> "EncodingModel":
+    def replace(self, **changes: Any) -> EncodingModel:
         return dataclasses.replace(self, **changes)
 
 
@@ -123,7 +123,7 @@ class StackedPredictor:
     slices: dict[str, tuple[int, int]]
 
     @classmethod
-    def from_models(cls, models: dict[str, EncodingModel]) -> "StackedPredictor":
+    def from_models(cls, models: dict[str, EncodingModel]) -> StackedPredictor:
         reducers, loadings, biases, slices, start = [], [], [], {}, 0
         for subject, model in models.items():
             coef_t = model.fit.coef.T  # (n_units, n_voxels), float64
@@ -150,7 +150,7 @@ class StackedPredictor:
         out += self.bias
         return out
 
-def format_cv_table(models: dict[str, "EncodingModel"]) -> str:
+def format_cv_table(models: dict[str, EncodingModel]) -> str:
     """A text table of per-subject CV r (median, mean) for fitted encoding models."""
     lines = []
     first = next(iter(models.values()))
@@ -160,7 +160,8 @@ def format_cv_table(models: dict[str, "EncodingModel"]) -> str:
                  f"CV: GroupKFold({first.settings.cv_folds}) by {first.settings.cv_group}")
     lines.append(f"{'subject':>8} {'voxels':>7} {'median r':>9} {'mean r':>8}")
     for subject, model in models.items():
-        lines.append(f"{subject:>8} {model.n_voxels:>7d} {np.nanmedian(model.cv_r):>9.3f} {np.nanmean(model.cv_r):>8.3f}")
+        median, mean = np.nanmedian(model.cv_r), np.nanmean(model.cv_r)
+        lines.append(f"{subject:>8} {model.n_voxels:>7d} {median:>9.3f} {mean:>8.3f}")
     medians = [np.nanmedian(m.cv_r) for m in models.values()]
     lines.append(f"{'all':>8} {sum(m.n_voxels for m in models.values()):>7d} {np.median(medians):>9.3f}")
     return "\n".join(lines)

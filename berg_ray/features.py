@@ -33,10 +33,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from berg_ray import options, validation
+from berg_ray import options
 from berg_ray.errors import DeviceError, InvalidInputError
 from berg_ray.registry import ModelSpec, get_spec
-from berg_ray.request import check_dtype
+from berg_ray.request import check_context, check_dtype
+from berg_ray.validation import check_batch_size, check_sentences
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +47,8 @@ DEFAULT_BATCH_SIZE = 32
 
 
 def prepare_context(parts: Sequence[str]) -> str:
-    """brainscore-language's ``prepare_context``: join parts with spaces, drop blank parts, no space before punctuation."""
+    """brainscore-language's ``prepare_context``: join parts with spaces, drop blank parts, no space before
+    punctuation."""
     from brainscore_language.model_helpers.preprocessing import prepare_context as _brainscore_prepare_context
 
     return _brainscore_prepare_context(list(parts))
@@ -54,37 +56,6 @@ def prepare_context(parts: Sequence[str]) -> str:
 
 # --------------------------------------------------------------------------------------------------------------
 # Input checking
-
-
-def check_sentences(sentences: str | Sequence[str]) -> list[str]:
-    """Return ``sentences`` as a list, or raise :class:`InvalidInputError` naming the first bad entry."""
-    if isinstance(sentences, str):
-        sentences = [sentences]
-    if isinstance(sentences, np.ndarray):
-        sentences = sentences.tolist()
-    if not isinstance(sentences, Sequence):
-        raise InvalidInputError(f"sentences must be a string or a list of strings, got {type(sentences).__name__}")
-    sentences = list(sentences)
-    if not sentences:
-        raise InvalidInputError("sentences is an empty list; give at least one non-empty sentence")
-    for index, sentence in enumerate(sentences):
-        if not isinstance(sentence, str):
-            raise InvalidInputError(f"sentence {index} is {type(sentence).__name__} {sentence!r}, not a string")
-        if not sentence.strip():
-            raise InvalidInputError(f"sentence {index} is empty ({sentence!r}); every sentence needs some text")
-    return sentences
-
-
-def check_batch_size(batch_size: int) -> int:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise InvalidInputError(f"batch_size must be a positive integer, got {batch_size!r}")
-    return batch_size
-
-
-def check_context(context: str) -> str:
-    if context not in CONTEXTS:
-        raise InvalidInputError(f"unknown context policy {context!r}; allowed: {', '.join(CONTEXTS)}")
-    return context
 
 
 def check_layers(layers: str | Sequence[str]) -> list[str]:
@@ -338,7 +309,7 @@ class FeatureExtractor:
     @property
     def n_units(self) -> int:
         config = self.lm.model.config
-        return int(getattr(config, "hidden_size", None) or getattr(config, "n_embd"))
+        return int(getattr(config, "hidden_size", None) or config.n_embd)
 
     def _tokenize(self, contexts: list[str]) -> tuple[list[list[int]], list[list[int]] | None]:
         tok = self.lm.tokenizer
@@ -411,7 +382,7 @@ class FeatureExtractor:
             ``{layer: array of shape (n_sentences, n_units_of_layer) float32}`` in the order of ``layers``, rows in
             input order: each layer's output at each context's last token, equal to the one-layer call on it.
         """
-        sentences = check_sentences(sentences)
+        sentences = check_sentences(sentences)  # str, non-empty, UTF-8-encodable; names the bad index
         names = check_layers(layers)
         batch_size = check_batch_size(batch_size or self.batch_size)
         groups = context_groups(len(sentences), context, passages)
@@ -492,7 +463,7 @@ def extract_features(model_id: str | ModelSpec, sentences: str | Sequence[str], 
     Returns:
         array of shape (n_sentences, n_units), float32: the layer output at each context's last token.
     """
-    sentences = validation.check_sentences(sentences)  # str, non-empty, UTF-8-encodable; names the bad index
+    sentences = check_sentences(sentences)
     check_context(context)
     check_batch_size(batch_size)
     context_groups(len(sentences), context, passages)  # validate before loading a model
@@ -517,7 +488,7 @@ def extract(model: str | ModelSpec, sentences: str | Sequence[str], layers: str 
         ``{layer: array of shape (n_sentences, n_units_of_layer) float32}`` in the order of ``layers``; each equals
         ``extract_features`` of a spec mapped to that layer.
     """
-    sentences = validation.check_sentences(sentences)
+    sentences = check_sentences(sentences)
     names = check_layers(layers)
     check_context(context)
     check_batch_size(batch_size)

@@ -33,6 +33,13 @@ def _pyplot():
     return plt
 
 
+def _save(plt, fig, target: Target) -> Target:
+    """Write ``fig`` as a PNG to ``target`` (a path or a binary file object) and free it."""
+    fig.savefig(target, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return target
+
+
 def _title(fig, text: str, synthetic: bool) -> None:
     if synthetic:
         text = f"{SYNTHETIC_BANNER}\n{text}"
@@ -95,9 +102,7 @@ def plot_heatmap(table: pd.DataFrame, summary: pd.DataFrame, target: Target, syn
     fig.colorbar(image, ax=axes[:, 0].tolist(), fraction=0.04, label="median r over voxels")
     protocol = summary["protocol"].iloc[0] if len(summary) else ""
     _title(fig, f"Median r per subject at each model's best layer (model / best layer; {protocol})", synthetic)
-    fig.savefig(target, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return target
+    return _save(plt, fig, target)
 
 
 def plot_layer_curves(table: pd.DataFrame, summary: pd.DataFrame, target: Target, synthetic: bool) -> Target:
@@ -136,9 +141,7 @@ def plot_layer_curves(table: pd.DataFrame, summary: pd.DataFrame, target: Target
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     _title(fig, "Layer-wise scores (shaded: interquartile range across subjects)", synthetic)
     fig.tight_layout()
-    fig.savefig(target, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return target
+    return _save(plt, fig, target)
 
 
 def plot_roi_bars(table: pd.DataFrame, summary: pd.DataFrame, target: Target, synthetic: bool) -> Target:
@@ -164,9 +167,7 @@ def plot_roi_bars(table: pd.DataFrame, summary: pd.DataFrame, target: Target, sy
     ax.grid(axis="y", alpha=0.3)
     fig.legend(fontsize=8, loc="outside lower center", ncols=min(3, max(1, len(best))))
     _title(fig, "Per-ROI scores at each model's best layer (hatching: context)", synthetic)
-    fig.savefig(target, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return target
+    return _save(plt, fig, target)
 
 
 #: plot name -> (file name, drawing function)

@@ -95,7 +95,8 @@ def _folder_sha256_cached(path: str, stamp: tuple) -> str:
 
 def _folder_sha256(path: str) -> str:
     # (size, mtime) of every file: re-hash only when something in the folder changed.
-    stamp = tuple(sorted((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in Path(path).rglob("*") if p.is_file()))
+    files = (p for p in Path(path).rglob("*") if p.is_file())
+    stamp = tuple(sorted((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files))
     return _folder_sha256_cached(path, stamp)
 
 

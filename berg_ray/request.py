@@ -45,7 +45,7 @@ def cache_key(fields: dict[str, Any]) -> str:
 def check_context(context: Any) -> str:
     """``context`` if it is one of :data:`~berg_ray.options.CONTEXTS`; else a clear error."""
     if context not in CONTEXTS:
-        raise InvalidInputError(f"unknown context {context!r}; allowed: {', '.join(CONTEXTS)}")
+        raise InvalidInputError(f"unknown context policy {context!r}; allowed: {', '.join(CONTEXTS)}")
     return context
 
 
@@ -85,7 +85,7 @@ class ModelRequest:
     @classmethod
     def build(cls, model: str | ModelSpec, *, layers: str | Sequence[str] | None = None,
               context: str | None = DEFAULT_CONTEXT, dtype: str | None = None,
-              batch_size: int = DEFAULT_BATCH_SIZE, device: str | None = DEFAULT_DEVICE) -> "ModelRequest":
+              batch_size: int = DEFAULT_BATCH_SIZE, device: str | None = DEFAULT_DEVICE) -> ModelRequest:
         """Resolve ``model`` (an id or spec) once and check every setting; raises ``InvalidInputError`` naming the bad
         value. ``layers=None`` reads the layer the model's submitter mapped to the language system."""
         spec = get_spec(model)
@@ -115,7 +115,7 @@ class ModelRequest:
                                     "an encoding model reads one")
         return self.layers[0]
 
-    def replace(self, **changes: Any) -> "ModelRequest":
+    def replace(self, **changes: Any) -> ModelRequest:
         """A copy with some settings changed, checked like :meth:`build` (the fingerprint is kept: same model)."""
         if "spec" in changes or "fingerprint" in changes:
             raise InvalidInputError("a request's model cannot be replaced; build a new request")
@@ -124,7 +124,7 @@ class ModelRequest:
                                    dtype=check_dtype(updated.dtype), batch_size=check_batch_size(updated.batch_size),
                                    device=check_device_name(updated.device), layers=tuple(updated.layers))
 
-    def for_layer(self, layer: str) -> "ModelRequest":
+    def for_layer(self, layer: str) -> ModelRequest:
         """The one-layer request of ``layer`` (a sweep cell, or one layer of a multi-layer readout)."""
         return self.replace(layers=(layer,))
 

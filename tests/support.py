@@ -230,8 +230,8 @@ class environ:
 
 
 def s3_environment(endpoint: str) -> dict[str, str]:
-    """AWS variables for a moto endpoint (set them before a local Ray starts: its workers inherit the driver's environment;
-    init_ray forwards only the non-secret ones, never the credentials)."""
+    """AWS variables for a moto endpoint (set them before a local Ray starts: its workers inherit the driver's
+    environment; init_ray forwards only the non-secret ones, never the credentials)."""
     return {"AWS_ENDPOINT_URL": endpoint, **AWS_TEST_CREDENTIALS}
 
 

@@ -66,9 +66,9 @@ def write_corpus(folder: Path, sentences: list[str]) -> SimpleNamespace:
     lines: list[bytes] = []
     for row in range(40):
         if row == 3:
-            lines.append(b""), bad.__setitem__(("a.txt", row), "empty sentence")
+            lines.append(b""), bad.__setitem__(("a.txt", row), "sentence is empty")
         elif row == 7:
-            lines.append(b"   "), bad.__setitem__(("a.txt", row), "empty sentence")
+            lines.append(b"   "), bad.__setitem__(("a.txt", row), "sentence is empty")
         elif row == 11:
             lines.append(b"caf\xe9 au lait \xff"), bad.__setitem__(("a.txt", row), "not valid UTF-8")
         elif row == 15:
@@ -85,13 +85,13 @@ def write_corpus(folder: Path, sentences: list[str]) -> SimpleNamespace:
     # b.jsonl: ids and passages; wrong types, missing field, invalid JSON, a non-object, a blank line, bad UTF-8
     raw: list[bytes] = []
     broken = {2: (b'{"id": "b-2", "sentence": 5}', "sentence is int"),
-              4: (b'{"id": "b-4", "sentence": null}', "sentence is NoneType"),
+              4: (b'{"id": "b-4", "sentence": null}', "sentence is missing"),
               6: (b'{"id": "b-6", "text": "a sentence in the wrong field"}', "no 'sentence' field"),
               8: (b'{"id": "b-8", "sentence": "unterminated', "invalid JSON"),
               10: (b'["a", "list"]', "not an object"),
               12: (b"", "not an object"),
               14: (b'{"id": "b-14", "sentence": "caf\xe9"}', "not valid UTF-8"),
-              16: (b'{"id": "b-16", "sentence": "  "}', "empty sentence")}
+              16: (b'{"id": "b-16", "sentence": "  "}', "sentence is empty")}
     for row in range(30):
         if row in broken:
             line, reason = broken[row]
@@ -107,9 +107,9 @@ def write_corpus(folder: Path, sentences: list[str]) -> SimpleNamespace:
     column: list[str | None] = []
     for row in range(30):
         if row == 3:
-            column.append(None), bad.__setitem__(("c.parquet", row), "sentence is NoneType")
+            column.append(None), bad.__setitem__(("c.parquet", row), "sentence is missing")
         elif row == 5:
-            column.append(""), bad.__setitem__(("c.parquet", row), "empty sentence")
+            column.append(""), bad.__setitem__(("c.parquet", row), "sentence is empty")
         else:
             text = next(pool)
             column.append(text), good.__setitem__(f"c.parquet:{row}", text)
@@ -168,6 +168,26 @@ def test_read_part_reports_each_bad_row_with_its_reason(corpus):
         assert reason in found_bad[key]["reason"], (key, found_bad[key])
     assert found_bad[("b.jsonl", 2)]["sentence_id"] == "b-2" and found_bad[("b.jsonl", 2)]["value"] == "5"
     assert found_bad[("a.txt", 11)]["sentence_id"] == "a.txt:11"
+
+
+def test_read_part_and_encode_input_share_one_set_of_row_rules(tmp_path):
+    """The corpus reader and ``berg-ray encode --input``'s reader parse rows with the same function: the same rows
+    are bad, for the same reasons (here a lone surrogate, which tokenizers would reject mid-job)."""
+    from berg_ray.corpus_io import read_sentences_table
+
+    source = tmp_path / "s.jsonl"
+    source.write_text(json.dumps({"sentence": "Fine."}) + "\n" + json.dumps({"sentence": "\ud800 lone"}) + "\n"
+                      + "\n" + json.dumps({"sentence": "Also fine."}) + "\n")
+    (part,) = plan_parts([str(source)], ROWS_PER_PART)
+    good, bad = read_part(part)
+    assert [r["sentence"] for r in good] == ["Fine.", "Also fine."]
+    assert [(r["row"], r["reason"].split(":")[0]) for r in bad] == [
+        (1, "sentence '\\ud800 lone' cannot be encoded as UTF-8"),
+        (2, "blank line, not an object with a 'sentence' field")]
+    with pytest.raises(InvalidInputError) as info:
+        read_sentences_table(str(source))
+    for r in bad:
+        assert f"line {r['row'] + 1} (row {r['row']}): {r['reason']}" in str(info.value)
 
 
 def test_a_lone_carriage_return_does_not_shift_rows(tmp_path):

@@ -92,7 +92,10 @@ def ray_fits(ray_cluster, tiny_gpt2, gpt2_synthetic, tmp_path_factory):
     return SimpleNamespace(models=models, cache=str(cache))
 
 
-def assert_same_fit(model, reference, tolerance=4 * np.finfo(np.float32).eps):
+EPS32 = float(np.finfo(np.float32).eps)
+
+
+def assert_same_fit(model, reference, tolerance=4 * EPS32):
     assert model.subject == reference.subject
     assert model.cache_key == reference.cache_key
     # ``tolerance`` is relative to the values' scale (|r| ≤ 1; predictions of the probe reach ~70): 0 for a fit read

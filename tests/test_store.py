@@ -295,12 +295,13 @@ def test_edited_context_is_refused_on_the_fitting_path(saved):
     store, model, folder = saved
     assembly = SimpleNamespace(sha256=DATASET_SHA, synthetic=True)
     alias = ModelSpec(NAME, SPEC.source, SPEC.layer)  # another id (same folder name) for the same weights
-    loaded = load_cached(store, ModelRequest.build(alias, context=model.context), assembly, model.subject, model.settings)
+    request = ModelRequest.build(alias, context=model.context)
+    loaded = load_cached(store, request, assembly, model.subject, model.settings)
     assert (loaded.model_id, loaded.source) == (alias.model_id, alias.source)
     assert_same_model(loaded.replace(model_id=model.model_id), model)
     edit_entry(folder, edit_manifest=_set("metadata", "context", "running"))
     with pytest.raises(CacheIntegrityError) as info:
-        load_cached(store, ModelRequest.build(alias, context=model.context), assembly, model.subject, model.settings)
+        load_cached(store, request, assembly, model.subject, model.settings)
     assert info.value.field == "metadata.context"
 
 

@@ -150,7 +150,7 @@ def test_grid_has_every_cell_once_with_scores(grid):
     bert = ok[ok["model"] == grid["bert"].model_id]
     # statistical bounds: noise = signal gives median CV r ≈ 0.65 at the mapped layer (test_regression), ≥ 0.54 seen
     # over the 3 layers × 9 subjects; a random BERT shares only surface statistics of the sentences with the planted
-    # features: |median r| ≤ 0.05 seen over its 36 cells (median over ~1,350 voxels each)
+    # features: |median r| ≤ 0.06 seen over its 36 cells (median over ~1,350 voxels each)
     assert gpt2["median_r"].min() > 0.4
     assert bert["median_r"].abs().max() < 0.1
 

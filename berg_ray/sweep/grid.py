@@ -17,7 +17,7 @@ from typing import Any
 
 from berg_ray import options
 from berg_ray.errors import InvalidInputError, UnknownModelError, UnsupportedModelError
-from berg_ray.features import check_context
+from berg_ray.request import check_context
 from berg_ray.layers import LayerChoice, resolve_layers
 from berg_ray.registry import ModelSpec, get_spec
 from berg_ray.regression import PLSSettings
