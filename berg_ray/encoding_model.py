@@ -54,7 +54,7 @@ class EncodingModel:
     cache_key: str = ""
     key_fields: dict[str, Any] = field(default_factory=dict)
     fit_seconds: float = float("nan")
-    device: str = "cpu"
+    device: str = "auto"
     request: ModelRequest | None = None
 
     @property

@@ -36,7 +36,7 @@ import torch
 from berg_ray import options
 from berg_ray.errors import DeviceError, InvalidInputError
 from berg_ray.registry import ModelSpec, get_spec
-from berg_ray.request import check_context, check_dtype
+from berg_ray.request import DEFAULT_DEVICE, check_context, check_dtype
 from berg_ray.validation import check_batch_size, check_sentences
 
 logger = logging.getLogger(__name__)
@@ -97,7 +97,7 @@ def context_groups(n_sentences: int, context: str, passages: Sequence[Any] | Non
 # Devices and model loading
 
 
-def resolve_device(device: str | torch.device = "cpu") -> torch.device:
+def resolve_device(device: str | torch.device = DEFAULT_DEVICE) -> torch.device:
     """``"cpu"``, ``"cuda"``/``"cuda:N"`` or ``"auto"`` (CUDA if available, else CPU) -> a usable torch device."""
     name = str(device)
     if name == "auto":
@@ -151,7 +151,7 @@ def _get_module(model: torch.nn.Module, name: str) -> torch.nn.Module:
     return module
 
 
-def load_language_model(model: str | ModelSpec, device: str | torch.device = "cpu",
+def load_language_model(model: str | ModelSpec, device: str | torch.device = DEFAULT_DEVICE,
                         dtype: str | torch.dtype | None = None) -> LanguageModel:
     """Load a registered model the way brainscore's ``HuggingfaceSubject`` does.
 
@@ -293,7 +293,7 @@ class FeatureExtractor:
         batch_size: sequences per forward pass.
     """
 
-    def __init__(self, model: str | ModelSpec, device: str = "cpu", dtype: str | None = None,
+    def __init__(self, model: str | ModelSpec, device: str = DEFAULT_DEVICE, dtype: str | None = None,
                  batch_size: int = DEFAULT_BATCH_SIZE):
         check_batch_size(batch_size)
         self.lm = load_language_model(model, device=device, dtype=dtype)
@@ -426,7 +426,7 @@ _loaded_lock = threading.Lock()
 _MAX_LOADED = 2
 
 
-def get_extractor(model: str | ModelSpec, device: str = "cpu", dtype: str | None = None,
+def get_extractor(model: str | ModelSpec, device: str = DEFAULT_DEVICE, dtype: str | None = None,
                   batch_size: int = DEFAULT_BATCH_SIZE) -> FeatureExtractor:
     """A process-wide :class:`FeatureExtractor`, loaded once per (model, device, dtype) and reused (LRU of 2)."""
     check_batch_size(batch_size)
@@ -445,7 +445,7 @@ def get_extractor(model: str | ModelSpec, device: str = "cpu", dtype: str | None
 
 
 def extract_features(model_id: str | ModelSpec, sentences: str | Sequence[str], context: str = "sentence",
-                     passages: Sequence[Any] | None = None, device: str = "cpu",
+                     passages: Sequence[Any] | None = None, device: str = DEFAULT_DEVICE,
                      batch_size: int = DEFAULT_BATCH_SIZE, dtype: str | None = None,
                      show_progress: bool = False) -> np.ndarray:
     """Activations of the model's mapped language-system layer, one row per sentence.
@@ -473,7 +473,7 @@ def extract_features(model_id: str | ModelSpec, sentences: str | Sequence[str], 
 
 
 def extract(model: str | ModelSpec, sentences: str | Sequence[str], layers: str | Sequence[str],
-            context: str = "sentence", passages: Sequence[Any] | None = None, device: str = "cpu",
+            context: str = "sentence", passages: Sequence[Any] | None = None, device: str = DEFAULT_DEVICE,
             batch_size: int = DEFAULT_BATCH_SIZE, dtype: str | None = None,
             show_progress: bool = False) -> dict[str, np.ndarray]:
     """Activations of several layers of a model, one row per sentence, from one forward pass per batch.
