@@ -119,6 +119,7 @@ def fit_pls(X: np.ndarray, Y: np.ndarray, n_components: int = 25, scale: bool = 
     x_loadings = np.zeros((p, n_components))
     y_loadings = np.zeros((Y.shape[1], n_components))
     n_iters: list[int] = []
+    unconverged: list[int] = []
     single_target = Y.shape[1] == 1
     for k in range(n_components):
         zero = np.all(np.abs(yk) < 10 * eps, axis=0)
@@ -152,9 +153,7 @@ def fit_pls(X: np.ndarray, Y: np.ndarray, n_components: int = 25, scale: bool = 
             last, a = a, (Sx / xx) / ((x_score @ Sx) / xx**2 + eps)
         else:  # no convergence: sklearn returns the weights of the last iteration (and warns)
             a = last
-            warnings.warn(f"Maximum number of iterations ({max_iter}) reached in PLS component {k}: the weights of "
-                          "the last iteration are used (as sklearn's PLSRegression does)", ConvergenceWarning,
-                          stacklevel=2)
+            unconverged.append(k)
         n_iters.append(iteration + 1)
         x_weights = Xk.T @ (a / np.sqrt(a @ (K @ a)))
         x_weights /= np.sqrt(x_weights @ x_weights) + eps
@@ -174,6 +173,10 @@ def fit_pls(X: np.ndarray, Y: np.ndarray, n_components: int = 25, scale: bool = 
         weights[:, k], x_loadings[:, k], y_loadings[:, k] = x_weights, x_load, y_load
     rotations = weights @ np.linalg.pinv(x_loadings.T @ weights)
     coef = ((rotations @ y_loadings.T) * y_std).T / x_std
+    if unconverged:  # sklearn warns per component; one warning per fit says the same with less noise
+        warnings.warn(f"Maximum number of iterations ({max_iter}) reached in {len(unconverged)} of {n_components} "
+                      f"PLS component(s) ({', '.join(map(str, unconverged))}): the weights of the last iteration "
+                      "are used, as sklearn's PLSRegression does", ConvergenceWarning, stacklevel=2)
     return PLSFit(x_mean=x_mean, coef=coef, intercept=y_mean, n_iter=n_iters)
 
 
@@ -202,9 +205,21 @@ def cross_validated_predictions(X: np.ndarray, Y: np.ndarray, groups: Sequence[A
         raise InvalidInputError(f"{settings.cv_folds}-fold CV needs at least {settings.cv_folds} distinct "
                                 f"{settings.cv_group} groups, found {n_groups}")
     predicted = np.empty_like(Y)
+    unconverged = 0
     for train, test in GroupKFold(n_splits=settings.cv_folds).split(X, Y, groups):
-        fold = fit_pls(X[train], Y[train], settings.n_components, settings.scale, settings.max_iter, settings.tol)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ConvergenceWarning)
+            fold = fit_pls(X[train], Y[train], settings.n_components, settings.scale, settings.max_iter,
+                           settings.tol)
+        unconverged += any(issubclass(w.category, ConvergenceWarning) for w in caught)
+        for w in caught:
+            if not issubclass(w.category, ConvergenceWarning):
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         predicted[test] = fold.predict(X[test])
+    if unconverged:
+        warnings.warn(f"PLS reached max_iter={settings.max_iter} in some component of {unconverged} of "
+                      f"{settings.cv_folds} CV folds (the held-out score uses the last iteration's weights, as "
+                      "sklearn does)", ConvergenceWarning, stacklevel=2)
     return predicted
 
 

@@ -74,8 +74,9 @@ def test_fit_pls_matches_sklearn_when_nipals_hits_max_iter(max_iter):
     with warnings.catch_warnings(record=True) as caught:  # and neither does fit_pls: it warns as sklearn does
         warnings.simplefilter("always")
         fit = fit_pls(X, Y, n_components=25, max_iter=max_iter)
-    warned = [w for w in caught if issubclass(w.category, ConvergenceWarning)]
-    assert len(warned) == sum(n == max_iter for n in reference.n_iter_)  # one per unconverged component
+    warned = [str(w.message) for w in caught if issubclass(w.category, ConvergenceWarning)]
+    unconverged = sum(n == max_iter for n in reference.n_iter_)
+    assert len(warned) == 1 and f"in {unconverged} of 25 PLS component(s)" in warned[0]  # one warning per fit
     _compare(fit, reference, X, X_new)
 
 
@@ -181,3 +182,15 @@ def test_planted_map_recovery_matches_sklearn(gpt2_berg, gpt2_synthetic):
         tolerance = 2 * np.linalg.cond(planted - planted.mean(axis=0)) * np.finfo(np.float32).eps
         assert abs(ours - reference) <= tolerance, (subject, ours, reference)
         assert model.synthetic and model.n_voxels == responses.shape[1]
+
+
+def test_cross_validation_reports_non_convergence_once():
+    rng = np.random.default_rng(5)
+    X, Y = rng.standard_normal((60, 30)), rng.standard_normal((60, 20))
+    groups = np.repeat(np.arange(12), 5)
+    settings = PLSSettings(n_components=10, max_iter=2, cv_folds=4)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cross_validated_r(X, Y, groups, settings)
+    warned = [str(w.message) for w in caught if issubclass(w.category, ConvergenceWarning)]
+    assert len(warned) == 1 and "of 4 CV folds" in warned[0], warned
