@@ -106,7 +106,7 @@ def test_verbose_demo_shows_the_third_party_lines(demo_runs):
                      "Ray: token-authentication banner", "Ray: 'Started a local Ray instance'",
                      "any INFO line in berg-ray's log format"):
         assert expected in shown, run.stderr[-4000:]
-    assert re.search(r"INFO berg_ray\.distributed: minilm-l6: 9 subject\(s\) loaded from cache", run.stderr)
+    assert len(re.findall(r"INFO berg_ray\.fitting: minilm-l6 subject \d{3}: loaded from cache", run.stderr)) == 9
 
 
 # ----------------------------------------------------------------------------------------- berg-ray encode-corpus
