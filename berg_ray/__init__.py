@@ -31,6 +31,7 @@ _EXPORTS = {
     "EncodingModelStore": "berg_ray.store",
     "fit_subjects": "berg_ray.distributed",
     "encode_corpus": "berg_ray.corpus",
+    "rank_sentences": "berg_ray.ranking",
     "run_sweep": "berg_ray.sweep",
 }
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from berg_ray.delegated import control_note
 from berg_ray.encoding_model import EncodingModel
 from berg_ray.errors import InvalidInputError
 from berg_ray.features import extract, resolve_device
@@ -154,4 +155,6 @@ def encode_metadata(model: EncodingModel, n_sentences: int) -> dict[str, Any]:
         "versions": package_versions(),
         "device": model.device,
         "dtype": model.dtype,
+        # a control model (OASM, random embedding) encodes no linguistic content: say so beside its predictions
+        "control_model": control_note(model.request.spec) if model.request is not None else None,
     }

@@ -5,6 +5,8 @@
     berg-ray fit MODEL --subjects all|018 199 ... [--dataset D] [--cache DIR_OR_S3] [--context C]
     berg-ray encode MODEL --subject S (--text T ... | --input FILE) --out FILE.parquet|.npy
     berg-ray encode-corpus MODEL --input PATH_OR_GLOB --output DIR [--subjects ...] [--overwrite]
+        [--write voxels rois] [--predictions-dtype float32|float16]
+    berg-ray rank OUTPUT [--by network|ROI] [--subject all|S] [--top N] [--bottom N] [--out DIR]
     berg-ray sweep --models M ... --out DIR [--layers mapped|all] [--contexts sentence passage]
     berg-ray demo [--dataset synthetic|brainscore|PATH] [--model MODEL] [--out DIR]
 """
@@ -17,6 +19,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from berg_ray import options
 from berg_ray.errors import BergRayError
@@ -37,8 +40,9 @@ def _add_common(parser: argparse.ArgumentParser, subjects: bool = True) -> None:
                         help="context policy (default: %(default)s)")
     parser.add_argument("--n-components", type=int, default=25, help="PLS components (default: %(default)s)")
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default: %(default)s)")
-    parser.add_argument("--dtype", default=None, choices=options.DTYPES,
-                        help="forward-pass precision (default: float32)")
+    parser.add_argument("--dtype", default=None, choices=options.DTYPE_CHOICES,
+                        help="forward-pass precision (default: float32); auto: bfloat16 on GPUs and on CPUs with "
+                             "AVX512-BF16 or AMX, float32 elsewhere")
     parser.add_argument("--batch-size", type=int, default=32, help="sequences per forward pass")
     if subjects:
         parser.add_argument("--subjects", nargs="+", default=["all"], help="'all' or subject ids (e.g. 018 199)")
@@ -91,7 +95,28 @@ def build_parser() -> argparse.ArgumentParser:
     corpus.add_argument("--num-extractors", type=int, default=1)
     corpus.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per extractor actor (fractional ok)")
     corpus.add_argument("--address", default=None, help="Ray address (default: $RAY_ADDRESS or a local Ray)")
+    from berg_ray.reductions import OUTPUT_KINDS, PREDICTION_DTYPES
+
+    corpus.add_argument("--write", nargs="+", default=["voxels"], choices=OUTPUT_KINDS,
+                        help="outputs: voxels (every voxel's prediction) and/or rois (network and per-ROI means "
+                             "per sentence and subject; rois alone never predicts a voxel) (default: voxels)")
+    corpus.add_argument("--predictions-dtype", default="float32", choices=PREDICTION_DTYPES,
+                        help="element type of the voxel output; float16 halves it, the manifest records the "
+                             "largest rounding error (default: %(default)s)")
     _add_common(corpus)
+
+    rank = sub.add_parser("rank", help="list the sentences of a corpus output with the highest and lowest "
+                                       "predicted response (drive / suppress)")
+    rank.add_argument("output", help="a finished encode-corpus output folder, local or s3://")
+    rank.add_argument("--by", default="network", help="'network' or an ROI name of the output (default: network)")
+    rank.add_argument("--subject", default="all",
+                      help="a subject of the output, or 'all': the mean over its subjects (default: all)")
+    rank.add_argument("--top", type=int, default=100, help="sentences with the highest score (default: 100)")
+    rank.add_argument("--bottom", type=int, default=100, help="sentences with the lowest score (default: 100)")
+    rank.add_argument("--source", default="auto", choices=("auto", "rois", "voxels"),
+                      help="read the ROI output or reduce the voxel output (default: auto, rois when present)")
+    rank.add_argument("--out", default="rank",
+                      help="folder for rank.csv, rank.parquet, rank.png and report.md (default: %(default)s)")
 
     sweep = sub.add_parser("sweep", help="score a model × layer × context × subject grid")
     sweep.add_argument("--models", nargs="+", required=True)
@@ -126,15 +151,24 @@ def _cmd_models(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([s.to_dict() for s in specs], indent=2))
         return 0
-    rows = [(s.model_id, s.source or "-", s.layer or "-", "yes" if s.supported else f"no: {s.reason}")
-            for s in specs]
-    header = ("model id", "hub id / folder", "layer", "supported")
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(3)]
-    print("  ".join(h.ljust(w) for h, w in zip(header, [*widths, 0])))
+    def note(spec: Any) -> str:
+        if not spec.supported:
+            return spec.reason
+        if spec.control:
+            return "control model: its features encode no linguistic content (run through brainscore's subject)"
+        return "run through brainscore's own subject" if spec.kind == "delegated" else ""
+
+    rows = [(s.model_id, s.source or "-", s.layer or "-", s.status, note(s)) for s in specs]
+    header = ("model id", "hub id / folder", "layer", "status", "needs / notes")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
+    print("  ".join(h.ljust(w) for h, w in zip(header, [*widths, 0])).rstrip())
     for row in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(row, [*widths, 0])))
+        print("  ".join(c.ljust(w) for c, w in zip(row, [*widths, 0])).rstrip())
+    counts = {status: sum(s.status == status for s in specs) for status in options.MODEL_STATUSES}
     print(f"\n{sum(s.supported for s in specs)} runnable model(s)"
-          + ("" if args.all else "; --all lists the registrations that cannot run"))
+          + ("" if args.all else "; --all lists the registrations that cannot run here, and what each needs"))
+    if args.all:
+        print("by status: " + ", ".join(f"{status} {n}" for status, n in counts.items() if n))
     return 0
 
 
@@ -188,18 +222,35 @@ def _cmd_encode(args: argparse.Namespace) -> int:
 def _cmd_encode_corpus(args: argparse.Namespace) -> int:
     from berg_ray.corpus import encode_corpus, list_inputs
     from berg_ray.distributed import init_ray
+    from berg_ray.reductions import check_output_options
     from berg_ray.validation import check_corpus_arguments
 
     check_corpus_arguments(subjects=args.subjects, n_components=args.n_components, batch_size=args.batch_size,
                            device=args.device, num_extractors=args.num_extractors, num_gpus=args.num_gpus,
                            output=args.output, dataset=args.dataset, cli=True)
+    check_output_options(args.write, args.predictions_dtype, cli=True)
     list_inputs(args.input)  # a missing or empty input fails before Ray starts
     init_ray(args.address)
     summary = encode_corpus(args.model, args.input, args.output, subjects=args.subjects, dataset=args.dataset,
                             cache=args.cache, context=args.context, batch_size=args.batch_size,
                             num_extractors=args.num_extractors, num_gpus=args.num_gpus, device=args.device,
-                            dtype=args.dtype, n_components=args.n_components, overwrite=args.overwrite)
+                            dtype=args.dtype, n_components=args.n_components, overwrite=args.overwrite,
+                            write=args.write, predictions_dtype=args.predictions_dtype)
     print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+def _cmd_rank(args: argparse.Namespace) -> int:
+    from berg_ray.ranking import rank_corpus, write_rank_outputs
+
+    result = rank_corpus(args.output, by=args.by, subject=args.subject, top=args.top, bottom=args.bottom,
+                         source=args.source)
+    written = write_rank_outputs(result, args.out)
+    if result.synthetic:
+        print("*** SYNTHETIC DATA: the encoding models were trained on a planted map, not on brain responses ***")
+    print(result.table.to_string(index=False, max_colwidth=60))
+    print(f"\nranked {result.n_sentences} sentences by {result.by} ({result.subject}) in {result.seconds:.2f} s; "
+          f"wrote {', '.join(written)}")
     return 0
 
 
@@ -231,7 +282,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"models": _cmd_models, "register": _cmd_register, "fit": _cmd_fit, "encode": _cmd_encode,
-            "encode-corpus": _cmd_encode_corpus, "sweep": _cmd_sweep, "demo": _cmd_demo}
+            "encode-corpus": _cmd_encode_corpus, "rank": _cmd_rank, "sweep": _cmd_sweep, "demo": _cmd_demo}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -18,7 +18,9 @@ the duplicate ids and per-part summaries (the id index is hash-partitioned over 
 
 Output folder::
 
-    predictions/subject-018/part-<id>.parquet   sentence_id, subject, responses (fixed_size_list<float32>)
+    predictions/subject-018/part-<id>.parquet   sentence_id, subject, responses (fixed_size_list<float32|float16>)
+    rois/part-<id>.parquet                      sentence_id, subject, network, <ROI>... (write=("rois", ...))
+    sentences/part-<id>.parquet                 sentence_id, sentence (what ranking lists)
     bad_rows.parquet                            source, row, sentence_id, reason, value
     voxels.parquet                              subject, voxel_index, neuroid_id, roi, coordinates
     parts.parquet                               the planned parts in input order: part_id, source, path, rows, counts
@@ -54,9 +56,20 @@ import pyarrow.parquet as pq
 from berg_ray.encoding_model import EncodingModel, StackedPredictor
 from berg_ray.errors import InvalidInputError
 from berg_ray.corpus_io import INPUT_SUFFIXES, parse_lines, parse_records
-from berg_ray.features import FeatureExtractor
+from berg_ray.corpus_outputs import (
+    PartWriter,
+    expected_rows,
+    manifest_outputs,
+    model_voxel_rois,
+    output_folders,
+    read_manifest,
+    request_outputs,
+)
+from berg_ray import model_status
+from berg_ray.features import make_extractor
 from berg_ray.fsio import FileRoot
 from berg_ray.provenance import package_versions
+from berg_ray.reductions import DEFAULT_OUTPUTS, DEFAULT_PREDICTION_DTYPE, RoiReduction, check_output_options
 from berg_ray.registry import ModelSpec
 from berg_ray.request import ModelRequest, cache_key
 
@@ -64,12 +77,12 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_ROWS_PER_PART = 2048
 #: bump when the output layout or the meaning of a part changes: older outputs are then refused, never resumed
-CORPUS_FORMAT_VERSION = 2
+CORPUS_FORMAT_VERSION = 3
 #: hex characters of a part id (64 bits: no collision to expect among millions of parts)
 PART_ID_CHARS = 16
 #: what the pipeline writes into an output folder; overwrite removes these and nothing else (claims first)
-OUTPUT_NAMES = ("_request.json", "_manifest.json", "_parts", "parts.parquet", "predictions", "_bad_rows",
-                "bad_rows.parquet", "voxels.parquet")
+OUTPUT_NAMES = ("_request.json", "_manifest.json", "_parts", "parts.parquet", "predictions", "rois", "sentences",
+                "_bad_rows", "bad_rows.parquet", "voxels.parquet")
 #: the duplicate-id index: rows read per index task, rows per hash bucket (one task each), most buckets
 ID_INDEX_ROWS_PER_TASK = 500_000
 ID_INDEX_ROWS_PER_BUCKET = 4_000_000
@@ -115,6 +128,10 @@ class Part:
             (Parquet); checked again when the part is read.
         duplicates: JSON list of ``[row, sentence_id, first path, first row]``: rows whose id an earlier row of
             the corpus already carries (they become bad rows); ``""`` when none.
+        may_carry_ids: whether rows of the file can carry an explicit ``id`` (seen while planning: a Parquet
+            ``id`` column; in JSON lines, the text ``"id"`` or a ``\\u`` escape anywhere in the file); None:
+            unknown (:func:`mark_duplicate_ids` looks). Files without ids skip the duplicate-id index. Not part of
+            the identity: it follows from the bytes the fingerprint covers.
     """
 
     part_id: str
@@ -126,6 +143,7 @@ class Part:
     byte_end: int = -1
     fingerprint: str = ""
     duplicates: str = ""
+    may_carry_ids: bool | None = None
 
     def identity(self) -> dict[str, Any]:
         """Everything that decides this part's output rows, given the request (not where it sits in the plan)."""
@@ -141,8 +159,9 @@ def part_id(identity: dict[str, Any]) -> str:
 
 
 def _new_part(source: str, path: str, row_start: int, n_rows: int, byte_start: int = -1, byte_end: int = -1,
-              fingerprint: str = "") -> Part:
-    part = Part("", source, path, row_start, n_rows, byte_start, byte_end, fingerprint)
+              fingerprint: str = "", may_carry_ids: bool | None = None) -> Part:
+    part = Part("", source, path, row_start, n_rows, byte_start, byte_end, fingerprint,
+                may_carry_ids=may_carry_ids)
     return dataclasses.replace(part, part_id=part_id(part.identity()))
 
 
@@ -245,18 +264,24 @@ def plan_parts(files: Sequence[str], rows_per_part: int, whole_files: bool = Fal
         if suffix == ".parquet":
             fingerprint = file_fingerprint(source)
             with fsspec.open(source, "rb") as handle:
-                total = pq.ParquetFile(handle).metadata.num_rows
+                parquet = pq.ParquetFile(handle)
+                total, has_ids = parquet.metadata.num_rows, "id" in parquet.schema_arrow.names
             step = max(total, 1) if whole_files else rows_per_part
             for start in range(0, total, step):
-                parts.append(_new_part(source, path, start, min(step, total - start), fingerprint=fingerprint))
+                parts.append(_new_part(source, path, start, min(step, total - start), fingerprint=fingerprint,
+                                       may_carry_ids=has_ids))
             continue
-        # text formats: one pass recording the byte offset where each part starts and a sha256 of its bytes
+        # text formats: one pass recording the byte offset where each part starts and a sha256 of its bytes, and
+        # (JSON lines) whether any row can name an id: a key "id", or one spelled with a \u escape
         offset, row, start_byte, start_row, digest = 0, 0, 0, 0, hashlib.sha256()
+        first, look_for_ids, has_ids = len(parts), suffix == ".jsonl", False
         with fsspec.open(source, "rb") as handle:
             for line in handle:
                 offset += len(line)
                 row += 1
                 digest.update(line)
+                if look_for_ids and (b'"id"' in line or b"\\u" in line):
+                    look_for_ids, has_ids = False, True
                 if not whole_files and row - start_row == rows_per_part:
                     parts.append(_new_part(source, path, start_row, row - start_row, start_byte, offset,
                                            f"sha256:{digest.hexdigest()}"))
@@ -264,6 +289,7 @@ def plan_parts(files: Sequence[str], rows_per_part: int, whole_files: bool = Fal
         if row > start_row:
             parts.append(_new_part(source, path, start_row, row - start_row, start_byte, offset,
                                    f"sha256:{digest.hexdigest()}"))
+        parts[first:] = [dataclasses.replace(p, may_carry_ids=has_ids) for p in parts[first:]]
     return parts
 
 
@@ -406,7 +432,8 @@ def mark_duplicate_ids(parts: Sequence[Part], files: Sequence[str]) -> list[Part
     import ray
 
     order = {source: k for k, source in enumerate(files)}
-    carries = {source: _carries_ids(source) for source in dict.fromkeys(p.source for p in parts)}
+    known = {p.source: p.may_carry_ids for p in parts}  # the same for every part of a file
+    carries = {source: _carries_ids(source) if flag is None else flag for source, flag in known.items()}
     indexed = [p for p in parts if carries[p.source]]
     if not indexed:
         return list(parts)
@@ -461,11 +488,18 @@ class PartEncoder:
     """
 
     def __init__(self, request: ModelRequest, predictor: StackedPredictor, output: str, device: str,
-                 request_sha256: str = ""):
+                 request_sha256: str = "", writer: PartWriter | None = None):
+        from berg_ray.distributed import use_assigned_cpus
+
+        use_assigned_cpus()  # torch threads = the CPUs this actor holds (before the model's first op)
         self.request = request
-        self.extractor = FeatureExtractor(request.spec, device=device, dtype=request.dtype,
+        self.extractor = make_extractor(request.spec, device=device, dtype=request.dtype,
                                           batch_size=request.batch_size)
+        # The first extraction imports brainscore's preprocessing and warms the tokenizer and the allocator (~1 s
+        # of CPU): a start-up cost, paid here rather than inside the first part.
+        self.extractor.extract(["A sentence to warm up with."], [request.layer])
         self.predictor = predictor
+        self.writer = writer if writer is not None else PartWriter(predictor)  # default: the voxel output
         self.output = FileRoot(output)
         self.context = request.context
         self.request_sha256 = request_sha256
@@ -478,22 +512,15 @@ class PartEncoder:
                      "reason": "no 'passage' field (context='passage' needs one per sentence)",
                      "value": r["sentence"][:200]} for r in good if r["passage"] is None]
             good = [r for r in good if r["passage"] is not None]
-        n_written, files = 0, {}
+        n_written, files, written = 0, {}, {}
         if good:
             sentences = [r["sentence"] for r in good]
             passages = [r["passage"] for r in good] if self.context == "passage" else None
             layer = self.request.layer
             features = self.extractor.extract(sentences, [layer], context=self.context, passages=passages)[layer]
-            predicted = self.predictor.predict(features)
-            ids = pa.array([r["sentence_id"] for r in good], type=pa.string())
-            for subject, (lo, hi) in self.predictor.slices.items():
-                block = np.ascontiguousarray(predicted[:, lo:hi])
-                table = pa.table({
-                    "sentence_id": ids,
-                    "subject": pa.array([subject] * len(good), type=pa.string()),
-                    "responses": pa.FixedSizeListArray.from_arrays(pa.array(block.reshape(-1)), hi - lo),
-                })
-                files.update(self._write(f"predictions/subject-{subject}/part-{part.part_id}.parquet", table))
+            # voxels, ROI means and sentences, as the request's outputs say (berg_ray.corpus_outputs)
+            written = self.writer.write_part(self.output, part.part_id, good, features)
+            files.update(written["files"])
             n_written = len(good)
         if bad:
             files.update(self._write(f"_bad_rows/part-{part.part_id}.parquet",
@@ -501,7 +528,7 @@ class PartEncoder:
         summary = {"part_id": part.part_id, "source": part.source, "n_rows": part.n_rows, "n_written": n_written,
                    "n_bad": len(bad), "seconds": time.perf_counter() - started}
         marker = {**summary, "request": self.request_sha256, "input": part.identity(),
-                  "files": files}
+                  "files": files, "rows": written.get("rows", {}), "rounding": written.get("rounding")}
         # The marker goes last: a part is finished only when everything above is in place.
         self.output.write(self.output.path("_parts", f"part-{part.part_id}.json"), json.dumps(marker).encode())
         return summary
@@ -534,7 +561,8 @@ def encode_corpus(model_id: str | ModelSpec | ModelRequest, input: str, output: 
                   batch_size: int = 32, num_extractors: int = 1, num_gpus: float = 0.0, device: str = "auto",
                   dtype: str | None = None, n_components: int = 25, rows_per_part: int = DEFAULT_ROWS_PER_PART,
                   num_cpus_per_extractor: float | None = None, show_progress: bool = True,
-                  overwrite: bool = False) -> dict[str, Any]:
+                  overwrite: bool = False, write: str | Iterable[str] = DEFAULT_OUTPUTS,
+                  predictions_dtype: str = DEFAULT_PREDICTION_DTYPE) -> dict[str, Any]:
     """Predict every sentence of a corpus for ``subjects`` on Ray Data; returns the manifest.
 
     Args:
@@ -554,11 +582,17 @@ def encode_corpus(model_id: str | ModelSpec | ModelRequest, input: str, output: 
             is one part, so passages are never split) or ``"running"`` (one running context per file).
         num_extractors: actors in the pool; each loads the model once.
         num_gpus: GPUs per actor (fractions let small models share a GPU); 0 = CPU.
+        write: the outputs: ``"voxels"`` (every voxel's prediction, ``predictions/``) and/or ``"rois"`` (per
+            sentence and subject, the mean over the network and over each ROI, ``rois/``: computed from the
+            features through the folded map, so ``("rois",)`` alone never predicts a voxel). The sentences
+            (``sentences/``) and bad rows are always written.
+        predictions_dtype: ``"float32"`` or ``"float16"`` (half the voxel output; the manifest's ``rounding``
+            records the largest rounding error measured).
     """
     import ray
     from ray.data import ActorPoolStrategy
 
-    from berg_ray.distributed import RayExecutor, actor_resources, as_store, init_ray
+    from berg_ray.distributed import RayExecutor, actor_resources, as_store, init_ray, request_for_actors
     from berg_ray.fitting import fit_subjects, resolve_subjects
     from berg_ray.neural import dataset_cache_dir, load_pereira
     from berg_ray.regression import PLSSettings
@@ -567,6 +601,7 @@ def encode_corpus(model_id: str | ModelSpec | ModelRequest, input: str, output: 
     check_corpus_arguments(subjects=subjects, n_components=n_components, batch_size=batch_size, device=device,
                            num_extractors=num_extractors, num_gpus=num_gpus, rows_per_part=rows_per_part,
                            num_cpus_per_extractor=num_cpus_per_extractor, output=output, dataset=dataset)
+    writes = check_output_options(write, predictions_dtype)
     model_request = model_id if isinstance(model_id, ModelRequest) else ModelRequest.build(
         model_id, context=context, dtype=dtype, batch_size=batch_size, device=device)
     spec = model_request.spec
@@ -574,11 +609,14 @@ def encode_corpus(model_id: str | ModelSpec | ModelRequest, input: str, output: 
     init_ray()
     started = time.perf_counter()
     resources, torch_device = actor_resources(num_gpus, num_cpus_per_extractor, model_request.device)
+    if not isinstance(model_id, ModelRequest):  # dtype="auto": the precision of the actors' device, not the driver's
+        model_request = request_for_actors(model_request, dtype, resources["num_gpus"])
     assembly = load_pereira(dataset, cache_dir=dataset_cache_dir(cache) if cache else None)
     settings = PLSSettings(n_components=n_components)
     cache_keys = {s: model_request.cache_key(s, assembly.sha256, settings)
                   for s in resolve_subjects(assembly, subjects)}
-    request = corpus_request(model_request, cache_keys, assembly.sha256, settings.to_dict(), input, rows_per_part)
+    request = corpus_request(model_request, cache_keys, assembly.sha256, settings.to_dict(), input, rows_per_part,
+                             outputs=writes, output_dtype=predictions_dtype)
     out = FileRoot(output)
     resuming = check_output(out, request) if not overwrite else False  # refuse before any fitting or writing
     models = fit_subjects(model_request, assembly, list(cache_keys), settings=settings, store=as_store(cache),
@@ -587,17 +625,18 @@ def encode_corpus(model_id: str | ModelSpec | ModelRequest, input: str, output: 
         raise RuntimeError(f"encoding models have cache keys {[m.cache_key for m in models.values()]}, the request "
                            f"{list(cache_keys.values())}")
     predictor = StackedPredictor.from_models(models)
+    writer = PartWriter(predictor, writes, predictions_dtype, model_voxel_rois(models) if "rois" in writes else None)
     if overwrite:
         remove_output(out)
     if not resuming:
         out.write(out.path("_request.json"), json.dumps(request, indent=2).encode())
     root = input_root(input)
-    parts = plan_parts(files, rows_per_part, whole_files=model_request.context != "sentence", root=root)
+    parts = plan_parts(files, rows_per_part, whole_files=whole_file_parts(model_request), root=root)
     parts = mark_duplicate_ids(parts, files)
     finished = {name[len("part-"):-len(".json")] for name in out.listdir(out.path("_parts"))
                 if name.endswith(".json")}
     todo = [p for p in parts if p.part_id not in finished]
-    stale = _unplanned_files(out, {p.part_id for p in parts}, list(models))
+    stale = _unplanned_files(out, {p.part_id for p in parts}, list(models), request["outputs"])
     logger.info("%d input file(s), %d part(s): %d already finished, %d to encode", len(files), len(parts),
                 len(parts) - len(todo), len(todo))
     if todo or stale:  # the output is about to change: withdraw the manifest first (readers need it)
@@ -611,9 +650,11 @@ def encode_corpus(model_id: str | ModelSpec | ModelRequest, input: str, output: 
     if todo:
         ds = ray.data.from_items([asdict(p) for p in todo], override_num_blocks=max(1, len(todo)))
         ds = ds.map_batches(
-            PartEncoder, batch_size=1, compute=ActorPoolStrategy(size=num_extractors),
+            # one part at a time per actor: a part queued behind another on a busy actor would wait while an idle
+            # actor has nothing (the tail of a run); a part descriptor is tiny, so nothing is lost by not prefetching
+            PartEncoder, batch_size=1, compute=ActorPoolStrategy(size=num_extractors, max_tasks_in_flight_per_actor=1),
             fn_constructor_kwargs=dict(request=model_request, predictor=predictor, output=output,
-                                       device=torch_device, request_sha256=request_sha256(request)),
+                                       device=torch_device, request_sha256=request_sha256(request), writer=writer),
             **resources)
         rows = ds.iter_rows()  # summaries only; the data went to the output folder
         if show_progress:
@@ -630,14 +671,26 @@ def encode_corpus(model_id: str | ModelSpec | ModelRequest, input: str, output: 
 # The request an output folder holds
 
 
+def whole_file_parts(request: ModelRequest) -> bool:
+    """Whether every input file is one part: under a ``passage`` or ``running`` context (contexts never cross a part),
+    and for a stateful delegated model (OASM, lm1b: each ``digest_text`` call depends on the calls before it), whose
+    features are then those of one extraction over the whole file, whichever actor encodes it and however many
+    there are (each part gets a fresh subject; see :mod:`berg_ray.delegated`)."""
+    return request.context != "sentence" or (request.spec.kind == "delegated"
+                                             and model_status.is_stateful(request.spec.source))
+
+
 def corpus_request(model: ModelRequest, cache_keys: dict[str, str], dataset_sha256: str, pls: dict[str, Any],
-                   input: str, rows_per_part: int) -> dict[str, Any]:
+                   input: str, rows_per_part: int, outputs: Sequence[str] = DEFAULT_OUTPUTS,
+                   output_dtype: str = DEFAULT_PREDICTION_DTYPE) -> dict[str, Any]:
     """The identity of an :func:`encode_corpus` request: everything that decides which rows are written and their
     values, except the input's content (each part's id covers that). Two requests are the same iff equal.
 
     ``cache_keys``: subject -> encoding-model cache key (in the requested order); the keys already cover the model
     weights, layer, tokenizer, context, dtype, dataset sha256 and PLS settings, which are repeated here so that a
-    refusal can say which of them changed.
+    refusal can say which of them changed. ``outputs``: what ``write`` asked for (``"voxels"``, ``"rois"``, checked
+    by :func:`~berg_ray.reductions.check_output_options`); ``output_dtype``: the voxel output's element type (None
+    without a voxel output).
     """
     request = {
         "format": CORPUS_FORMAT_VERSION,
@@ -650,9 +703,9 @@ def corpus_request(model: ModelRequest, cache_keys: dict[str, str], dataset_sha2
         "dataset_sha256": dataset_sha256,
         "pls": pls,
         "input": normalize_input(input),
-        "rows_per_part": rows_per_part if model.context == "sentence" else None,  # other contexts: one part per file
-        "outputs": ["predictions", "bad_rows"],
-        "output_dtype": "float32",
+        "rows_per_part": None if whole_file_parts(model) else rows_per_part,  # else one part per file
+        "outputs": request_outputs(outputs),
+        "output_dtype": output_dtype if "voxels" in outputs else None,
         "cache_keys": dict(cache_keys),
     }
     return json.loads(json.dumps(request))  # as it reads back from _request.json
@@ -735,17 +788,19 @@ def remove_output(out: FileRoot) -> None:
         _remove(out, name)
 
 
-def _unplanned_files(out: FileRoot, planned: set[str], subjects: list[str]) -> list[str]:
-    """Paths (relative to ``out``) of markers, predictions and bad rows that belong to no planned part, or to no
-    requested subject (markers first: a marker never outlives its data)."""
-    folders = ["_parts", *(f"predictions/{name}" for name in out.listdir(out.path("predictions"))), "_bad_rows"]
-    wanted = {f"predictions/subject-{s}" for s in subjects}
+def _unplanned_files(out: FileRoot, planned: set[str], subjects: list[str],
+                     outputs: Sequence[str] = request_outputs(DEFAULT_OUTPUTS)) -> list[str]:
+    """Paths (relative to ``out``) of markers, outputs (predictions, rois, sentences) and bad rows that belong to
+    no planned part, to no requested subject or to no requested output (markers first: a marker never outlives its
+    data)."""
+    folders = ["_parts", *(f"predictions/{name}" for name in out.listdir(out.path("predictions"))), "rois",
+               "sentences", "_bad_rows"]
+    wanted = {"_parts", "_bad_rows", *output_folders(subjects, outputs)}
     stale = []
     for folder in folders:
         for name in out.listdir(out.path(folder)):
             match = re.fullmatch(r"part-([0-9a-f]+)\.(json|parquet)", name)
-            keep = match is not None and match.group(1) in planned and (
-                not folder.startswith("predictions/") or folder in wanted)
+            keep = match is not None and match.group(1) in planned and folder in wanted
             if not keep:  # (also a temporary file left by a killed writer)
                 stale.append(f"{folder}/{name}")
     return stale
@@ -780,10 +835,11 @@ def _finish(out: FileRoot, spec: ModelSpec, models: dict[str, EncodingModel], pa
             context: str, files: list[str], input: str, request: dict[str, Any], started: float) -> dict[str, Any]:
     """Check every planned part against what is on disk, then write bad_rows.parquet, parts.parquet and (last)
     the manifest, counted from the planned parts' markers and files only."""
-    for path in _unplanned_files(out, {p.part_id for p in parts}, list(models)):
+    outputs = request["outputs"]
+    for path in _unplanned_files(out, {p.part_id for p in parts}, list(models), outputs):
         _remove(out, path)  # nothing but the planned parts may remain (a reader of the folder sees only them)
     digest = request_sha256(request)
-    sizes = {folder: _sizes(out, folder) for folder in [*(f"predictions/subject-{s}" for s in models), "_bad_rows"]}
+    sizes = {folder: _sizes(out, folder) for folder in [*output_folders(list(models), outputs), "_bad_rows"]}
     summaries, bad_tables = [], []
     for part in parts:
         where = f"part {part.part_id} ({part.path} rows {part.row_start}–{part.row_start + part.n_rows - 1})"
@@ -793,11 +849,11 @@ def _finish(out: FileRoot, spec: ModelSpec, models: dict[str, EncodingModel], pa
         marker = json.loads(out.read(marker_path))
         if marker.get("request") != digest or marker.get("input") != part.identity():
             raise RuntimeError(f"the marker of {where} records another request or input; rerun with overwrite=True")
-        expected = {f"predictions/subject-{s}/part-{part.part_id}.parquet" for s in models} if marker["n_written"] \
-            else set()
+        rows = expected_rows(part.part_id, list(models), outputs, marker["n_written"])  # every output's rows
+        expected = set(rows)
         if marker["n_bad"]:
             expected.add(f"_bad_rows/part-{part.part_id}.parquet")
-        files_ok = set(marker["files"]) == expected and all(
+        files_ok = set(marker["files"]) == expected and marker.get("rows") == rows and all(
             sizes[posixpath.dirname(name)].get(posixpath.basename(name)) == size
             for name, size in marker["files"].items())
         if not files_ok or marker["n_rows"] != part.n_rows or marker["n_written"] + marker["n_bad"] != part.n_rows:
@@ -831,8 +887,11 @@ def _finish(out: FileRoot, spec: ModelSpec, models: dict[str, EncodingModel], pa
         "dataset_sha256": assembly.sha256, "synthetic": assembly.synthetic, "input": input, "files": files,
         "rows_per_part": request["rows_per_part"], "request_sha256": digest, "parts": "parts.parquet",
         "n_parts": len(parts), "rows_read": n_rows, "sentences_encoded": n_written, "bad_rows": bad.num_rows,
-        "prediction_rows": n_written * len(models), "seconds_this_run": round(time.perf_counter() - started, 2),
-        "versions": package_versions(),
+        "prediction_rows": n_written * len(models) if "voxels" in outputs else 0,
+        "seconds_this_run": round(time.perf_counter() - started, 2), "versions": package_versions(),
+        # per output: files and bytes from the folder listings, rows from the markers checked against them above
+        **manifest_outputs(outputs, request["output_dtype"], summaries, sizes,
+                           RoiReduction.from_voxels(model_voxel_rois(models)) if "rois" in outputs else None),
     }
     if n_written + bad.num_rows != n_rows:
         raise RuntimeError(f"row accounting mismatch: {n_rows} read, {n_written} encoded, {bad.num_rows} bad")
@@ -844,13 +903,16 @@ def _finish(out: FileRoot, spec: ModelSpec, models: dict[str, EncodingModel], pa
 
 def read_predictions(output: str, subject: str) -> pd.DataFrame:
     """One subject's predictions from a finished output folder, in input order: a frame of n_sentences rows with
-    columns sentence_id, subject, responses (float32 arrays of n_voxels). Reads only the planned parts
-    (``parts.parquet``).
+    columns sentence_id, subject, responses (arrays of n_voxels, float32 or float16 as ``predictions_dtype``).
+    Reads only the planned parts (``parts.parquet``).
 
     Raises:
         InvalidInputError: ``output`` has no manifest (the run has not finished: rerun encode_corpus, it resumes),
-            or ``subject`` is not one of its subjects.
+            no voxel output (encoded with ``write=("rois",)``), or ``subject`` is not one of its subjects.
     """
+    if "voxels" not in read_manifest(FileRoot(output))["outputs"]:
+        raise InvalidInputError(f"{output!r} holds no voxel predictions (encoded without write='voxels'); its ROI "
+                                "means: berg_ray.corpus_outputs.read_rois")
     out = FileRoot(output)
     try:
         manifest = json.loads(out.read(out.path("_manifest.json")))

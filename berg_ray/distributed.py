@@ -18,10 +18,12 @@ import torch
 
 from berg_ray.encoding_model import EncodingModel
 from berg_ray.errors import InvalidInputError
-from berg_ray.features import FeatureExtractor, resolve_dtype
+from berg_ray.features import make_extractor, resolve_dtype
 from berg_ray.fitting import fit_encoding_model
 from berg_ray.fitting import fit_subjects as fit_pipeline
 from berg_ray.neural import PereiraAssembly, load_pereira
+from berg_ray.options import AUTO_DTYPE
+from berg_ray.precision import auto_dtype
 from berg_ray.registry import ModelSpec
 from berg_ray.regression import PLSSettings
 from berg_ray.request import ModelRequest
@@ -136,12 +138,45 @@ def _resource_summary() -> str:
                      and "memory" not in k and k != "object_store_memory")
 
 
+def request_for_actors(request: ModelRequest, dtype: str | None, num_gpus: float = 0.0) -> ModelRequest:
+    """``request`` with the user's ``dtype="auto"`` resolved for the device its Ray actors get, before any cache key.
+
+    :meth:`ModelRequest.build` resolved ``"auto"`` for this driver; the actors may run elsewhere: on a GPU
+    (``num_gpus > 0``, or ``device="auto"`` on a cluster with GPUs; see :func:`actor_resources`) it is bfloat16,
+    on CPU it follows this machine's CPU (a local Ray's own; on a cluster of unlike CPU nodes, a node without native
+    bf16 then warns once). Any other ``dtype`` leaves ``request`` as it is. Call after :func:`init_ray`.
+    """
+    if dtype != AUTO_DTYPE:
+        return request
+    _, device = actor_resources(num_gpus, device=request.device)
+    chosen = auto_dtype(device)
+    if chosen != request.dtype:
+        logger.info("dtype 'auto' on the Ray actors' %s: %s", device, chosen)
+    return request.replace(dtype=chosen)
+
+
+def use_assigned_cpus() -> int:
+    """Set torch's intra-op threads to the CPUs Ray assigned to this actor or task (at least 1); returns that number.
+
+    Ray sets ``OMP_NUM_THREADS`` only for some resource shapes (1 for a ``num_cpus=1`` actor, nothing for a GPU
+    actor), and a thread count above the CPUs held makes actors on one node fight for cores.
+    """
+    import ray
+
+    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0) if ray.is_initialized() else 1.0
+    threads = max(1, int(cpus))
+    torch.set_num_threads(threads)
+    return threads
+
+
 class ExtractorActor:
-    """Ray actor around :class:`FeatureExtractor`: the request's model is loaded once, in ``__init__``."""
+    """Ray actor around :class:`FeatureExtractor`: the request's model is loaded once, in ``__init__``; torch uses
+    as many threads as the actor holds CPUs."""
 
     def __init__(self, request: ModelRequest, device: str):
+        use_assigned_cpus()
         self.request = request
-        self.extractor = FeatureExtractor(request.spec, device=device, dtype=request.dtype,
+        self.extractor = make_extractor(request.spec, device=device, dtype=request.dtype,
                                           batch_size=request.batch_size)
 
     def features(self, sentences: Sequence[str], passages: Sequence[Any] | None = None) -> np.ndarray:
@@ -151,7 +186,8 @@ class ExtractorActor:
                                       passages=passages)[layer]
 
     def device(self) -> str:
-        return str(self.extractor.lm.device)
+        lm = getattr(self.extractor, "lm", None)  # a delegated model's subject picks its own device
+        return str(lm.device if lm is not None else self.extractor.device)
 
 
 def fit_task(request: ModelRequest, features: np.ndarray, assembly: PereiraAssembly, subject: str,
@@ -180,7 +216,7 @@ class RayExecutor:
         import ray
 
         resources, torch_device = actor_resources(self.num_gpus, device=request.device)
-        resolve_dtype(request.dtype, torch.device(torch_device))  # a bad dtype fails here, not inside the actor
+        resolve_dtype(request.dtype, torch.device(torch_device), warn=False)  # fails here, not inside the actor
         actor = ray.remote(ExtractorActor).options(**resources).remote(request, torch_device)
         try:
             features_ref = actor.features.remote(list(assembly.sentences), list(assembly.passages))
@@ -231,6 +267,8 @@ def fit_subjects(model_id: str | ModelSpec | ModelRequest, subjects: str | Itera
     request = model_id if isinstance(model_id, ModelRequest) else ModelRequest.build(
         model_id, context=context, dtype=dtype, batch_size=batch_size, device=device)
     init_ray()
+    if not isinstance(model_id, ModelRequest):
+        request = request_for_actors(request, dtype, num_gpus)
     settings = settings or PLSSettings(n_components=n_components)
     assembly = dataset if isinstance(dataset, PereiraAssembly) else load_pereira(dataset)
     return fit_pipeline(request, assembly, subjects, settings=settings, store=as_store(cache),

@@ -35,6 +35,8 @@ import torch
 
 from berg_ray import options
 from berg_ray.errors import DeviceError, InvalidInputError
+from berg_ray.localizer import LOCALIZED_LAYER, language_mask, mask_key_fields
+from berg_ray.precision import resolve_choice, warn_if_slow
 from berg_ray.registry import ModelSpec, get_spec
 from berg_ray.request import DEFAULT_DEVICE, check_context, check_dtype
 from berg_ray.validation import check_batch_size, check_sentences
@@ -112,11 +114,18 @@ def resolve_device(device: str | torch.device = DEFAULT_DEVICE) -> torch.device:
     raise DeviceError(f"unknown device {name!r}; allowed: 'cpu', 'cuda', 'cuda:N', 'auto'")
 
 
-def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    """fp32 unless asked otherwise; half precision only where it runs (bf16 on CPU and GPU, fp16 on GPU)."""
-    dtype = check_dtype(dtype)
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device, warn: bool = True) -> torch.dtype:
+    """fp32 unless asked otherwise; half precision only where it runs (bf16 on CPU and GPU, fp16 on GPU);
+    ``"auto"``: bf16 on a GPU or a CPU with native bf16, else fp32 (:func:`berg_ray.precision.auto_dtype`).
+
+    Call it where the model runs: with ``warn``, bf16 on a CPU without native bf16 (~100× slower than fp32 there)
+    logs a WARNING once per process (:func:`berg_ray.precision.warn_if_slow`).
+    """
+    dtype = resolve_choice(check_dtype(dtype), device.type)
     if dtype == "float16" and device.type == "cpu":
         raise InvalidInputError("dtype 'float16' needs a GPU; on CPU use 'float32' or 'bfloat16'")
+    if warn:
+        warn_if_slow(dtype, device.type)
     return DTYPES[dtype]
 
 
@@ -176,9 +185,10 @@ def load_language_model(model: str | ModelSpec, device: str | torch.device = DEF
         if isinstance(value, int) and value > 0:
             limits.append(value)
     max_length = int(min(limits))
-    loaded = LanguageModel(spec, net, tokenizer, _get_module(net, spec.layer), torch_device, torch_dtype,
+    anchor = spec.hooked_layers[-1]  # a localizer model's spec.layer is the pseudo-layer LOCALIZED_LAYER
+    loaded = LanguageModel(spec, net, tokenizer, _get_module(net, anchor), torch_device, torch_dtype,
                            max_length, causal=False)
-    loaded.causal = _probe_causal(loaded, {spec.layer: loaded.layer})[spec.layer]
+    loaded.causal = _probe_causal(loaded, {anchor: loaded.layer})[anchor]
     logger.info("%s: max length %d tokens, %s attention", spec.model_id, max_length,
                 "causal" if loaded.causal else "bidirectional")
     return loaded
@@ -288,8 +298,9 @@ class FeatureExtractor:
     Args:
         model: registered model id or :class:`ModelSpec`.
         device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"``.
-        dtype: ``None``/``"float32"`` (default), ``"bfloat16"`` or ``"float16"`` (GPU only) for the forward pass;
-            features are always returned as float32.
+        dtype: ``None``/``"float32"`` (default), ``"bfloat16"``, ``"float16"`` (GPU only) or ``"auto"`` (bf16 where
+            the device runs it natively, else float32) for the forward pass; features are always returned as
+            float32.
         batch_size: sequences per forward pass.
     """
 
@@ -298,9 +309,11 @@ class FeatureExtractor:
         check_batch_size(batch_size)
         self.lm = load_language_model(model, device=device, dtype=dtype)
         self.batch_size = batch_size
-        self._lock = threading.Lock()
-        self._modules: dict[str, torch.nn.Module] = {self.spec.layer: self.lm.layer}
-        self._causal: dict[str, bool] = {self.spec.layer: self.lm.causal}  # per layer, probed once
+        self._lock = threading.RLock()  # re-entered when extract() computes the localizer mask
+        anchor = self.spec.hooked_layers[-1]
+        self._modules: dict[str, torch.nn.Module] = {anchor: self.lm.layer}
+        self._causal: dict[str, bool] = {anchor: self.lm.causal}  # per layer, probed once
+        self._mask: np.ndarray | None = None
 
     @property
     def spec(self) -> ModelSpec:
@@ -365,6 +378,44 @@ class FeatureExtractor:
             self._causal.update(_probe_causal(self.lm, unknown))
         return modules, all(self._causal[name] for name in layers)
 
+    def read_last_tokens(self, sequences: Sequence[Sequence[int]], layers: str | Sequence[str],
+                         batch_size: int | None = None) -> dict[str, np.ndarray]:
+        """Each layer's output at the last token of each token-id sequence, read alone (no context, no truncation,
+        no token types): ``{layer: array of shape (n_sequences, n_units) float32}``, rows in input order."""
+        names = check_layers(layers)
+        batch_size = check_batch_size(batch_size or self.batch_size)
+        seqs = [[int(token) for token in seq] for seq in sequences]
+        bad = [i for i, seq in enumerate(seqs) if not 0 < len(seq) <= self.lm.max_length]
+        if not seqs or bad:
+            raise InvalidInputError(f"sequences must be 1 to {self.lm.max_length} token ids each; sequence(s) "
+                                    f"{bad[:5]} are not" if bad else "no token sequences given")
+        out: dict[str, np.ndarray] = {}
+        with self._lock:
+            modules, _ = self._layer_modules(names)
+            order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
+            for start in range(0, len(order), batch_size):
+                batch = order[start: start + batch_size]
+                picked = _read_layers(self.lm, [seqs[i] for i in batch], None, modules, list(range(len(batch))),
+                                      [len(seqs[i]) - 1 for i in batch])
+                for name, values in picked.items():
+                    out.setdefault(name, np.empty((len(seqs), values.shape[1]), dtype=np.float32))[batch] = values
+        return {name: out[name] for name in names}
+
+    def localizer_mask(self) -> np.ndarray:
+        """The functional localizer's units of this localizer model (``spec.localizer_layers``, ``localizer_top_k``;
+        see :mod:`berg_ray.localizer`): array of shape (n_layers, n_units) bool, computed once and cached on disk."""
+        if self.spec.localizer_top_k is None:
+            raise InvalidInputError(f"model {self.spec.model_id!r} is not a localizer model; register one with "
+                                    "register_model(..., layer=[...], localizer_top_k=0.1)")
+        with self._lock:
+            if self._mask is None:
+                fields = mask_key_fields(self.spec.source_fingerprint(), self.spec.localizer_layers,
+                                         self.spec.localizer_top_k, str(self.lm.dtype).removeprefix("torch."),
+                                         self.spec.tokenizer_kwargs)
+                self._mask = language_mask(self.read_last_tokens, self.lm.tokenizer, name=self.spec.name,
+                                           fields=fields)
+            return self._mask
+
     def extract(self, sentences: str | Sequence[str], layers: str | Sequence[str], context: str = "sentence",
                 passages: Sequence[Any] | None = None, show_progress: bool = False,
                 batch_size: int | None = None) -> dict[str, np.ndarray]:
@@ -381,14 +432,22 @@ class FeatureExtractor:
         Returns:
             ``{layer: array of shape (n_sentences, n_units_of_layer) float32}`` in the order of ``layers``, rows in
             input order: each layer's output at each context's last token, equal to the one-layer call on it.
+            For a localizer model, the pseudo-layer ``"localized"`` (its ``spec.layer``) is every localizer layer's
+            output concatenated in hook order and masked by :meth:`localizer_mask`: (n_sentences, n_selected).
         """
         sentences = check_sentences(sentences)  # str, non-empty, UTF-8-encodable; names the bad index
         names = check_layers(layers)
         batch_size = check_batch_size(batch_size or self.batch_size)
         groups = context_groups(len(sentences), context, passages)
         out: dict[str, np.ndarray] = {}
+        localized = LOCALIZED_LAYER in names and self.spec.localizer_top_k is not None
+        kept = [name for name in names if not (localized and name == LOCALIZED_LAYER)]
         with self._lock:  # one forward at a time per model (threads in an actor share it)
-            modules, causal = self._layer_modules(names)
+            columns = {}  # localizer layer -> its selected units, in hook order
+            if localized:
+                columns = {layer: np.flatnonzero(row)
+                           for layer, row in zip(self.spec.localizer_layers, self.localizer_mask())}
+            modules, causal = self._layer_modules(list(dict.fromkeys([*kept, *columns])))
             plan = self._plan(sentences, groups, causal)
             order = sorted(range(len(plan)), key=lambda i: -len(plan[i].ids))
             batches = [order[i: i + batch_size] for i in range(0, len(order), batch_size)]
@@ -407,7 +466,11 @@ class FeatureExtractor:
                         positions.append(position)
                         targets.append(index)
                 picked = _read_layers(self.lm, [s.ids for s in seqs], types, modules, rows, positions)
-                for name, values in picked.items():
+                if columns:  # masked per batch: only the selected units are ever held for all sentences
+                    picked[LOCALIZED_LAYER] = np.concatenate([picked[layer][:, units] for layer, units
+                                                              in columns.items()], axis=1)
+                for name in names:
+                    values = picked[name]
                     if name not in out:
                         out[name] = np.empty((len(sentences), values.shape[1]), dtype=np.float32)
                     out[name][targets] = values
@@ -421,6 +484,20 @@ class FeatureExtractor:
                             show_progress=show_progress, batch_size=batch_size)[self.spec.layer]
 
 
+def make_extractor(model: str | ModelSpec, device: str = DEFAULT_DEVICE, dtype: str | None = None,
+                   batch_size: int = DEFAULT_BATCH_SIZE) -> Any:
+    """The extractor of a model (what actors, fits, the corpus pipeline and sweeps construct): a
+    :class:`FeatureExtractor` for a transformers model, a :class:`berg_ray.delegated.DelegatedExtractor` for a model
+    run through brainscore's own subject (``spec.kind == "delegated"``). Both have ``extract(sentences, layers,
+    context, passages)`` and ``__call__``."""
+    spec = get_spec(model)
+    if spec.kind == "delegated":
+        from berg_ray.delegated import DelegatedExtractor
+
+        return DelegatedExtractor(spec, device=device, dtype=dtype, batch_size=batch_size)
+    return FeatureExtractor(spec, device=device, dtype=dtype, batch_size=batch_size)
+
+
 _loaded: OrderedDict[tuple, FeatureExtractor] = OrderedDict()
 _loaded_lock = threading.Lock()
 _MAX_LOADED = 2
@@ -431,13 +508,15 @@ def get_extractor(model: str | ModelSpec, device: str = DEFAULT_DEVICE, dtype: s
     """A process-wide :class:`FeatureExtractor`, loaded once per (model, device, dtype) and reused (LRU of 2)."""
     check_batch_size(batch_size)
     spec = get_spec(model)
-    key = (spec.model_id, spec.source, spec.layer, spec.revision, str(resolve_device(device)), str(dtype or "float32"))
+    torch_device = resolve_device(device)
+    key = (spec.model_id, spec.source, spec.layer, spec.revision, str(torch_device),
+           str(resolve_dtype(dtype, torch_device, warn=False)), spec.localizer_layers, spec.localizer_top_k)
     with _loaded_lock:
         if key in _loaded:
             _loaded.move_to_end(key)
             extractor = _loaded[key]
         else:
-            extractor = FeatureExtractor(spec, device=device, dtype=dtype, batch_size=batch_size)
+            extractor = make_extractor(spec, device=device, dtype=dtype, batch_size=batch_size)
             _loaded[key] = extractor
             while len(_loaded) > _MAX_LOADED:
                 _loaded.popitem(last=False)
@@ -458,7 +537,7 @@ def extract_features(model_id: str | ModelSpec, sentences: str | Sequence[str], 
         passages: one label per sentence; required for ``context="passage"``.
         device: ``"cpu"``, ``"cuda"`` or ``"auto"``.
         batch_size: sequences per forward pass.
-        dtype: forward-pass precision (``None`` = float32).
+        dtype: forward-pass precision (``None`` = float32; ``"auto"``: bf16 where the device runs it natively).
 
     Returns:
         array of shape (n_sentences, n_units), float32: the layer output at each context's last token.

@@ -84,3 +84,25 @@ def build_bert(folder: str | Path, *, n_layer: int = 2, hidden: int = 32, n_head
                         max_position_embeddings=max_position)
     BertModel(config).eval().save_pretrained(str(folder))
     return folder
+
+
+def build_qwen3(folder: str | Path, *, n_layer: int = 2, hidden: int = 32, n_head: int = 4, n_kv_head: int = 2,
+                max_position: int = 64, corpus: Iterable[str] | None = None, seed: int = 0) -> Path:
+    """Save a randomly initialised ``Qwen3ForCausalLM`` (module names ``model.layers.{i}``, as the hub Qwen3 models
+    that brainscore's ``qwen3-*-loc-10`` read) and a byte-level BPE tokenizer (:func:`build_bpe_tokenizer`) to
+    ``folder``, in float32."""
+    import torch
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_bpe_tokenizer(folder, corpus, model_max_length=max_position)
+    torch.manual_seed(seed)
+    config = Qwen3Config(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=hidden * 2,
+                         num_hidden_layers=n_layer, num_attention_heads=n_head, num_key_value_heads=n_kv_head,
+                         head_dim=hidden // n_head, max_position_embeddings=max_position,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         tie_word_embeddings=True, torch_dtype="float32")
+    Qwen3ForCausalLM(config).eval().save_pretrained(str(folder))
+    logger.info("built Qwen3 (%d layers, width %d, vocab %d) in %s", n_layer, hidden, config.vocab_size, folder)
+    return folder

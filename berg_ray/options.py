@@ -14,10 +14,22 @@ DEFAULT_CONTEXT = "sentence"
 #: forward-pass precisions (names of torch dtypes); float16 needs a GPU
 DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16")
 DEFAULT_DTYPE = "float32"
+#: the dtype choice that picks the fastest precision of the machine the model runs on (:mod:`berg_ray.precision`):
+#: bfloat16 on GPUs and on CPUs with AVX512-BF16/AMX, float32 elsewhere; resolved before any cache key is made
+AUTO_DTYPE = "auto"
+#: what a user may ask for (``--dtype``, ``dtype=``): a precision of :data:`DTYPES` or ``"auto"``
+DTYPE_CHOICES: tuple[str, ...] = (*DTYPES, AUTO_DTYPE)
 
 #: scoring protocols of a sweep (:data:`berg_ray.sweep.protocols.SCORERS` holds one scorer per name)
-PROTOCOLS: tuple[str, ...] = ("pls-groupkfold", "brainscore-linear")
+PROTOCOLS: tuple[str, ...] = ("pls-groupkfold", "brainscore-linear", "brainscore-ridge")
 DEFAULT_PROTOCOL = "pls-groupkfold"
+
+#: what berg-ray can do with a registered model (``berg-ray models --all``; :mod:`berg_ray.model_status`): run it;
+#: run it once its weights are in place; once a Python dependency is installed; once a container runtime (docker or
+#: singularity) and the model's image are there; never (a behaviour-only subject records no neural output); or not
+#: at all (a registration berg-ray does not know how to run)
+MODEL_STATUSES: tuple[str, ...] = ("runnable", "needs-weights", "needs-dependency", "needs-container",
+                                   "behaviour-only", "unsupported")
 
 #: device names; ``cuda:N`` picks one GPU of several
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")

@@ -5,6 +5,9 @@
   interquartile range across subjects shaded and the registry's mapped layer starred;
 * ``roi_bars.png``: median r per ROI (median over subjects) at each model's best layer.
 
+and of a corpus ranking (``berg-ray rank``): ``rank.png`` (:func:`plot_rank`), the score distribution with the top and
+bottom sentences marked beside their network and ROI profile.
+
 Each ``plot_*`` function draws into ``target`` (a path or a binary file object); :func:`render_plots` returns the
 three PNGs as bytes, for the sweep to store wherever its output lives (local or ``s3://``). Everything says
 SYNTHETIC when the data are synthetic.
@@ -188,3 +191,52 @@ def render_plots(table: pd.DataFrame, summary: pd.DataFrame, synthetic: bool) ->
         plot(table, summary, buffer, synthetic)
         rendered[name] = (filename, buffer.getvalue())
     return rendered
+
+
+def plot_rank(counts: np.ndarray, edges: np.ndarray, table: pd.DataFrame, profiles: pd.DataFrame, by: str,
+              who: str, synthetic: bool, target: Target) -> Target:
+    """A corpus ranking (:mod:`berg_ray.ranking`): left, the distribution of every sentence's score (``counts`` in
+    the bins ``edges``) with the top and bottom sentences marked; right, the mean profile over network and ROIs
+    (± SD) of the top vs the bottom sentences (``profiles``: one row per row of ``table``, one column per value)."""
+    plt = _pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.6), layout="constrained",
+                                      gridspec_kw={"width_ratios": [1.1, 1]})
+    colors = {"top": "tab:red", "bottom": "tab:blue"}
+    filled = np.flatnonzero(counts)
+    if filled.size:  # streamed bins may span up to twice the data: merge pairs to ≤ 64 over the data, show those
+        factor = 1
+        while (filled[-1] - filled[0] + 1) / factor > 64 and len(counts) % (2 * factor) == 0:
+            factor *= 2
+        counts, edges = np.asarray(counts).reshape(-1, factor).sum(axis=1), np.asarray(edges)[::factor]
+        filled = np.flatnonzero(counts)
+        left.stairs(counts, edges, fill=True, color="0.75", label=f"all sentences ({int(counts.sum())})")
+        low, high = edges[filled[0]], edges[filled[-1] + 1]
+        left.set_xlim(low - 0.05 * (high - low), high + 0.05 * (high - low))
+    for side in ("top", "bottom"):
+        scores = table.loc[table["side"] == side, "score"].to_numpy()
+        if scores.size:
+            left.axvspan(scores.min(), scores.max(), color=colors[side], alpha=0.12, linewidth=0)
+            for x in scores:
+                left.axvline(x, ymax=0.06, color=colors[side], linewidth=0.8)
+            left.plot([], [], color=colors[side], label=f"{side} {scores.size}")
+    left.set_xlabel(f"predicted response: {by} ({who}), z-units")
+    left.set_ylabel("sentences")
+    left.legend(fontsize=8, loc="upper right")
+    left.set_title("score distribution (ticks: ranked sentences)", fontsize=10)
+    names = list(profiles.columns)
+    x = np.arange(len(names))
+    for k, side in enumerate(("top", "bottom")):
+        rows = profiles[(table["side"] == side).to_numpy()]
+        if rows.empty:
+            continue
+        mean, sd = rows.mean(axis=0).to_numpy(), rows.std(axis=0, ddof=0).to_numpy()
+        right.errorbar(x + (k - 0.5) * 0.2, mean, yerr=sd, fmt="o", color=colors[side], capsize=3,
+                       label=f"{side} {len(rows)} (mean ± SD)")
+    right.axhline(0, color="black", linewidth=0.8)
+    right.set_xticks(x, [f"{n} ★" if n == by else n for n in names], rotation=45, ha="right")
+    right.set_ylabel("predicted response, z-units")
+    right.grid(axis="y", alpha=0.3)
+    right.legend(fontsize=8)
+    right.set_title("network and ROI profile of the ranked sentences (★: ranked by)", fontsize=10)
+    _title(fig, f"Sentences ranked by predicted {by} response ({who})", synthetic)
+    return _save(plt, fig, target)

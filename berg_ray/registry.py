@@ -21,11 +21,14 @@ import importlib.util
 import json
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from berg_ray import model_status
 from berg_ray.errors import InvalidInputError, UnknownModelError, UnsupportedModelError, closest
+from berg_ray.localizer import LOCALIZED_LAYER, check_top_k
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +49,14 @@ class ModelSpec:
         tokenizer_kwargs: keyword arguments for ``AutoTokenizer.from_pretrained``.
         supported: whether berg-ray can run it; if not, ``reason`` says why.
         origin: ``"brainscore"`` (found in brainscore-language), ``"builtin"`` or ``"custom"``.
+        localizer_layers: for a localizer model (``layer`` is then :data:`~berg_ray.localizer.LOCALIZED_LAYER`):
+            the hooked modules, in order, whose last-token outputs are concatenated and masked.
+        localizer_top_k: for a localizer model: the fraction (in (0, 1)) or number of units the localizer keeps.
+        kind: ``"huggingface"`` (berg-ray's own batched readout) or ``"delegated"`` (run through brainscore's own
+            subject, :mod:`berg_ray.delegated`; ``source`` is then ``brainscore:<plugin>/<brainscore id>``).
+        status: one of :data:`berg_ray.options.MODEL_STATUSES` (``"runnable"``, ``"needs-weights"``, ...); with
+            ``reason`` it says what the model needs (default: ``"runnable"`` if supported, else ``"unsupported"``).
+        control: a content-free control model (OASM, random embedding): its features encode no linguistic content.
     """
 
     model_id: str
@@ -56,6 +67,21 @@ class ModelSpec:
     supported: bool = True
     reason: str = ""
     origin: str = "custom"
+    localizer_layers: tuple[str, ...] = ()
+    localizer_top_k: float | int | None = None
+    kind: str = "huggingface"
+    status: str = ""
+    control: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "localizer_layers", tuple(self.localizer_layers))  # a JSON list from a registry file
+        if not self.status:
+            object.__setattr__(self, "status", "runnable" if self.supported else "unsupported")
+
+    @property
+    def hooked_layers(self) -> tuple[str, ...]:
+        """The modules whose outputs make this model's features: the localizer's layers, else ``(layer,)``."""
+        return self.localizer_layers or (self.layer,)
 
     @property
     def name(self) -> str:
@@ -76,6 +102,8 @@ class ModelSpec:
         For a local folder this is the sha256 over every file's relative path and bytes (config, tokenizer and
         weights), so that retraining a model in place never reuses a stale cache entry.
         """
+        if self.kind == "delegated":  # brainscore's subject: its plugin code, version and weights
+            return model_status.delegated_fingerprint(self.source)
         if not self.is_local:
             return f"hub:{self.source}@{self.revision or 'main'}"
         return f"dir:{_folder_sha256(str(Path(self.source).expanduser().resolve()))}"
@@ -136,18 +164,31 @@ def _parse_plugin(path: Path) -> list[ModelSpec]:
     return specs
 
 
+def _delegated_spec(key: str, path: Path, unknown_reason: str) -> ModelSpec:
+    """A registration that is not a ``HuggingfaceSubject``: run through brainscore's own subject where berg-ray knows
+    its plugin (:mod:`berg_ray.model_status` gives its status here and now), else unsupported with ``unknown_reason``.
+    """
+    model_id = BRAINSCORE_PREFIX + key
+    found = model_status.delegation(path.parent.name, path.parent, key)
+    if found is None:
+        return ModelSpec(model_id, "", "", supported=False, origin="brainscore", reason=unknown_reason)
+    return ModelSpec(model_id, model_status.source_of(found.plugin, key), model_status.DELEGATED_LAYER,
+                     tokenizer_kwargs={}, supported=found.status == "runnable", reason=found.reason,
+                     origin="brainscore", kind="delegated", status=found.status, control=found.facts.control)
+
+
 def _spec_from_factory(key: str, factory: ast.AST, names: dict[str, Any], path: Path) -> ModelSpec:
     model_id = BRAINSCORE_PREFIX + key
     plugin = path.parent.name
     call = factory.body if isinstance(factory, ast.Lambda) else factory
     if not isinstance(call, ast.Call):
-        return ModelSpec(model_id, "", "", supported=False, origin="brainscore",
-                         reason=f"registered by a custom function in plugin '{plugin}'")
+        return _delegated_spec(key, path, f"registered by a custom function in plugin '{plugin}'")
     func = call.func.id if isinstance(call.func, ast.Name) else getattr(call.func, "attr", "?")
     if func != "HuggingfaceSubject":
-        return ModelSpec(model_id, "", "", supported=False, origin="brainscore",
-                         reason=f"not a HuggingfaceSubject ({func} in plugin '{plugin}')")
+        return _delegated_spec(key, path, f"not a HuggingfaceSubject ({func} in plugin '{plugin}')")
     kwargs = {kw.arg: kw.value for kw in call.keywords if kw.arg}
+    if _literal(kwargs.get("use_localizer", ast.Constant(False)), names) not in (False, None):
+        return _localizer_plugin_spec(model_id, kwargs, names, path)
     source = _literal(kwargs["model_id"], names) if "model_id" in kwargs else None
     if source is None and call.args:
         source = _literal(call.args[0], names)
@@ -175,6 +216,189 @@ def _spec_from_factory(key: str, factory: ast.AST, names: dict[str, Any], path: 
         reason="; ".join(reasons),
         origin="brainscore",
     )
+
+
+# brainscore's localizer models (HuggingfaceSubject(use_localizer=True)): their plugins read the model's config at
+# import time (AutoConfig.from_pretrained), which fails offline, so the layer list is evaluated here from the plugin's
+# source and the config in the local Hugging Face cache; they run where their weights are in that cache.
+
+
+class _NotCached(Exception):
+    """A hub file that a plugin reads at import time is not in the local Hugging Face cache."""
+
+
+class _Unreadable(Exception):
+    """A plugin expression outside what :func:`_plugin_value` evaluates."""
+
+
+@dataclass(frozen=True)
+class _HubConfig:
+    """``AutoConfig.from_pretrained(repo)`` in a plugin, read from the local Hugging Face cache on attribute access."""
+
+    repo: str
+
+    def get(self, attr: str) -> Any:
+        path = hf_cached_file(self.repo, "config.json")
+        if path is None:
+            raise _NotCached(self.repo)
+        config = json.loads(Path(path).read_text())
+        if attr not in config:
+            raise _Unreadable(f"config.json of {self.repo} has no {attr!r}")
+        return config[attr]
+
+
+def hf_cache_dir() -> str:
+    """The local Hugging Face hub cache (``$HF_HUB_CACHE``, ``$HF_HOME/hub`` or ``~/.cache/huggingface/hub``)."""
+    from huggingface_hub import constants
+
+    return str(constants.HF_HUB_CACHE)
+
+
+def hf_cached_file(repo: str, filename: str) -> str | None:
+    """The path of ``filename`` of hub repo ``repo`` (default branch) in the local Hugging Face cache, or None."""
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(repo, filename, cache_dir=hf_cache_dir())
+    return found if isinstance(found, str) else None
+
+
+def hf_missing_files(repo: str) -> list[str]:
+    """What the local Hugging Face cache lacks to load hub model ``repo`` offline: config, tokenizer config and
+    safetensors weights (one file, or an index and every shard it names); empty when it has everything."""
+    missing = [name for name in ("config.json", "tokenizer_config.json") if hf_cached_file(repo, name) is None]
+    if hf_cached_file(repo, "model.safetensors") is None:
+        index = hf_cached_file(repo, "model.safetensors.index.json")
+        if index is None:
+            missing.append("model.safetensors (or model.safetensors.index.json and its shards)")
+        else:
+            shards = sorted(set(json.loads(Path(index).read_text()).get("weight_map", {}).values()))
+            missing += [shard for shard in shards if hf_cached_file(repo, shard) is None]
+    return missing
+
+
+def _plugin_value(node: ast.AST, assigned: dict[str, ast.AST], scope: dict[str, Any]) -> Any:
+    """Evaluate the few expressions localizer plugins build their layer list from: literals, module-level names,
+    ``AutoConfig.from_pretrained(repo).attr`` (from the HF cache), ``range``, list comprehensions and f-strings."""
+    def value(child: ast.AST, inner: dict[str, Any] = scope) -> Any:
+        return _plugin_value(child, assigned, inner)
+
+    if isinstance(node, ast.Constant):
+        return node.value
+    if isinstance(node, ast.Name):
+        if node.id in scope:
+            return scope[node.id]
+        if node.id in assigned:
+            return _plugin_value(assigned[node.id], assigned, {})
+        raise _Unreadable(node.id)
+    if isinstance(node, (ast.List, ast.Tuple)):
+        return [value(element) for element in node.elts]
+    if isinstance(node, ast.Attribute):
+        base = value(node.value)
+        if isinstance(base, _HubConfig):
+            return base.get(node.attr)
+        if node.attr == "language_system" and isinstance(node.value, ast.Attribute):  # RecordingTarget.language_system
+            return "language_system"
+        raise _Unreadable(ast.unparse(node))
+    if isinstance(node, ast.Call) and not node.keywords:
+        func, args = node.func, [value(arg) for arg in node.args]
+        if isinstance(func, ast.Name) and func.id == "range" and all(isinstance(a, int) for a in args):
+            return list(range(*args))
+        if (isinstance(func, ast.Attribute) and func.attr == "from_pretrained" and isinstance(func.value, ast.Name)
+                and func.value.id == "AutoConfig" and len(args) == 1 and isinstance(args[0], str)):
+            return _HubConfig(args[0])
+    if isinstance(node, ast.ListComp):
+        results: list[Any] = []
+
+        def walk(generators: list[ast.comprehension], inner: dict[str, Any]) -> None:
+            if not generators:
+                results.append(value(node.elt, inner))
+                return
+            first = generators[0]
+            if not isinstance(first.target, ast.Name) or first.ifs or first.is_async:
+                raise _Unreadable(ast.unparse(node))
+            for item in value(first.iter, inner):
+                walk(generators[1:], {**inner, first.target.id: item})
+
+        walk(list(node.generators), scope)
+        return results
+    if isinstance(node, ast.JoinedStr):
+        parts = []
+        for part in node.values:
+            if isinstance(part, ast.Constant):
+                parts.append(str(part.value))
+            elif isinstance(part, ast.FormattedValue) and part.conversion == -1 and part.format_spec is None:
+                parts.append(format(value(part.value), ""))
+            else:
+                raise _Unreadable(ast.unparse(node))
+        return "".join(parts)
+    raise _Unreadable(ast.unparse(node))
+
+
+def _localizer_plugin_spec(model_id: str, kwargs: dict[str, ast.AST], names: dict[str, Any], path: Path) -> ModelSpec:
+    """The spec of a ``HuggingfaceSubject(use_localizer=True, ...)`` registration: runnable when its hub weights are
+    in the local Hugging Face cache; otherwise a reason that says exactly what is missing."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    assigned = {target.id: node.value for node in tree.body if isinstance(node, ast.Assign)
+                for target in node.targets if isinstance(target, ast.Name)}
+
+    def value(node: ast.AST | None) -> Any:
+        if node is None:
+            raise _Unreadable("(missing)")
+        return _plugin_value(node, assigned, {})
+
+    def unsupported(reason: str, source: str = "", layers: tuple[str, ...] = (), top_k: Any = None,
+                    status: str = "unsupported") -> ModelSpec:
+        return ModelSpec(model_id, source, LOCALIZED_LAYER, supported=False, origin="brainscore",
+                         reason=f"localizer model: {reason}", localizer_layers=layers, localizer_top_k=top_k,
+                         status=status)
+
+    options = kwargs.get("localizer_kwargs")
+    try:
+        source = value(kwargs.get("model_id"))
+        top_k = check_top_k(value(dict(zip([_literal(k, names) for k in options.keys], options.values))["top_k"]))
+    except (_Unreadable, _NotCached, InvalidInputError, KeyError, AttributeError) as error:
+        return unsupported(f"its model id or top_k is computed in a way berg-ray does not read ({error})")
+    custom = [name for name in ("model", "tokenizer") if name in kwargs
+              and not (isinstance(kwargs[name], ast.Constant) and kwargs[name].value is None)]
+    if custom:
+        tokenizer = kwargs.get("tokenizer")
+        repo = (_literal(tokenizer.args[0], names) if isinstance(tokenizer, ast.Call) and tokenizer.args else None)
+        network = kwargs.get("model")
+        built = (network.func.id if isinstance(network, ast.Call) and isinstance(network.func, ast.Name) else "?")
+        cycles = [_literal(kw.value, names) for node in ast.walk(network) if isinstance(node, ast.Call)
+                  for kw in node.keywords if kw.arg == "num_cycles"] if network is not None else []
+        where = ("in" if isinstance(repo, str) and hf_cached_file(repo, "tokenizer_config.json") else "not in")
+        return unsupported(
+            f"builds its network in code ({built}, randomly initialised on every load by brainscore: no trained "
+            "weights, and not seeded there, so its scores come from one unrecorded random network)"
+            + (f" with the gated tokenizer {repo!r} ({where} the Hugging Face cache {hf_cache_dir()})"
+               if isinstance(repo, str) else "")
+            + (f"; its blocks run {max(cycles)} times per forward pass (num_cycles) and brainscore reads the last "
+               "run, which berg-ray's readout does not reproduce" if cycles and max(cycles) > 1 else "")
+            + "; berg-ray runs localizer models from Hugging Face weights only", source, top_k=top_k)
+    mapping = kwargs.get("region_layer_mapping")
+    layers: tuple[str, ...] = ()
+    try:
+        if not isinstance(mapping, ast.Dict) or len(mapping.values) != 1:
+            raise _Unreadable("region_layer_mapping is not a one-region dict")
+        found = value(mapping.values[0])
+        layers = tuple([found] if isinstance(found, str) else found)
+        if not layers or not all(isinstance(layer, str) for layer in layers):
+            raise _Unreadable(f"layer list {found!r}")
+    except _NotCached:
+        pass  # the layer count comes from the config, which is missing with the weights (reported below)
+    except _Unreadable as error:
+        return unsupported(f"its layer list is computed in a way berg-ray does not read ({error})", source,
+                           top_k=top_k)
+    missing = hf_missing_files(source)
+    if missing:
+        folder = "models--" + source.replace("/", "--")
+        return unsupported(f"needs the weights of {source!r} in the local Hugging Face cache ({hf_cache_dir()}), "
+                           f"which lacks {', '.join(missing)}; fetch them where there is network with "
+                           f"`huggingface-cli download {source}` (or copy its {folder} folder into that cache)",
+                           source, layers, top_k, status="needs-weights")
+    return ModelSpec(model_id, source, LOCALIZED_LAYER, origin="brainscore", localizer_layers=layers,
+                     localizer_top_k=top_k)
 
 
 @functools.lru_cache(maxsize=1)
@@ -286,14 +510,16 @@ def weightless_model(source: str, revision: str | None = None) -> Any:
         hf_logging.set_verbosity(verbosity)
 
 
-def _check_layer(source: str, layer: str) -> None:
-    """Raise unless ``layer`` is a module of the model in local folder ``source`` (nearest names in the message)."""
+def _check_layer(source: str, layer: str | list[str]) -> None:
+    """Raise unless ``layer`` (or each of a list) is a module of the model in local folder ``source`` (nearest names
+    in the message)."""
     try:
         names = [name for name, _ in weightless_model(source).named_modules() if name]
     except (OSError, ValueError, KeyError) as error:  # unreadable config, unknown model_type, not a causal LM
         raise InvalidInputError(f"cannot build the model in {source!r} from its config.json "
                                 f"(berg-ray loads it with AutoModelForCausalLM): {error}") from error
-    if layer not in names:
+    layer = next((name for name in ([layer] if isinstance(layer, str) else layer) if name not in names), None)
+    if layer is not None:
         nearest = closest(layer, names)
         hint = (f"nearest layer names: {', '.join(nearest)}" if nearest else "modules at that depth include: "
                 + ", ".join([n for n in names if n.count(".") <= layer.count(".")][:8]))
@@ -301,9 +527,9 @@ def _check_layer(source: str, layer: str) -> None:
                                 f"({len(names)} modules, as in model.named_modules())")
 
 
-def register_model(model_id: str, source: str, layer: str, *, revision: str | None = None,
+def register_model(model_id: str, source: str, layer: str | Sequence[str], *, revision: str | None = None,
                    tokenizer_kwargs: dict[str, Any] | None = None, persist: bool = False,
-                   replace: bool = False) -> ModelSpec:
+                   replace: bool = False, localizer_top_k: float | int | None = None) -> ModelSpec:
     """Add a custom model, addressed afterwards by exactly ``model_id`` (API, CLI, jobs).
 
     A local folder is checked now: it must exist and hold ``config.json``, and ``layer`` must be a module of the
@@ -313,21 +539,39 @@ def register_model(model_id: str, source: str, layer: str, *, revision: str | No
     Args:
         model_id: the new id; must not be a BrainScore or built-in id.
         source: a local folder with ``config.json`` (absolute path is stored) or a Hugging Face hub id.
-        layer: dotted module name of the layer to read (as in ``model.named_modules()``), e.g. ``"transformer.h.5"``.
+        layer: dotted module name of the layer to read (as in ``model.named_modules()``), e.g. ``"transformer.h.5"``;
+            with ``localizer_top_k``, a list of them: the layers the functional localizer reads (in hook order).
         revision: hub revision; ignored for local folders (their content hash is used instead).
         tokenizer_kwargs: extra ``AutoTokenizer.from_pretrained`` arguments (default: left truncation, as brainscore).
         persist: also write the registration to :func:`registry_path` so other processes see it.
         replace: allow replacing a different registration of ``model_id`` (in this process or the registry file),
             or shadowing a BrainScore short alias (``"gpt2"`` for ``brainscore_language-gpt2``). Registering the
             same spec again is always allowed.
+        localizer_top_k: makes a localizer model (as brainscore's ``HuggingfaceSubject(use_localizer=True)``): its
+            features are the last-token outputs of all ``layer`` modules, concatenated and masked to the units the
+            Fedorenko (2010) localizer selects: a fraction in (0, 1) of them (``0.1``) or a number (an int ≥ 1).
+            Its ``layer`` is then the pseudo-layer ``"localized"`` (see :mod:`berg_ray.localizer`).
 
     Raises:
         InvalidInputError: bad id, source or layer; or a collision (without ``replace``); the message says which.
     """
     if not isinstance(model_id, str) or not model_id.strip():
         raise InvalidInputError(f"model_id must be a non-empty string, got {model_id!r}")
-    if not isinstance(layer, str) or not layer.strip():
-        raise InvalidInputError(f"layer must be a dotted module name such as 'transformer.h.5', got {layer!r}")
+    layers = [layer] if isinstance(layer, str) else list(layer) if isinstance(layer, (list, tuple)) else []
+    if not layers or not all(isinstance(name, str) and name.strip() for name in layers):
+        raise InvalidInputError(f"layer must be a dotted module name such as 'transformer.h.5' (or, with "
+                                f"localizer_top_k, a non-empty list of them), got {layer!r}")
+    repeated = sorted({name for name in layers if layers.count(name) > 1})
+    if repeated:
+        raise InvalidInputError(f"layer list names {', '.join(map(repr, repeated))} more than once; give each once")
+    if localizer_top_k is None and len(layers) > 1:
+        raise InvalidInputError(f"a list of {len(layers)} layers makes a localizer model: also give localizer_top_k "
+                                "(a fraction of the units such as 0.1, or a number of units); for a plain model "
+                                "give one layer name")
+    top_k = None if localizer_top_k is None else check_top_k(localizer_top_k)
+    if top_k is not None and LOCALIZED_LAYER in layers:
+        raise InvalidInputError(f"{LOCALIZED_LAYER!r} names a localizer model's features, not a module; list the "
+                                "modules the localizer reads")
     brainscore_ids = {s.model_id for s in brainscore_specs()}
     taken = brainscore_ids | {s.model_id for s in _builtin_specs()}
     if model_id in taken:
@@ -337,8 +581,9 @@ def register_model(model_id: str, source: str, layer: str, *, revision: str | No
                                 "registering it would shadow that model. Choose another id, or pass replace=True "
                                 "(berg-ray register --replace) to shadow it on purpose")
     source, local = _resolve_source(source)
-    spec = ModelSpec(model_id, source, layer, revision=revision,
-                     tokenizer_kwargs={**BRAINSCORE_TOKENIZER_KWARGS, **(tokenizer_kwargs or {})}, origin="custom")
+    spec = ModelSpec(model_id, source, layers[0] if top_k is None else LOCALIZED_LAYER, revision=revision,
+                     tokenizer_kwargs={**BRAINSCORE_TOKENIZER_KWARGS, **(tokenizer_kwargs or {})}, origin="custom",
+                     localizer_layers=() if top_k is None else tuple(layers), localizer_top_k=top_k)
     persisted = _persisted_specs()
     for where, existing in (("in this process", _custom.get(model_id)),
                             (f"in {registry_path()}", persisted.get(model_id))):
@@ -348,11 +593,12 @@ def register_model(model_id: str, source: str, layer: str, *, revision: str | No
                                     "choose another id, or pass replace=True (berg-ray register --replace) to "
                                     "replace it")
     if local:
-        _check_layer(source, layer)
+        _check_layer(source, layers)
     _custom[model_id] = spec
     if persist:
         _write_registry(registry_path(), {**persisted, model_id: spec})
-    logger.info("registered model %s -> %s (layer %s)", model_id, source, layer)
+    logger.info("registered model %s -> %s (layer %s%s)", model_id, source, ", ".join(layers),
+                "" if top_k is None else f"; localizer top_k {top_k}")
     return spec
 
 
@@ -409,5 +655,5 @@ def get_spec(model_id: str | ModelSpec) -> ModelSpec:
             "Run `berg-ray models` for the full list, or add one with berg_ray.register_model().")
     if not spec.supported:
         raise UnsupportedModelError(f"model {spec.model_id!r} is registered in brainscore-language but berg-ray "
-                                    f"cannot run it: {spec.reason}")
+                                    f"cannot run it here ({spec.status}): {spec.reason}")
     return spec

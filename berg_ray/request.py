@@ -22,7 +22,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from berg_ray.errors import InvalidInputError
-from berg_ray.options import CONTEXTS, DEFAULT_CONTEXT, DEFAULT_DTYPE, DTYPES
+from berg_ray.localizer import LOCALIZED_LAYER, LOCALIZER_VERSION, check_top_k
+from berg_ray.options import CONTEXTS, DEFAULT_CONTEXT, DEFAULT_DTYPE, DTYPE_CHOICES, DTYPES
+from berg_ray.precision import resolve_choice
 from berg_ray.registry import ModelSpec, get_spec
 from berg_ray.regression import PLSSettings
 from berg_ray.validation import check_batch_size, check_device_name
@@ -50,12 +52,16 @@ def check_context(context: Any) -> str:
 
 
 def check_dtype(dtype: Any) -> str:
-    """The name of a forward-pass precision (``None`` means float32); else a clear error."""
+    """The name of a forward-pass precision or ``"auto"`` (``None`` means float32); else a clear error.
+
+    ``"auto"`` is returned as it is: it is resolved for a device (:func:`berg_ray.precision.auto_dtype`) when a
+    :class:`ModelRequest` is built, before any cache key exists.
+    """
     if dtype is None:
         return DEFAULT_DTYPE
     name = str(dtype).removeprefix("torch.")
-    if name not in DTYPES:
-        raise InvalidInputError(f"unknown dtype {dtype!r}; allowed: {', '.join(DTYPES)}")
+    if name not in DTYPE_CHOICES:
+        raise InvalidInputError(f"unknown dtype {dtype!r}; allowed: {', '.join(DTYPE_CHOICES)}")
     return name
 
 
@@ -67,11 +73,20 @@ class ModelRequest:
         spec: the registered model (hub id or local folder, mapped layer, tokenizer settings).
         layers: modules read out, in order; ``(spec.layer,)`` unless asked otherwise.
         context: context policy: ``"sentence"``, ``"passage"`` or ``"running"``.
-        dtype: forward-pass precision: ``"float32"``, ``"bfloat16"`` or ``"float16"``.
+        dtype: forward-pass precision: ``"float32"``, ``"bfloat16"`` or ``"float16"``; never ``"auto"``, which
+            :meth:`build` resolves for the request's device in the building process (the driver): ``"cuda"`` → bf16,
+            ``"cpu"`` → bf16 where the CPU has AVX512-BF16/AMX else float32, ``"auto"`` → as for this process's
+            GPU or CPU. Ray front doors whose actors run elsewhere resolve it for the actors' device instead
+            (:func:`berg_ray.corpus.encode_corpus`, :func:`berg_ray.distributed.fit_subjects`). Cache keys hold
+            the resolved name, so a bf16 and a float32 fit never share one.
         batch_size: sequences per forward pass.
         device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``; resolved where the model is loaded (a Ray actor
             decides on its own node).
         fingerprint: the model's content fingerprint (hub id + revision, or a hash of the local folder's files).
+        localizer_top_k: for a request that reads a localizer model's ``"localized"`` features: the fraction or
+            number of units its functional localizer keeps (``spec.localizer_top_k``, part of the cache key with
+            ``spec.localizer_layers``); ``None`` otherwise. Derived from ``spec`` and ``layers`` by :meth:`build`
+            and :meth:`replace`.
     """
 
     spec: ModelSpec
@@ -81,14 +96,24 @@ class ModelRequest:
     batch_size: int = DEFAULT_BATCH_SIZE
     device: str = DEFAULT_DEVICE
     fingerprint: str = ""
+    localizer_top_k: float | int | None = None
 
     @classmethod
     def build(cls, model: str | ModelSpec, *, layers: str | Sequence[str] | None = None,
               context: str | None = DEFAULT_CONTEXT, dtype: str | None = None,
-              batch_size: int = DEFAULT_BATCH_SIZE, device: str | None = DEFAULT_DEVICE) -> ModelRequest:
+              batch_size: int = DEFAULT_BATCH_SIZE, device: str | None = DEFAULT_DEVICE,
+              localizer_top_k: float | int | None = None) -> ModelRequest:
         """Resolve ``model`` (an id or spec) once and check every setting; raises ``InvalidInputError`` naming the bad
-        value. ``layers=None`` reads the layer the model's submitter mapped to the language system."""
+        value. ``layers=None`` reads the layer the model's submitter mapped to the language system; ``dtype="auto"``
+        becomes the precision that fits ``device`` (see :attr:`dtype`); ``localizer_top_k`` replaces a localizer
+        model's own top-k (see :attr:`localizer_top_k`)."""
         spec = get_spec(model)
+        if localizer_top_k is not None:
+            if not spec.localizer_layers:
+                raise InvalidInputError(f"localizer_top_k={localizer_top_k!r} was given but {spec.model_id!r} is not a "
+                                        "localizer model; register one with register_model(..., layer=[...], "
+                                        "localizer_top_k=0.1)")
+            spec = dataclasses.replace(spec, localizer_top_k=check_top_k(localizer_top_k))
         if layers is None:
             chosen: tuple[str, ...] = (spec.layer,)
         elif isinstance(layers, str):
@@ -97,9 +122,11 @@ class ModelRequest:
             chosen = tuple(dict.fromkeys(str(layer) for layer in layers))
         if not chosen or not all(chosen):
             raise InvalidInputError(f"layers must name at least one module, got {layers!r}")
+        device = check_device_name(device or DEFAULT_DEVICE)
         return cls(spec=spec, layers=chosen, context=check_context(context or DEFAULT_CONTEXT),
-                   dtype=check_dtype(dtype), batch_size=check_batch_size(batch_size),
-                   device=check_device_name(device or DEFAULT_DEVICE), fingerprint=spec.source_fingerprint())
+                   dtype=resolve_choice(check_dtype(dtype), device), batch_size=check_batch_size(batch_size),
+                   device=device, fingerprint=spec.source_fingerprint(),
+                   localizer_top_k=_localizer_top_k(spec, chosen))
 
     # -- views ------------------------------------------------------------------------------------------------------
 
@@ -116,13 +143,21 @@ class ModelRequest:
         return self.layers[0]
 
     def replace(self, **changes: Any) -> ModelRequest:
-        """A copy with some settings changed, checked like :meth:`build` (the fingerprint is kept: same model)."""
+        """A copy with some settings changed, checked like :meth:`build` (the fingerprint is kept: same model;
+        ``dtype="auto"`` is resolved for the copy's device)."""
         if "spec" in changes or "fingerprint" in changes:
             raise InvalidInputError("a request's model cannot be replaced; build a new request")
+        if "localizer_top_k" in changes:
+            raise InvalidInputError("a request's localizer_top_k follows its model; build a new request with "
+                                    "ModelRequest.build(..., localizer_top_k=...)")
+        device = check_device_name(changes.get("device", self.device))
+        if "dtype" in changes:
+            changes["dtype"] = resolve_choice(check_dtype(changes["dtype"]), device)
         updated = dataclasses.replace(self, **changes)
-        return dataclasses.replace(updated, context=check_context(updated.context),
-                                   dtype=check_dtype(updated.dtype), batch_size=check_batch_size(updated.batch_size),
-                                   device=check_device_name(updated.device), layers=tuple(updated.layers))
+        return dataclasses.replace(updated, context=check_context(updated.context), dtype=check_dtype(updated.dtype),
+                                   batch_size=check_batch_size(updated.batch_size), device=device,
+                                   layers=tuple(updated.layers),
+                                   localizer_top_k=_localizer_top_k(self.spec, tuple(updated.layers)))
 
     def for_layer(self, layer: str) -> ModelRequest:
         """The one-layer request of ``layer`` (a sweep cell, or one layer of a multi-layer readout)."""
@@ -130,9 +165,12 @@ class ModelRequest:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready description (cache manifests, ``encode(..., return_metadata=True)``, corpus outputs)."""
-        return {"model_id": self.spec.model_id, "source": self.spec.source, "revision": self.spec.revision,
-                "layers": list(self.layers), "context": self.context, "dtype": self.dtype,
-                "batch_size": self.batch_size, "device": self.device, "fingerprint": self.fingerprint}
+        described = {"model_id": self.spec.model_id, "source": self.spec.source, "revision": self.spec.revision,
+                     "layers": list(self.layers), "context": self.context, "dtype": self.dtype,
+                     "batch_size": self.batch_size, "device": self.device, "fingerprint": self.fingerprint}
+        if self.localizer_top_k is not None:
+            described.update(localizer_layers=list(self.spec.localizer_layers), localizer_top_k=self.localizer_top_k)
+        return described
 
     # -- cache identity ---------------------------------------------------------------------------------------------
 
@@ -141,7 +179,10 @@ class ModelRequest:
 
         Batch size and device change no number (the readout is exact for any batching), so they are not part of it.
         """
-        return {
+        if self.dtype not in DTYPES:  # "auto" must have been resolved (build/replace do): keys name a precision
+            raise InvalidInputError(f"request dtype {self.dtype!r} is not a precision ({', '.join(DTYPES)}); build "
+                                    "requests with ModelRequest.build, which resolves 'auto'")
+        fields = {
             "cache_format": CACHE_FORMAT_VERSION,
             "features": FEATURES_VERSION,
             "model": self.fingerprint or self.spec.source_fingerprint(),
@@ -153,7 +194,16 @@ class ModelRequest:
             "dataset_sha256": dataset_sha256,
             "pls": settings.to_dict(),
         }
+        if self.localizer_top_k is not None:  # only for localizer models: every other key stays as it was
+            fields["localizer"] = {"method": LOCALIZER_VERSION, "layers": list(self.spec.localizer_layers),
+                                   "top_k": self.localizer_top_k}
+        return fields
 
     def cache_key(self, subject: str, dataset_sha256: str, settings: PLSSettings) -> str:
         """The cache key of ``subject``'s encoding model (sha256 hex of :meth:`key_fields`)."""
         return cache_key(self.key_fields(subject, dataset_sha256, settings))
+
+
+def _localizer_top_k(spec: ModelSpec, layers: tuple[str, ...]) -> float | int | None:
+    """The localizer's top-k of a request for ``layers`` of ``spec``: set only when it reads the localized features."""
+    return spec.localizer_top_k if spec.localizer_layers and LOCALIZED_LAYER in layers else None

@@ -1,4 +1,5 @@
-"""Scores of encoding models: BrainScore's ``linear_pearsonr`` protocol and per-voxel summaries. Pure numpy/sklearn.
+"""Scores of encoding models: BrainScore's ``linear_pearsonr`` and ``ridge_pearsonr`` protocols and per-voxel
+summaries. Pure numpy/sklearn.
 
 :func:`brainscore_linear_score` reproduces the raw score of brainscore-language's
 ``Pereira2018.384sentences-linear-shuffle`` benchmark (``load_metric('linear_pearsonr', crossvalidation_kwargs=
@@ -18,6 +19,19 @@ dict(splits=10, train_size=0.9, kfold=False, random_state=1))``) without xarray.
 The arithmetic runs in the dtype of the inputs, as brainscore's does (model features are float32), so the same
 arrays give the same numbers. Features must come from the benchmark's passage context (each passage digested
 separately, context within the passage): ``extract_features(..., context='passage', passages=passage_label)``.
+
+:func:`brainscore_ridge_score` reproduces the raw score of ``Pereira2018.384sentences-ridge`` (``ridge_pearsonr``
+with ``crossvalidation_kwargs=dict(split_coord='story', kfold='group', random_state=1234)``), step by step:
+
+1. splits: ``GroupKFold(n_splits=10, shuffle=True, random_state=1234)`` over the neural assembly's presentations in
+   its own order, grouped by ``story`` (a story's sentences are never split between train and test);
+2. each split: ``RidgeGCVTorch(alphas=np.logspace(-3, 3, 7))`` on the training stimuli sorted by ``stimulus_id``:
+   sklearn's efficient leave-one-out ridge (``_RidgeGCV``) ported to torch, in float64, with an intercept and **one
+   alpha for all targets** (the alpha of least mean squared leave-one-out error over every voxel of every subject).
+   Here it is ``sklearn.linear_model.RidgeCV`` with the same alphas on float64 arrays, the code that port copies
+   (equal predictions to ~1e-14);
+3. and 4. as for the linear metric: brainscore's ``pearsonr`` per voxel on the test stimuli, median over the pooled
+   neuroids per split, mean over splits.
 """
 
 from __future__ import annotations
@@ -34,6 +48,10 @@ from berg_ray.errors import InvalidInputError
 BRAINSCORE_CV: dict[str, Any] = {"splits": 10, "train_size": 0.9, "kfold": False, "random_state": 1}
 #: the epsilon brainscore's batched ``pearsonr`` adds to each norm
 PEARSON_EPSILON = 1e-8
+#: the ``crossvalidation_kwargs`` of brainscore's Pereira2018 ``-ridge`` benchmarks (10 folds: brainscore's default)
+BRAINSCORE_RIDGE_CV: dict[str, Any] = {"splits": 10, "split_coord": "story", "kfold": "group", "random_state": 1234}
+#: the alphas of ``ridge_pearsonr``'s ``RidgeGCVTorch(alphas=np.logspace(-3, 3, 7))``
+RIDGE_ALPHAS: tuple[float, ...] = tuple(float(alpha) for alpha in np.logspace(-3, 3, 7))
 
 
 def shuffle_splits(n_samples: int, n_splits: int = 10, train_size: float = 0.9, random_state: int = 1
@@ -84,6 +102,35 @@ def linear_shuffle_split_r(features: np.ndarray, responses: np.ndarray, stimulus
     """
     from sklearn.linear_model import LinearRegression
 
+    features, responses, rank = _checked(features, responses, stimulus_ids)
+    n = features.shape[0]
+    split_r = np.empty((n_splits, responses.shape[1]), dtype=np.float64)
+    for k, (train, test) in enumerate(shuffle_splits(n, n_splits, train_size, random_state)):
+        # subset() keeps assembly order, then XarrayRegression / XarrayCorrelation sort by stimulus_id
+        train, test = train[np.argsort(rank[train])], test[np.argsort(rank[test])]
+        regression = LinearRegression().fit(features[train], responses[train])
+        prediction = regression.predict(features[test])
+        split_r[k] = brainscore_pearsonr(prediction, responses[test])
+    return split_r
+
+
+def group_kfold_splits(groups: Sequence[Any], n_splits: int = 10, random_state: int = 1234
+                       ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """brainscore's ``kfold='group'`` splits: ``GroupKFold(n_splits, shuffle=True, random_state)`` over ``groups``.
+
+    Returns:
+        list of ``(train, test)`` index arrays into the presentations (in the neural assembly's order).
+    """
+    from sklearn.model_selection import GroupKFold
+
+    groups = np.asarray([str(g) for g in groups])
+    splitter = GroupKFold(n_splits=n_splits, shuffle=True, random_state=random_state)
+    return list(splitter.split(np.zeros(len(groups)), groups=groups))
+
+
+def _checked(features: np.ndarray, responses: np.ndarray, stimulus_ids: Sequence[Any] | None
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """2-D features and responses with one row per stimulus, and each row's rank in ``stimulus_id`` string order."""
     features = np.asarray(features)
     responses = np.asarray(responses)
     if responses.ndim == 1:
@@ -93,22 +140,49 @@ def linear_shuffle_split_r(features: np.ndarray, responses: np.ndarray, stimulus
                                 "row per stimulus")
     n = features.shape[0]
     if stimulus_ids is None:
-        rank = np.arange(n)
-    else:
-        ids = np.asarray([str(s) for s in stimulus_ids])
-        if len(ids) != n:
-            raise InvalidInputError(f"stimulus_ids has {len(ids)} entries for {n} stimuli")
-        if len(np.unique(ids)) != n:
-            raise InvalidInputError("stimulus_ids must be unique (brainscore aligns rows by them)")
-        rank = np.empty(n, dtype=np.int64)
-        rank[np.argsort(ids, kind="stable")] = np.arange(n)
+        return features, responses, np.arange(n)
+    ids = np.asarray([str(s) for s in stimulus_ids])
+    if len(ids) != n:
+        raise InvalidInputError(f"stimulus_ids has {len(ids)} entries for {n} stimuli")
+    if len(np.unique(ids)) != n:
+        raise InvalidInputError("stimulus_ids must be unique (brainscore aligns rows by them)")
+    rank = np.empty(n, dtype=np.int64)
+    rank[np.argsort(ids, kind="stable")] = np.arange(n)
+    return features, responses, rank
+
+
+def ridge_group_split_r(features: np.ndarray, responses: np.ndarray, groups: Sequence[Any],
+                        stimulus_ids: Sequence[Any] | None = None, *, n_splits: int = 10, random_state: int = 1234,
+                        alphas: Sequence[float] = RIDGE_ALPHAS) -> np.ndarray:
+    """Per-split, per-voxel r of brainscore's ``ridge_pearsonr`` metric with GroupKFold-by-story splits.
+
+    The ridge's alpha is chosen once per split for all columns of ``responses`` together (as brainscore's
+    ``RidgeGCVTorch``): scoring a subset of voxels is not the same as scoring them with the others.
+
+    Args:
+        features: array of shape (n_stimuli, n_units), rows aligned with ``responses``.
+        responses: array of shape (n_stimuli, n_voxels), rows in the neural assembly's order (the order GroupKFold
+            indexes); for the benchmark's number, every subject's voxels.
+        groups: the ``story`` of each row.
+        stimulus_ids: the ``stimulus_id`` of each row (training rows are fitted in its order); ``None`` keeps the
+            given order.
+
+    Returns:
+        array of shape (n_splits, n_voxels): Pearson r of held-out predictions, per split and voxel.
+    """
+    from sklearn.linear_model import RidgeCV
+
+    features, responses, rank = _checked(features, responses, stimulus_ids)
+    if len(groups) != features.shape[0]:
+        raise InvalidInputError(f"groups has {len(groups)} entries for {features.shape[0]} stimuli")
+    x = features.astype(np.float64)  # RidgeGCVTorch computes in float64
+    y = responses.astype(np.float64)
     split_r = np.empty((n_splits, responses.shape[1]), dtype=np.float64)
-    for k, (train, test) in enumerate(shuffle_splits(n, n_splits, train_size, random_state)):
-        # subset() keeps assembly order, then XarrayRegression / XarrayCorrelation sort by stimulus_id
+    for k, (train, test) in enumerate(group_kfold_splits(groups, n_splits, random_state)):
         train, test = train[np.argsort(rank[train])], test[np.argsort(rank[test])]
-        regression = LinearRegression().fit(features[train], responses[train])
-        prediction = regression.predict(features[test])
-        split_r[k] = brainscore_pearsonr(prediction, responses[test])
+        regression = RidgeCV(alphas=np.asarray(alphas, dtype=np.float64)).fit(x[train], y[train])
+        # r in the responses' own dtype, as brainscore's pearsonr (float32 responses: float32 centring and norms)
+        split_r[k] = brainscore_pearsonr(regression.predict(x[test]), responses[test])
     return split_r
 
 
@@ -124,7 +198,7 @@ def aggregate_split_r(split_r: np.ndarray) -> float:
 
 @dataclass
 class LinearShuffleScore:
-    """Result of :func:`brainscore_linear_score`.
+    """Result of :func:`brainscore_linear_score` and :func:`brainscore_ridge_score`.
 
     Attributes:
         raw: the benchmark's raw score: mean over splits of the median r over all voxels.
@@ -178,6 +252,42 @@ def brainscore_linear_score(features: np.ndarray, assembly_or_responses: Any, *,
         responses = np.asarray(assembly_or_responses)
     split_r = linear_shuffle_split_r(features, responses, stimulus_ids, n_splits=n_splits, train_size=train_size,
                                      random_state=random_state)
+    per_split = np.nanmedian(split_r, axis=1)
+    return LinearShuffleScore(raw=float(np.nanmean(per_split)), split_r=split_r, per_split=per_split,
+                              voxel_r=np.nanmean(split_r, axis=0), subjects=voxel_subjects)
+
+
+def brainscore_ridge_score(features: np.ndarray, assembly_or_responses: Any, *,
+                           stimulus_ids: Sequence[Any] | None = None, stories: Sequence[Any] | None = None,
+                           subjects: str | Sequence[str] = "all", n_splits: int = 10, random_state: int = 1234
+                           ) -> LinearShuffleScore:
+    """Raw score of brainscore's Pereira2018 ``-ridge`` benchmark (``ridge_pearsonr``) for given model features.
+
+    Args:
+        features: array of shape (384, n_units): the features of the assembly's sentences **in assembly order**,
+            from the passage context (``context='passage'``) to match the benchmark.
+        assembly_or_responses: a :class:`berg_ray.neural.PereiraAssembly` (its responses, subjects, stimulus ids and
+            stories are used) or an array of shape (384, n_voxels) (then pass ``stimulus_ids`` and ``stories``).
+        subjects: ``"all"`` (the benchmark: one alpha per split for all 12,155 voxels) or subject ids whose voxels
+            are pooled (assembly input only; the alpha is then chosen for those voxels alone).
+
+    Returns:
+        :class:`LinearShuffleScore` (per-split r, per-voxel r, per-subject scores); ``float(score)`` is the raw score.
+    """
+    voxel_subjects = None
+    if hasattr(assembly_or_responses, "responses") and hasattr(assembly_or_responses, "n_voxels"):  # an assembly
+        assembly = assembly_or_responses
+        chosen = list(assembly.subjects) if isinstance(subjects, str) and subjects == "all" else list(subjects)
+        responses = np.concatenate([assembly.responses(s) for s in chosen], axis=1)
+        voxel_subjects = np.concatenate([np.full(assembly.n_voxels[s], s, dtype=object) for s in chosen])
+        stimulus_ids = assembly.stimulus_ids if stimulus_ids is None else stimulus_ids
+        stories = assembly.stories if stories is None else stories
+    else:
+        responses = np.asarray(assembly_or_responses)
+    if stories is None:
+        raise InvalidInputError("brainscore's ridge protocol splits by story: pass stories=[one per row]")
+    split_r = ridge_group_split_r(features, responses, stories, stimulus_ids, n_splits=n_splits,
+                                  random_state=random_state)
     per_split = np.nanmedian(split_r, axis=1)
     return LinearShuffleScore(raw=float(np.nanmean(per_split)), split_r=split_r, per_split=per_split,
                               voxel_r=np.nanmean(split_r, axis=0), subjects=voxel_subjects)

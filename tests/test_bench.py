@@ -19,20 +19,21 @@ from support import REPO_ROOT, ray_temp_dir, remove_tree, stop_ray_processes, su
 pytestmark = pytest.mark.slow
 
 BENCH = Path(REPO_ROOT) / "bench"
-SCRIPTS = ("extract.py", "fit.py", "corpus.py")
+SCRIPTS = ("extract.py", "fit.py", "corpus.py", "gpu.py")
 #: generous: --quick took 1-2 min per script on a 2-core machine under a load average of 10-20 (Ray start-ups)
 TIMEOUT_S = 1500
 
 
-def run_quick(script: str, home: Path) -> subprocess.CompletedProcess:
-    """``python bench/SCRIPT --quick`` with its own HOME (Ray's token file) and Ray temp dir (stopped afterwards)."""
+def run_quick(script: str, home: Path, *options: str) -> subprocess.CompletedProcess:
+    """``python bench/SCRIPT --quick`` (or ``options``) with its own HOME (Ray's token file) and Ray temp dir
+    (stopped afterwards)."""
     home.mkdir(parents=True, exist_ok=True)
     temp_dir = ray_temp_dir()
     env = subprocess_env(HOME=str(home), RAY_TMPDIR=temp_dir, RAY_AUTH_MODE=None, RAY_AUTH_TOKEN=None,
                          RAY_AUTH_TOKEN_PATH=None, MPLCONFIGDIR=None)
     try:
-        run = subprocess.run([sys.executable, str(BENCH / script), "--quick"], cwd=str(home), env=env, check=False,
-                             capture_output=True, text=True, timeout=TIMEOUT_S)
+        run = subprocess.run([sys.executable, str(BENCH / script), *(options or ("--quick",))], cwd=str(home),
+                             env=env, check=False, capture_output=True, text=True, timeout=TIMEOUT_S)
     finally:
         stop_ray_processes(temp_dir)
         remove_tree(temp_dir)
@@ -69,11 +70,36 @@ def test_fit_quick_prints_its_report_and_matches_sklearn(tmp_path):
 
 def test_corpus_quick_prints_its_report_and_the_pipeline_equals_the_plain_loop(tmp_path):
     out = run_quick("corpus.py", tmp_path / "home").stdout
-    for line in ("## Overhead:", "| encode_corpus (Ray Data, 2 actors)", "## Memory:", "## Targets"):
+    for line in ("## Overhead:", "| plain loop, one process | 1 |", "| 2 plain loops side by side",
+                 "| encode_corpus (Ray Data, 2 actors)", "- start-up: model load", "CPU efficiency vs the 1-thread",
+                 "## Memory:", "## Targets", "steady state ≥ 85% of 2 × the 1-thread plain loop",
+                 "call → first part started ≤ 5 s plus model load"):
         assert line in out, out
     assert len(re.findall(r"(?m)^\| (200|400) \| \d+ \|", out)) == 2, out  # one memory row per --quick size
-    # same model, same inputs; only the torch thread count differs between the two sides: float32 rounding
+    # every actor holds one CPU and runs torch on one thread
+    assert re.search(r"\| encode_corpus \(Ray Data, 2 actors\) \| 1 \(", out), out
+    # same model, same inputs, one torch thread on both sides: float32 rounding at most
     assert number(r"same output: subject \d+ max \|Δ\| = (\S+)", out) <= 1e-5
+
+
+def test_gpu_quick_runs_every_step_on_cpu(tmp_path):
+    out = run_quick("gpu.py", tmp_path / "home").stdout
+    for line in ("## Forward:", "| tiny | float32 | 8 |", "| tiny | bfloat16 | 32 |", "## Corpus end to end:",
+                 "| 1 actor (CPU stand-in for num_gpus=1) |", "| 2 actors (CPU stand-in for num_gpus=0.5) |"):
+        assert line in out, out
+    # bf16 features vs float32 on the same tiny model: not equal (bf16 did run), and bf16 keeps 8 bits of mantissa
+    # (2^-8 ≈ 4e-3 relative per rounding): a few roundings per block over 2 blocks stay well under 10%
+    assert 0 < number(r"\| tiny \| bfloat16 \| 8 \| [^|]+\|[^|]+\|[^|]+\| (\S+) \|", out) < 0.1
+
+
+def test_gpu_without_a_gpu_says_so_and_exits_cleanly(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: the full GPU bench would run")
+    run = run_quick("gpu.py", tmp_path / "home", "--skip-corpus")
+    assert run.stdout.startswith("bench/gpu.py: no CUDA GPU is visible"), run.stdout
+    assert "nothing was measured" in run.stdout and "## Forward" not in run.stdout
 
 
 @pytest.mark.parametrize("script", SCRIPTS)

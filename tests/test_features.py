@@ -183,7 +183,7 @@ def test_unsupported_model_gives_reason(no_model_loading):
         extract_features("brainscore_language-glove-840b", ["A sentence."])
     message = str(info.value)
     assert "glove-840b" in message
-    assert "HuggingfaceSubject" in message  # the reason
+    assert "needs-weights" in message and "BERG_RAY_GLOVE_WEIGHTS" in message  # the status, and where weights go
 
 
 @pytest.mark.parametrize("sentences, expected", [

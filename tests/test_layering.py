@@ -16,10 +16,10 @@ PACKAGE = Path(__file__).resolve().parents[1] / "berg_ray"
 
 #: lowest first. A new module must be placed here (the test fails until it is).
 LAYERS: dict[str, tuple[str, ...]] = {
-    "foundation": ("errors", "options", "validation", "provenance", "quiet", "_environment"),
-    "core": ("regression", "scoring", "registry", "request", "encoding_model", "features", "layers", "synthetic",
-             "offline_models"),
-    "data": ("fsio", "corpus_io", "neural", "store", "plots"),
+    "foundation": ("errors", "options", "validation", "provenance", "quiet", "_environment", "precision"),
+    "core": ("regression", "scoring", "localizer", "registry", "request", "encoding_model", "features", "layers",
+             "synthetic", "offline_models", "reductions", "model_status", "delegated"),
+    "data": ("fsio", "corpus_io", "neural", "store", "plots", "corpus_outputs", "ranking"),
     "compute": ("fitting",),
     "ray": ("distributed", "corpus", "sweep", "sweep.grid", "sweep.protocols", "sweep.cells", "sweep.scheduler",
             "sweep.report", "sweep.run"),

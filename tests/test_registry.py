@@ -96,7 +96,7 @@ def test_bare_brainscore_names_are_aliases():
 
 
 @pytest.mark.parametrize("model_id, reason", [
-    ("brainscore_language-glove-840b", "not a HuggingfaceSubject"),
+    ("brainscore_language-glove-840b", "glove.840B.300d.txt"),
     ("brainscore_language-qwen3-0.6b-loc-10", "localizer"),
     ("brainscore_language-qwen3-32b-loc-10", "localizer"),
     ("brainscore_language-suma", "localizer"),
@@ -144,13 +144,79 @@ def test_cli_models_all_lists_unsupported(capsys):
     assert cli_main(["models", "--all"]) == 0
     out = capsys.readouterr().out
     glove = [line for line in out.splitlines() if line.startswith("brainscore_language-glove-840b")]
-    assert glove and "no: not a HuggingfaceSubject" in glove[0]
+    assert glove and "needs-weights" in glove[0] and "glove.840B.300d.txt" in glove[0]
     assert any(line.startswith("brainscore_language-qwen3-0.6b-loc-10") and "localizer" in line
                for line in out.splitlines())
     assert cli_main(["models", "--all", "--json"]) == 0
     entries = {e["model_id"]: e for e in json.loads(capsys.readouterr().out)}
     assert entries["brainscore_language-gpt2"]["layer"] == "transformer.h.11"
     assert entries["brainscore_language-suma"]["supported"] is False
+
+
+def _expected_statuses() -> dict[str, str]:
+    """What each non-HuggingfaceSubject id of brainscore-language 2.3.0 needs on this machine, found independently
+    of berg-ray: installed packages, files, environment variables and binaries."""
+    import importlib.util
+    import shutil
+
+    from berg_ray.model_status import brainscore_models_dir
+
+    plugins = brainscore_models_dir()
+    tensorflow = importlib.util.find_spec("tensorflow") is not None
+    runtime = shutil.which("singularity") or (shutil.which("docker") and (
+        os.environ.get("DOCKER_HOST") or Path("/var/run/docker.sock").exists()))
+    glove = (plugins / "glove" / "glove.840B.300d.txt").is_file() or Path(
+        os.environ.get("BERG_RAY_GLOVE_WEIGHTS", "/nonexistent")).is_file()
+    expected = {f"oasm-sigma{s}": "runnable" for s in ["0", *(f"{k / 10:.1f}" for k in range(1, 49))]}
+    expected.update({
+        "randomembedding-100": "runnable", "randomembedding-1600": "runnable",
+        "glove-840b": "runnable" if glove else "needs-weights",
+        "llada-8b-base": "runnable" if Path(os.environ.get("LLADA_MODEL_PATH", "/nonexistent")).is_dir()
+        else "needs-weights",
+        "lm1b": ("runnable" if (plugins / "lm1b" / "resources").is_dir() else "needs-weights") if tensorflow
+        else "needs-dependency",
+        "earley-parser-minivocab": "behaviour-only",
+    })
+    expected.update({f"rnn-{name}": "runnable" if runtime else "needs-container" for name in (
+        "lm-ptb", "slm-ptb", "tdg-ptb", "slm-ptboanc", "tdg-ptboanc", "slm-ptboanc-1024", "tdg-ptboanc-1024")})
+    return {"brainscore_language-" + key: status for key, status in expected.items()}
+
+
+def test_every_brainscore_id_has_a_precise_status(capsys):
+    from berg_ray.options import MODEL_STATUSES
+
+    every = {s.model_id: s for s in registry.brainscore_specs()}
+    assert len(every) == 94  # brainscore-language 2.3.0's registrations
+    expected = _expected_statuses()
+    assert len(expected) == 62  # 49 OASM + 2 random embeddings + glove, llada, lm1b, 7 rnn, earley
+    for model_id, status in expected.items():
+        spec = every[model_id]
+        assert (spec.kind, spec.status, spec.supported) == ("delegated", status, status == "runnable"), model_id
+        assert spec.reason and spec.layer == "language_system", model_id
+    assert all(s.status in MODEL_STATUSES and (s.status == "runnable") == s.supported for s in every.values())
+    localizer = {f"brainscore_language-qwen3-{size}-loc-10" for size in ("0.6b", "1.7b", "4b", "8b", "14b", "32b")}
+    localizer.add("brainscore_language-suma")
+    huggingface = [s for s in every.values() if s.model_id not in expected and s.model_id not in localizer]
+    assert len(huggingface) == 25 and all(s.status == "runnable" and s.kind == "huggingface" for s in huggingface)
+    controls = sorted(s.model_id for s in every.values() if s.control)
+    assert len(controls) == 51 and all(("oasm-sigma" in c) or ("randomembedding" in c) for c in controls)
+    # what each needs is named: the file and where it goes, the package, the runtime and image
+    if expected["brainscore_language-glove-840b"] == "needs-weights":
+        assert "BERG_RAY_GLOVE_WEIGHTS" in every["brainscore_language-glove-840b"].reason
+    if expected["brainscore_language-lm1b"] == "needs-dependency":
+        assert "pip install tensorflow" in every["brainscore_language-lm1b"].reason
+    if expected["brainscore_language-rnn-slm-ptb"] == "needs-container":
+        assert "benlipkin/rnng:1fd71a2df4a89ddd5f2129d2b7df1088e72ec1cb" in every[
+            "brainscore_language-rnn-slm-ptb"].reason
+    assert "LLADA_MODEL_PATH" in every["brainscore_language-llada-8b-base"].reason
+    # the CLI prints every status and counts them
+    assert cli_main(["models", "--all"]) == 0
+    out = capsys.readouterr().out
+    lines = {line.split()[0]: line for line in out.splitlines() if line.startswith("brainscore_language-")}
+    for model_id, status in expected.items():
+        assert f"  {status}" in lines[model_id], model_id
+    counted = dict(part.rsplit(" ", 1) for part in out.split("by status: ")[1].strip().split(", "))
+    assert sum(int(n) for n in counted.values()) == len(all_specs(include_unsupported=True))
 
 
 def test_discovery_is_fast_and_imports_no_torch(isolated_registry_file):

@@ -161,7 +161,7 @@ def test_bad_models_are_skipped_rows_with_reasons(grid):
     assert set(skipped.index) == {"no-such-model", "brainscore_language-glove-840b"}
     assert "unknown model" in skipped.loc["no-such-model", "reason"]
     reason = skipped.loc["brainscore_language-glove-840b", "reason"]
-    assert "unsupported model" in reason and "not a HuggingfaceSubject" in reason
+    assert "unsupported model" in reason and "needs-weights" in reason and "glove.840B.300d.txt" in reason
 
 
 def test_tables_and_per_voxel_arrays_are_written(grid):
@@ -470,3 +470,91 @@ def test_cli_sweep_in_bfloat16_scores_bfloat16_features(grid, tmp_path):
         identity = {dtype: cell_id(request, subject, assembly.sha256, scorer, settings)
                     for dtype, request in requests.items()}
         assert row["cell_id"] == identity["bfloat16"] != identity["float32"]
+
+
+# ------------------------------------------------------------------------------------------------------ controls
+
+OASM, RANDOM_EMBEDDING = "brainscore_language-oasm-sigma1.0", "brainscore_language-randomembedding-100"
+
+
+def test_controls_are_scored_beside_a_language_model_and_reported(ray_local, tiny_gpt2, gpt2_synthetic, tmp_path):
+    """A sweep over one language model and two control models (run through brainscore's own subjects on the
+    extractor actors) scores all three alike and writes the Controls section and ``controls.csv``."""
+    from berg_ray.features import extract_features
+    from berg_ray.fitting import fit_encoding_model
+    from berg_ray.neural import load_pereira
+    from berg_ray.request import ModelRequest
+    from berg_ray.sweep import run_sweep
+
+    out, subjects = tmp_path / "out", ["018", "199"]
+    table = run_sweep([tiny_gpt2.model_id, OASM, RANDOM_EMBEDDING], subjects=subjects, layers="mapped",
+                      contexts=("passage",), dataset=gpt2_synthetic["path"], cache=None, out=str(out),
+                      settings=SETTINGS, device="cpu")
+    assert (table["status"] == "ok").all() and len(table) == 6
+    controls = table[table["model"].isin([OASM, RANDOM_EMBEDDING])]
+    assert set(controls["layer"]) == {"language_system"} and controls["hub_id"].str.startswith("brainscore:").all()
+
+    # the actors' features are brainscore's subjects' (in process here): the same PLS scores
+    assembly = load_pereira(gpt2_synthetic["path"])
+    for model_id in (OASM, RANDOM_EMBEDDING):
+        request = ModelRequest.build(model_id, context="passage", device="cpu")
+        features = extract_features(model_id, list(assembly.sentences), context="passage",
+                                    passages=list(assembly.passages))
+        for subject in subjects:
+            row = table[(table["model"] == model_id) & (table["subject"] == subject)].iloc[0]
+            with np.load(out / row["voxel_r_file"], allow_pickle=False) as arrays:
+                voxel_r = arrays["r"]
+            expected = fit_encoding_model(request, features, assembly, subject, SETTINGS).cv_r
+            # the same features and float64 PLS: summation order only (1e-10, as for the other float64 r here)
+            np.testing.assert_allclose(voxel_r, expected, rtol=0, atol=1e-10, equal_nan=True)
+
+    summary = pd.read_csv(out / "controls.csv")
+    assert list(summary["kind"]) == ["language model", "control: position within the passage (OASM)",
+                                     "control: word identity (random embedding)"]
+    assert summary.iloc[0]["model"] == tiny_gpt2.model_id and summary.iloc[0]["vs_best_language_model"] == 1.0
+    pooled = summary.set_index("model")["pooled_score"]
+    # the planted map is the tiny GPT-2's sentence-context features; its passage-context features recover part of it
+    # (pooled r 0.20 seen; a random model: |r| < 0.1, test_grid_has_every_cell_once_with_scores). Under GroupKFold
+    # by story a held-out story's OASM columns are all zero in its training folds, so every held-out prediction is
+    # one constant per fold and voxel: OASM's r comes only from fold-to-fold offsets of those constants, which
+    # carry no information about the sentences (-0.10 seen: the offsets lean against the held-out fold's mean)
+    assert pooled[tiny_gpt2.model_id] > 0.1 and pooled[OASM] < 0.05
+    report = (out / "report.md").read_text()
+    assert "## Controls" in report
+    verdicts = [line for line in report.splitlines() if line.startswith("- `pls-groupkfold`, context `passage`")]
+    assert len(verdicts) == 2 and f"position within the passage (OASM): best `{OASM}`" in verdicts[0]
+    assert "not gamed" in verdicts[0]  # OASM stays below half the language model's score (the verdict's threshold)
+
+
+def test_ridge_protocol_cells_are_brainscores_ridge_of_all_subjects(ray_local, tiny_gpt2, gpt2_synthetic, tmp_path):
+    """``protocol="brainscore-ridge"``: each subject's cell holds its voxels' r from the ridge fitted to every
+    subject's voxels at once (one alpha per split, as the benchmark), so the pooled score of all nine cells is
+    brainscore's raw ``Pereira2018.384sentences-ridge`` score (parity with brainscore's metric: test_ridge.py)."""
+    from berg_ray.features import extract_features
+    from berg_ray.neural import load_pereira
+    from berg_ray.scoring import aggregate_split_r, brainscore_ridge_score
+    from berg_ray.sweep import run_sweep
+
+    out, subjects = tmp_path / "out", ["018", "288"]
+    table = run_sweep([tiny_gpt2.model_id], subjects=subjects, contexts=("passage",), dataset=gpt2_synthetic["path"],
+                      cache=None, out=str(out), protocol="brainscore-ridge", device="cpu", plots=False)
+    assert (table["status"] == "ok").all() and len(table) == 2
+    assembly = load_pereira(gpt2_synthetic["path"])
+    features = extract_features(tiny_gpt2.model_id, list(assembly.sentences), context="passage",
+                                passages=list(assembly.passages))
+    reference = brainscore_ridge_score(features, assembly)  # all nine subjects: the benchmark's fit
+    pooled = []
+    for subject in subjects:
+        row = table[table["subject"] == subject].iloc[0]
+        with np.load(out / row["voxel_r_file"], allow_pickle=False) as arrays:
+            split_r = arrays["split_r"]
+        expected = reference.split_r[:, reference.subjects == subject]
+        # the same features and float64 ridge on the same voxels: summation order only (~1e-14)
+        np.testing.assert_allclose(split_r, expected, rtol=0, atol=1e-10)
+        pooled.append(split_r)
+    summary = pd.read_csv(out / "summary.csv")
+    # a mean of medians of the r above (float64; CSV keeps 17 significant digits)
+    assert summary["pooled_score"].iloc[0] == pytest.approx(aggregate_split_r(np.concatenate(pooled, axis=1)),
+                                                            abs=1e-10)
+    assert json.loads((out / "last_run.json").read_text())["protocol"] == "brainscore-ridge"
+

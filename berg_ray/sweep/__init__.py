@@ -10,14 +10,16 @@ One module per step:
   sha256, protocol and its settings, dtype);
 * :mod:`~berg_ray.sweep.protocols`: the scoring protocols, a registry of scorers (``pls-groupkfold``: PLS on all
   384 sentences with GroupKFold-by-story CV, fits shared with the encoding-model cache of the API and the CLI;
-  ``brainscore-linear``: brainscore's ``Pereira2018.384sentences-linear-shuffle`` metric);
+  ``brainscore-linear``: brainscore's ``Pereira2018.384sentences-linear-shuffle`` metric; ``brainscore-ridge``:
+  its ``Pereira2018.384sentences-ridge`` metric, one ridge fit over every subject's voxels);
 * :mod:`~berg_ray.sweep.cells`: the store of finished cells (``out/cells/<cell-id>.json`` plus per-voxel r in
   ``out/voxel_r/<cell-id>.npz``, no pickle, atomic, local or ``s3://``): a rerun reads finished cells instead of
   recomputing them, and cells whose fit is in the cache are filled from it without features;
 * :mod:`~berg_ray.sweep.scheduler`: features once per model × context on extractor actors (every requested layer
   in one forward pass), one Ray task per cell; a failing cell becomes a ``failed`` row (retried on the next run);
 * :mod:`~berg_ray.sweep.report`: ``scores.parquet``/``.csv`` (one row per cell), ``summary.csv``/``.parquet`` (one
-  row per model × layer × context, with the BrainScore-style pooled score), PNG plots and ``report.md``;
+  row per model × layer × context, with the BrainScore-style pooled score), PNG plots and ``report.md``; with a
+  control model (OASM, random embedding) among the models, ``controls.csv`` and the report's Controls section;
 * :mod:`~berg_ray.sweep.run`: :func:`run_sweep`, which ties them together.
 
 Bad input never stops the sweep: unknown or unsupported models and unknown layers become ``skipped`` rows with the

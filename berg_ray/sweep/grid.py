@@ -18,6 +18,7 @@ from typing import Any
 from berg_ray import options
 from berg_ray.errors import InvalidInputError, UnknownModelError, UnsupportedModelError
 from berg_ray.request import check_context
+from berg_ray.delegated import delegated_layers, is_delegated
 from berg_ray.layers import LayerChoice, resolve_layers
 from berg_ray.registry import ModelSpec, get_spec
 from berg_ray.regression import PLSSettings
@@ -149,7 +150,10 @@ def plan_grid(axes: GridAxes, subjects: list[str], dataset_sha256: str, scorer: 
         try:
             request = ModelRequest.build(spec, context=axes.contexts[0], dtype=dtype, batch_size=batch_size,
                                          device=device)  # fingerprints the weights once per model
-            chosen, unknown = resolve_layers(spec, axes.layers)
+            if is_delegated(spec):  # brainscore's own subject: one readout, nothing to read from a config
+                chosen, unknown = delegated_layers(spec, axes.layers)
+            else:
+                chosen, unknown = resolve_layers(spec, axes.layers)
         except Exception as error:  # noqa: BLE001  (config unreadable, hub id not cached offline, ...)
             skipped.append(SkippedRow(spec.model_id, spec.source, None, "failed",
                                       f"could not read the model's layer structure: {type(error).__name__}: {error}"))

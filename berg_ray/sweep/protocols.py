@@ -9,7 +9,10 @@ that the two agree).
 
 from __future__ import annotations
 
+import hashlib
+import threading
 from abc import ABC, abstractmethod
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -19,7 +22,8 @@ from berg_ray.errors import InvalidInputError
 from berg_ray.neural import PereiraAssembly
 from berg_ray.regression import PLSSettings
 from berg_ray.request import ModelRequest
-from berg_ray.scoring import BRAINSCORE_CV, linear_shuffle_split_r
+from berg_ray.scoring import (BRAINSCORE_CV, BRAINSCORE_RIDGE_CV, RIDGE_ALPHAS, linear_shuffle_split_r,
+                              ridge_group_split_r)
 from berg_ray.store import EncodingModelStore
 
 
@@ -129,8 +133,54 @@ class BrainscoreLinear(Scorer):
         return VoxelScores(np.nanmean(split_r, axis=0), split_r=split_r)
 
 
+class BrainscoreRidge(Scorer):
+    """brainscore-language's ``Pereira2018.384sentences-ridge`` metric (``ridge_pearsonr``, :mod:`berg_ray.scoring`).
+
+    The ridge picks one alpha per split for every voxel of every subject of the dataset together, as the benchmark
+    does; so each cell (one subject) is scored from the fit to all subjects' voxels, and its per-voxel r are exactly
+    the benchmark's for those voxels whatever subjects the grid holds. The all-subject fit of a cell's features is
+    computed once per process and shared by the cells of the other subjects that land there.
+    """
+
+    name = "brainscore-ridge"
+    comparable_context = "passage"
+    pooled_meaning = "the benchmark's raw score where `brainscore_comparable`"
+    _pooled: ClassVar[OrderedDict[tuple[str, str], np.ndarray]] = OrderedDict()
+    _lock: ClassVar[threading.Lock] = threading.Lock()
+
+    def identity(self, settings: PLSSettings) -> dict[str, Any]:
+        return {"cv": BRAINSCORE_RIDGE_CV, "alphas": list(RIDGE_ALPHAS), "alpha_for": "all voxels of all subjects"}
+
+    def describe(self, settings: PLSSettings) -> dict[str, Any]:
+        return {"cv": "GroupKFold(10, shuffle=True, random_state=1234) by story; RidgeCV(alphas=logspace(-3, 3, 7)), "
+                      "one alpha per split for all subjects' voxels", "pls": None}
+
+    def all_subjects_split_r(self, features: np.ndarray, assembly: PereiraAssembly) -> np.ndarray:
+        """Per-split r of every voxel of ``assembly`` (all subjects, one alpha per split): (n_splits, n_voxels)."""
+        features = np.ascontiguousarray(features)
+        key = (hashlib.sha256(features.tobytes() + str((features.shape, features.dtype)).encode()).hexdigest(),
+               assembly.sha256)
+        with self._lock:
+            if key in self._pooled:
+                return self._pooled[key]
+        split_r = ridge_group_split_r(features, assembly.all_responses(), assembly.stories, assembly.stimulus_ids,
+                                      n_splits=BRAINSCORE_RIDGE_CV["splits"],
+                                      random_state=BRAINSCORE_RIDGE_CV["random_state"])
+        with self._lock:
+            self._pooled[key] = split_r
+            while len(self._pooled) > 2:
+                self._pooled.popitem(last=False)
+        return split_r
+
+    def score(self, request: ModelRequest, subject: str, features: np.ndarray, assembly: PereiraAssembly,
+              settings: PLSSettings, cache: EncodingModelStore | None = None) -> VoxelScores:
+        split_r = self.all_subjects_split_r(features, assembly)[:, assembly.subject_columns(subject)]
+        return VoxelScores(np.nanmean(split_r, axis=0), split_r=split_r)
+
+
 #: protocol name -> scorer
-SCORERS: dict[str, Scorer] = {scorer.name: scorer for scorer in (PLSGroupKFold(), BrainscoreLinear())}
+SCORERS: dict[str, Scorer] = {scorer.name: scorer for scorer in (PLSGroupKFold(), BrainscoreLinear(),
+                                                                 BrainscoreRidge())}
 
 
 def get_scorer(protocol: str) -> Scorer:

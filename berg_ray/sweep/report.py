@@ -97,6 +97,85 @@ def summarize_layers(table: pd.DataFrame, out: str | os.PathLike | CellStore, n_
     return summary[list(SUMMARY_COLUMNS)]
 
 
+#: the columns of the controls table (``controls.csv``, the report's Controls section)
+CONTROL_COLUMNS: tuple[str, ...] = ("context", "kind", "model", "layer", "n_subjects", "median_r", "pooled_score",
+                                    "vs_best_language_model")
+LANGUAGE_MODEL = "language model"
+
+
+def control_kind(model_id: str) -> str | None:
+    """``"control: <what it encodes>"`` for a registered control model (OASM: position within the passage; random
+    embedding: word identity), None for any other model."""
+    from berg_ray import model_status
+    from berg_ray.errors import BergRayError
+    from berg_ray.registry import get_spec
+
+    try:
+        spec = get_spec(model_id)
+    except BergRayError:
+        return None
+    if not spec.control:
+        return None
+    encodes = model_status.facts_of(spec.source).encodes if spec.kind == "delegated" else ""
+    return f"control: {encodes or 'no linguistic content'}"
+
+
+def controls_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """The control models beside the language models, per context: each language model at its best layer (highest
+    ``median_r``) and each control, with ``vs_best_language_model`` = its ``pooled_score`` over the best language
+    model's of that context. Empty when the sweep has no control model (or no language model).
+
+    Args:
+        summary: :func:`summarize_layers` of the sweep.
+    """
+    if summary.empty:
+        return pd.DataFrame(columns=list(CONTROL_COLUMNS))
+    kinds = {model: control_kind(model) or LANGUAGE_MODEL for model in summary["model"].unique()}
+    if set(kinds.values()) == {LANGUAGE_MODEL} or LANGUAGE_MODEL not in kinds.values():
+        return pd.DataFrame(columns=list(CONTROL_COLUMNS))
+    records = []
+    for context, group in summary.groupby("context", sort=False):
+        rows = group[group["best_layer"]].drop_duplicates(["model"])
+        best = rows[rows["model"].map(kinds) == LANGUAGE_MODEL]["pooled_score"].max()
+        for row in rows.itertuples(index=False):
+            records.append({"context": context, "kind": kinds[row.model], "model": row.model, "layer": row.layer,
+                            "n_subjects": row.n_subjects, "median_r": row.median_r, "pooled_score": row.pooled_score,
+                            "vs_best_language_model": row.pooled_score / best if best and best > 0 else float("nan")})
+    table = pd.DataFrame.from_records(records, columns=list(CONTROL_COLUMNS))
+    table["_lm"] = table["kind"] != LANGUAGE_MODEL  # language models first, then each kind of control
+    table = table.sort_values(["context", "_lm", "kind", "pooled_score"], ascending=[True, True, True, False],
+                              kind="stable")
+    return table.drop(columns="_lm").reset_index(drop=True)
+
+
+def controls_verdicts(controls: pd.DataFrame, protocol: str) -> list[str]:
+    """One sentence per context and kind of control: does its best member come near the best language model?"""
+    lines = []
+    for context, group in controls.groupby("context", sort=False):
+        best = group[group["kind"] == LANGUAGE_MODEL].sort_values("pooled_score", ascending=False).iloc[0]
+        for kind, members in group[group["kind"] != LANGUAGE_MODEL].groupby("kind", sort=True):
+            control = members.sort_values("pooled_score", ascending=False).iloc[0]
+            ratio = control["vs_best_language_model"]
+            encodes = kind.removeprefix("control: ")
+            head = (f"`{protocol}`, context `{context}`, {encodes}: best `{control['model']}` "
+                    f"{control['pooled_score']:.3f} vs best language model `{best['model']}` "
+                    f"{best['pooled_score']:.3f}")
+            if not np.isfinite(ratio):
+                lines.append(f"{head}: no language model scores above 0, so the controls cannot be judged against "
+                             "one.")
+            elif ratio >= 1:
+                lines.append(f"{head} ({ratio:.0%}): **this control scores as well as the language models**: under "
+                             f"this protocol and context, {encodes} alone predicts the responses as well as a "
+                             "language model does.")
+            elif ratio >= 0.5:
+                lines.append(f"{head} ({ratio:.0%}): this control reaches more than half of the best language "
+                             "model's score; read this protocol's scores with care.")
+            else:
+                lines.append(f"{head} ({ratio:.0%}): this control stays far below the language models; the protocol "
+                             "is not gamed by it.")
+    return lines
+
+
 def write_outputs(table: pd.DataFrame, out: str | os.PathLike | CellStore, assembly: PereiraAssembly,
                   protocol: str, settings: PLSSettings, run: dict[str, Any], plots: bool = True,
                   extraction: dict[str, Any] | None = None) -> dict[str, str]:
@@ -120,6 +199,9 @@ def write_outputs(table: pd.DataFrame, out: str | os.PathLike | CellStore, assem
             "dataset": assembly.source, "dataset_sha256": assembly.sha256, "synthetic": assembly.synthetic,
             "finished": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
     files["last_run"] = store.write_file("last_run.json", json.dumps(meta, indent=2, default=str).encode())
+    controls = controls_table(summary)
+    if not controls.empty:
+        files["controls"] = store.write_file("controls.csv", controls.to_csv(index=False).encode())
     if plots:
         from berg_ray.plots import render_plots
 
@@ -127,7 +209,7 @@ def write_outputs(table: pd.DataFrame, out: str | os.PathLike | CellStore, assem
         for name, (filename, png) in render_plots(table, summary, assembly.synthetic).items():
             files[name] = store.write_file(filename, png)
             pngs[name] = filename
-        report = report_markdown(table, summary, pngs, meta, scorer.pooled_meaning)
+        report = report_markdown(table, summary, pngs, meta, scorer.pooled_meaning, controls)
         files["report"] = store.write_file("report.md", report.encode())
     return files
 
@@ -148,9 +230,10 @@ def markdown_table(frame: pd.DataFrame, float_format: str = "{:.3f}") -> str:
 
 
 def report_markdown(table: pd.DataFrame, summary: pd.DataFrame, pngs: dict[str, str], meta: dict[str, Any],
-                    pooled_meaning: str) -> str:
+                    pooled_meaning: str, controls: pd.DataFrame | None = None) -> str:
     """``report.md``: what was run, the per-layer table, the plots (``pngs``: name -> file name next to the
-    report), and every skipped or failed cell (``pooled_meaning``: the protocol's reading of ``pooled_score``)."""
+    report), the controls beside the language models (``controls``: :func:`controls_table`, if not empty), and
+    every skipped or failed cell (``pooled_meaning``: the protocol's reading of ``pooled_score``)."""
     from berg_ray.plots import SYNTHETIC_BANNER
 
     run = meta["run"]
@@ -185,6 +268,18 @@ def report_markdown(table: pd.DataFrame, summary: pd.DataFrame, pngs: dict[str, 
         legend = ("`median_r`: median over subjects of each subject's median r over voxels. `pooled_score`: "
                   f"BrainScore's aggregation over all subjects' voxels pooled ({pooled_meaning}).")
         lines += ["## All layers", "", legend, "", markdown_table(summary.drop(columns=["synthetic", "protocol"])), ""]
+    if controls is not None and not controls.empty:
+        lines += ["## Controls", "",
+                  ("Control models scored with the same protocol and data as the language models (each language "
+                   "model at its best layer). OASM encodes no linguistic content, only a sentence's position in the "
+                   "block it was digested in; a random embedding encodes word identity through fixed random "
+                   "vectors, no learned meaning. A control that comes near the language models shows what the "
+                   "protocol rewards besides linguistic content: under shuffled splits (brainscore-linear) OASM can "
+                   "predict a held-out sentence from its passage neighbours; under GroupKFold by story "
+                   "(pls-groupkfold, brainscore-ridge) a held-out story's OASM columns are all zero in training, so "
+                   "its predictions are one constant per fold."), "",
+                  *[f"- {line}" for line in controls_verdicts(controls, meta["protocol"])], "",
+                  markdown_table(controls), ""]
     problems = table[table["status"] != "ok"]
     if len(problems):
         lines += ["## Skipped and failed", "",

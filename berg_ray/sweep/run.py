@@ -60,9 +60,11 @@ def run_sweep(models: str | Sequence[str], subjects: str | Iterable[str] = "all"
         cache: encoding-model cache root (folder or ``s3://``), read and written by protocols that cache their fits
             (``pls-groupkfold``); ``None`` disables it.
         out: output folder or ``s3://`` prefix; rerunning into the same output resumes.
-        protocol: ``"pls-groupkfold"`` (PLS, ``n_components``, GroupKFold(10) by story: BERG's encoding model) or
-            ``"brainscore-linear"`` (brainscore's Pereira2018 ``-linear-shuffle`` raw score; comparable to the
-            benchmark with ``contexts=("passage",)`` and all subjects).
+        protocol: ``"pls-groupkfold"`` (PLS, ``n_components``, GroupKFold(10) by story: BERG's encoding model),
+            ``"brainscore-linear"`` (brainscore's Pereira2018 ``-linear-shuffle`` raw score) or ``"brainscore-ridge"``
+            (its ``-ridge`` raw score); the brainscore ones are comparable to the benchmark with
+            ``contexts=("passage",)`` and all subjects. Control models among ``models`` (``oasm-sigma*``,
+            ``randomembedding-*``) are scored alike and reported beside the language models.
         n_components: PLS components (ignored when ``settings`` is given).
         device: ``"auto"``, ``"cpu"`` or ``"cuda"`` for the extractor actors.
         settings: full PLS/CV settings (overrides ``n_components``).

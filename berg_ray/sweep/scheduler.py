@@ -76,11 +76,11 @@ class LayerFeaturesActor:
     """Ray actor: one model loaded once; the features of all the layers of ``request`` per call."""
 
     def __init__(self, request: ModelRequest, device: str):
-        from berg_ray.features import FeatureExtractor
+        from berg_ray.features import make_extractor
 
         self.layers = list(request.layers)
         # loaded with a requested layer as its own: the mapped layer need not exist (e.g. layers="all")
-        self.extractor = FeatureExtractor(dataclasses.replace(request.spec, layer=self.layers[-1]), device=device,
+        self.extractor = make_extractor(dataclasses.replace(request.spec, layer=self.layers[-1]), device=device,
                                           dtype=request.dtype, batch_size=request.batch_size)
 
     def features(self, sentences: Sequence[str], context: str, passages: Sequence[Any] | None) -> tuple:
