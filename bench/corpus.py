@@ -796,11 +796,14 @@ def main() -> int:
               f"{tl['before']:.1f} s = model load {startup:+.1f} s (runs: model load "
               f"{[round(x, 1) for x in speed_result['loads']]}, before first part "
               f"{[round(x['before'], 1) for x in speed_result['timelines']]})")
+        # a --quick run under load can end before its steady window holds a CPU sample: say so, don't divide by 0
+        efficiency = (f"{cpu['plain1'] / cpu['pipeline']:.0%}" if cpu["pipeline"] > 0
+                      else "n/a (no CPU sampled in the steady window: run too short)")
         split = {k: median([x.get(k, 0.0) for x in speed_result["cpu_split"]])
                  for k in dict.fromkeys(k for x in speed_result["cpu_split"] for k in x)}
         print("- pipeline CPU s per 1,000 sentences in its steady window, by process: " + ", ".join(
             f"{k} {v:.2f}" for k, v in sorted(split.items(), key=lambda kv: -kv[1]) if v >= 0.005)
-            + f"; CPU efficiency vs the 1-thread plain loop {cpu['plain1'] / cpu['pipeline']:.0%} (load-independent: "
+            + f"; CPU efficiency vs the 1-thread plain loop {efficiency} (load-independent: "
             f"on {ACTORS} free cores the steady rate would be about that fraction of {ACTORS} × the plain loop)")
         print("- encode_corpus driver steps timed alone: " + ", ".join(
             f"{k} {v:.1f} s" for k, v in speed_result["steps"].items()))
