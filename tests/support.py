@@ -351,3 +351,23 @@ def clean_ray(**env: str | None) -> Iterator[str]:
         sync_ray_config()
         yield token
     assert_clean_ray_state()
+
+
+@contextlib.contextmanager
+def local_ray(num_cpus: int = 2, **env: str | None) -> Iterator[str]:
+    """``with local_ray():`` a local Ray instance of this process (``num_cpus`` CPUs, its own temp dir and token,
+    from and back to a clean Ray state: :func:`clean_ray`, which also sets ``env``); yields its temp dir. Everything
+    it started is shut down and stopped on exit."""
+    import ray
+
+    from berg_ray.distributed import init_ray
+
+    temp_dir = ray_temp_dir()
+    with clean_ray(**env):
+        try:
+            init_ray(num_cpus=num_cpus, _temp_dir=temp_dir)
+            yield temp_dir
+        finally:
+            ray.shutdown()
+            stop_ray_processes(temp_dir)
+            remove_tree(temp_dir)

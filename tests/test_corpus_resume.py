@@ -22,18 +22,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from support import local_ray as local_ray_instance
 from support import (
     RAY_N_COMPONENTS,
     RAY_SUBJECTS,
     TINY_GPT2_LAYER,
-    clean_ray,
     create_bucket,
     environ,
-    ray_temp_dir,
-    remove_tree,
     s3_client,
     single_blas_thread,
-    stop_ray_processes,
 )
 
 from berg_ray import corpus as corpus_module
@@ -59,19 +56,8 @@ OTHER_GPT2_ID = "test-tiny-gpt2-seed1"
 @pytest.fixture(scope="module")
 def local_ray():
     """A local Ray instance for this module (2 CPUs, own temp dir, from and back to a clean Ray state)."""
-    import ray
-
-    from berg_ray.distributed import init_ray
-
-    temp_dir = ray_temp_dir()
-    with clean_ray():
-        try:
-            init_ray(num_cpus=2, _temp_dir=temp_dir)
-            yield temp_dir
-        finally:
-            ray.shutdown()
-            stop_ray_processes(temp_dir)
-            remove_tree(temp_dir)
+    with local_ray_instance() as temp_dir:
+        yield temp_dir
 
 
 @pytest.fixture(scope="module")

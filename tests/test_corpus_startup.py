@@ -9,7 +9,7 @@ import json
 
 import pandas as pd
 import pytest
-from support import clean_ray, ray_temp_dir, remove_tree, stop_ray_processes
+from support import local_ray as local_ray_instance
 
 from berg_ray.corpus import list_inputs, mark_duplicate_ids, plan_parts, read_part
 
@@ -55,19 +55,8 @@ def test_a_corpus_without_ids_needs_no_index_and_no_ray(tmp_path):
 @pytest.fixture(scope="module")
 def local_ray():
     """A local Ray with 2 CPUs (own temp dir and token; from and back to a clean Ray state)."""
-    import ray
-
-    from berg_ray.distributed import init_ray
-
-    temp_dir = ray_temp_dir()
-    with clean_ray():
-        try:
-            init_ray(num_cpus=2, _temp_dir=temp_dir)
-            yield temp_dir
-        finally:
-            ray.shutdown()
-            stop_ray_processes(temp_dir)
-            remove_tree(temp_dir)
+    with local_ray_instance() as temp_dir:
+        yield temp_dir
 
 
 @pytest.mark.parametrize(("num_cpus", "threads"), [(2, 2), (1, 1), (0.5, 1)])

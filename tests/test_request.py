@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from support import RAY_N_COMPONENTS, clean_ray, ray_temp_dir, remove_tree, stop_ray_processes
+from support import local_ray as local_ray_instance
+from support import RAY_N_COMPONENTS
 
 from berg_ray.api import BERG
 from berg_ray.errors import InvalidInputError
@@ -29,19 +30,8 @@ SENTENCES = ["The committee approved the new budget.", "A heron waited in the re
 @pytest.fixture(scope="module")
 def local_ray():
     """A local Ray instance for this module (own temp dir and token; from and back to a clean Ray state)."""
-    import ray
-
-    from berg_ray.distributed import init_ray
-
-    temp_dir = ray_temp_dir()
-    with clean_ray():
-        try:
-            init_ray(num_cpus=2, _temp_dir=temp_dir)
-            yield temp_dir
-        finally:
-            ray.shutdown()
-            stop_ray_processes(temp_dir)
-            remove_tree(temp_dir)
+    with local_ray_instance() as temp_dir:
+        yield temp_dir
 
 
 @pytest.fixture()
