@@ -42,7 +42,7 @@ from berg_ray import model_status
 from berg_ray.errors import InvalidInputError, UnsupportedModelError
 from berg_ray.layers import LayerChoice
 from berg_ray.registry import ModelSpec, get_spec
-from berg_ray.request import DEFAULT_DEVICE, check_context, check_dtype
+from berg_ray.request import DEFAULT_DEVICE, check_dtype, context_groups
 from berg_ray.validation import check_batch_size, check_sentences
 
 logger = logging.getLogger(__name__)
@@ -77,26 +77,15 @@ def digest_groups(n_sentences: int, context: str, passages: Sequence[Any] | None
     ``"sentence"``: ``[[0], [1], ...]``; ``"running"``: ``[[0, ..., n-1]]``; ``"passage"``: one list per passage
     label, labels in sorted order (as brainscore's Pereira benchmark), indices in input order within each.
     """
-    check_context(context)
-    if passages is not None and len(passages) != n_sentences:
-        raise InvalidInputError(f"passages has {len(passages)} entries but there are {n_sentences} sentences; "
-                                "give one passage label per sentence")
-    if context == "sentence":
-        return [[i] for i in range(n_sentences)]
-    if context == "running":
-        return [list(range(n_sentences))]
-    if passages is None:
-        raise InvalidInputError("context='passage' needs passages=[one label per sentence]")
+    groups = context_groups(n_sentences, context, passages)  # checks the arguments; passages in first-seen order
+    if context != "passage":
+        return groups
     try:
-        labels = sorted(set(passages))
-    except TypeError as error:  # unhashable, or labels of mixed types that cannot be ordered
+        return sorted(groups, key=lambda group: passages[group[0]])
+    except TypeError as error:  # labels of mixed types that cannot be ordered
         raise InvalidInputError(f"passage labels must be hashable values of one sortable type (brainscore digests "
                                 f"passages in sorted label order), got {sorted({type(p).__name__ for p in passages})}"
                                 f": {error}") from error
-    members: dict[Any, list[int]] = {label: [] for label in labels}
-    for index, label in enumerate(passages):
-        members[label].append(index)
-    return [members[label] for label in labels]
 
 
 def delegated_layers(spec: ModelSpec, layers: str | Sequence[str | int]

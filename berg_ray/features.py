@@ -38,7 +38,7 @@ from berg_ray.errors import DeviceError, InvalidInputError
 from berg_ray.localizer import LOCALIZED_LAYER, language_mask, mask_key_fields
 from berg_ray.precision import resolve_choice, warn_if_slow
 from berg_ray.registry import ModelSpec, get_spec
-from berg_ray.request import DEFAULT_DEVICE, check_context, check_dtype
+from berg_ray.request import DEFAULT_DEVICE, check_context, check_dtype, context_groups
 from berg_ray.validation import check_batch_size, check_sentences
 
 logger = logging.getLogger(__name__)
@@ -73,26 +73,6 @@ def check_layers(layers: str | Sequence[str]) -> list[str]:
     return list(dict.fromkeys(layers))
 
 
-def context_groups(n_sentences: int, context: str, passages: Sequence[Any] | None = None) -> list[list[int]]:
-    """Split sentence indices into groups that share a running context, in input order.
-
-    Returns:
-        list of groups, each a list of sentence indices; sentence ``g[k]``'s context is sentences ``g[:k+1]``.
-    """
-    check_context(context)
-    if passages is not None and len(passages) != n_sentences:
-        raise InvalidInputError(f"passages has {len(passages)} entries but there are {n_sentences} sentences; "
-                                "give one passage label per sentence")
-    if context == "sentence":
-        return [[i] for i in range(n_sentences)]
-    if context == "running":
-        return [list(range(n_sentences))]
-    if passages is None:
-        raise InvalidInputError("context='passage' needs passages=[one label per sentence]")
-    groups: OrderedDict[Any, list[int]] = OrderedDict()
-    for index, label in enumerate(passages):
-        groups.setdefault(label, []).append(index)
-    return list(groups.values())
 
 
 # --------------------------------------------------------------------------------------------------------------

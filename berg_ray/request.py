@@ -65,6 +65,28 @@ def check_dtype(dtype: Any) -> str:
     return name
 
 
+def context_groups(n_sentences: int, context: str, passages: Sequence[Any] | None = None) -> list[list[int]]:
+    """Split sentence indices into groups that share a running context, in input order.
+
+    Returns:
+        list of groups, each a list of sentence indices; sentence ``g[k]``'s context is sentences ``g[:k+1]``.
+    """
+    check_context(context)
+    if passages is not None and len(passages) != n_sentences:
+        raise InvalidInputError(f"passages has {len(passages)} entries but there are {n_sentences} sentences; "
+                                "give one passage label per sentence")
+    if context == "sentence":
+        return [[i] for i in range(n_sentences)]
+    if context == "running":
+        return [list(range(n_sentences))]
+    if passages is None:
+        raise InvalidInputError("context='passage' needs passages=[one label per sentence]")
+    groups: dict[Any, list[int]] = {}  # insertion-ordered: passages in first-seen order
+    for index, label in enumerate(passages):
+        groups.setdefault(label, []).append(index)
+    return list(groups.values())
+
+
 @dataclass(frozen=True)
 class ModelRequest:
     """A language model and how to run it; immutable, hashable, cheap to send to Ray workers.
