@@ -224,6 +224,22 @@ class LinearShuffleScore:
         return {str(s): aggregate_split_r(self.split_r[:, self.subjects == s]) for s in dict.fromkeys(self.subjects)}
 
 
+def pooled_responses(assembly_or_responses: Any, subjects: str | Sequence[str] = "all"
+                     ) -> tuple[Any, np.ndarray, np.ndarray | None]:
+    """(assembly or None, responses of shape (n_stimuli, n_pooled_voxels), subject of each column or None).
+
+    An assembly (anything with ``responses(subject)`` and ``n_voxels``) has the chosen subjects' voxels pooled side
+    by side; an array is used as it is.
+    """
+    if hasattr(assembly_or_responses, "responses") and hasattr(assembly_or_responses, "n_voxels"):
+        assembly = assembly_or_responses
+        chosen = list(assembly.subjects) if isinstance(subjects, str) and subjects == "all" else list(subjects)
+        responses = np.concatenate([assembly.responses(s) for s in chosen], axis=1)
+        voxel_subjects = np.concatenate([np.full(assembly.n_voxels[s], s, dtype=object) for s in chosen])
+        return assembly, responses, voxel_subjects
+    return None, np.asarray(assembly_or_responses), None
+
+
 def brainscore_linear_score(features: np.ndarray, assembly_or_responses: Any, *,
                             stimulus_ids: Sequence[Any] | None = None, subjects: str | Sequence[str] = "all",
                             n_splits: int = 10, train_size: float = 0.9, random_state: int = 1
@@ -241,15 +257,9 @@ def brainscore_linear_score(features: np.ndarray, assembly_or_responses: Any, *,
     Returns:
         :class:`LinearShuffleScore`; ``float(score)`` is the raw score.
     """
-    voxel_subjects = None
-    if hasattr(assembly_or_responses, "responses") and hasattr(assembly_or_responses, "n_voxels"):  # an assembly
-        assembly = assembly_or_responses
-        chosen = list(assembly.subjects) if isinstance(subjects, str) and subjects == "all" else list(subjects)
-        responses = np.concatenate([assembly.responses(s) for s in chosen], axis=1)
-        voxel_subjects = np.concatenate([np.full(assembly.n_voxels[s], s, dtype=object) for s in chosen])
-        stimulus_ids = assembly.stimulus_ids if stimulus_ids is None else stimulus_ids
-    else:
-        responses = np.asarray(assembly_or_responses)
+    assembly, responses, voxel_subjects = pooled_responses(assembly_or_responses, subjects)
+    if assembly is not None and stimulus_ids is None:
+        stimulus_ids = assembly.stimulus_ids
     split_r = linear_shuffle_split_r(features, responses, stimulus_ids, n_splits=n_splits, train_size=train_size,
                                      random_state=random_state)
     per_split = np.nanmedian(split_r, axis=1)
@@ -274,16 +284,10 @@ def brainscore_ridge_score(features: np.ndarray, assembly_or_responses: Any, *,
     Returns:
         :class:`LinearShuffleScore` (per-split r, per-voxel r, per-subject scores); ``float(score)`` is the raw score.
     """
-    voxel_subjects = None
-    if hasattr(assembly_or_responses, "responses") and hasattr(assembly_or_responses, "n_voxels"):  # an assembly
-        assembly = assembly_or_responses
-        chosen = list(assembly.subjects) if isinstance(subjects, str) and subjects == "all" else list(subjects)
-        responses = np.concatenate([assembly.responses(s) for s in chosen], axis=1)
-        voxel_subjects = np.concatenate([np.full(assembly.n_voxels[s], s, dtype=object) for s in chosen])
+    assembly, responses, voxel_subjects = pooled_responses(assembly_or_responses, subjects)
+    if assembly is not None:
         stimulus_ids = assembly.stimulus_ids if stimulus_ids is None else stimulus_ids
         stories = assembly.stories if stories is None else stories
-    else:
-        responses = np.asarray(assembly_or_responses)
     if stories is None:
         raise InvalidInputError("brainscore's ridge protocol splits by story: pass stories=[one per row]")
     split_r = ridge_group_split_r(features, responses, stories, stimulus_ids, n_splits=n_splits,
