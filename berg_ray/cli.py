@@ -1,7 +1,9 @@
 """``berg-ray`` command line: the same functions as the Python API and the Ray jobs.
 
     berg-ray models [--all]
-    berg-ray register MODEL_ID --source DIR_OR_HUB_ID --layer LAYER [--replace]
+    berg-ray register MODEL_ID --source DIR_OR_HUB_ID --layer LAYER [--revision R] [--replace]
+    berg-ray register MODEL_ID --source DIR_OR_HUB_ID --layer L1 --layer L2 ... --localizer-top-k K  (localizer model:
+        --layer once per layer, K a fraction in (0, 1) such as 0.1 or a number of units such as 4096)
     berg-ray fit MODEL --subjects all|018 199 ... [--dataset D] [--cache DIR_OR_S3] [--context C]
     berg-ray encode MODEL --subject S (--text T ... | --input FILE) --out FILE.parquet|.npy
     berg-ray encode-corpus MODEL --input PATH_OR_GLOB --output DIR [--subjects ...] [--overwrite]
@@ -62,7 +64,13 @@ def build_parser() -> argparse.ArgumentParser:
     register = sub.add_parser("register", help="add a custom model (saved in the user registry file)")
     register.add_argument("model_id")
     register.add_argument("--source", required=True, help="local model folder or Hugging Face hub id")
-    register.add_argument("--layer", required=True, help="dotted module name, e.g. transformer.h.5")
+    register.add_argument("--layer", required=True, action="append",
+                          help="dotted module name, e.g. transformer.h.5; for a localizer model give --layer once per "
+                               "layer, in order (bash: --layer=transformer.h.{0..11}), with --localizer-top-k")
+    register.add_argument("--localizer-top-k", default=None, metavar="K",
+                          help="make a localizer model (brainscore's use_localizer): the features of all --layer "
+                               "modules, masked to the units the Fedorenko (2010) localizer selects: a fraction in "
+                               "(0, 1) of them (0.1) or a number of units (4096); required for several layers")
     register.add_argument("--revision", default=None)
     register.add_argument("--replace", action="store_true",
                           help="replace an existing registration of MODEL_ID, or shadow a BrainScore short alias "
@@ -144,6 +152,13 @@ def _read_sentences(path: str) -> list[str]:
     return read_sentences_file(path)
 
 
+def _localizer_summary(layers: Sequence[str], top_k: float | int | None) -> str:
+    """``3 layers (transformer.h.0, ..., transformer.h.2) and top-k 0.1 (a fraction of the units)``."""
+    shown = ", ".join(layers) if len(layers) <= 3 else f"{layers[0]}, ..., {layers[-1]}"
+    kind = "a fraction of the units" if isinstance(top_k, float) else "units"
+    return f"{len(layers)} layer{'s' if len(layers) != 1 else ''} ({shown}) and top-k {top_k} ({kind})"
+
+
 def _cmd_models(args: argparse.Namespace) -> int:
     from berg_ray.registry import all_specs
 
@@ -156,6 +171,8 @@ def _cmd_models(args: argparse.Namespace) -> int:
             return spec.reason
         if spec.control:
             return "control model: its features encode no linguistic content (run through brainscore's subject)"
+        if spec.localizer_layers:
+            return f"localizer model: {_localizer_summary(spec.localizer_layers, spec.localizer_top_k)}"
         return "run through brainscore's own subject" if spec.kind == "delegated" else ""
 
     rows = [(s.model_id, s.source or "-", s.layer or "-", s.status, note(s)) for s in specs]
@@ -173,11 +190,24 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 
 def _cmd_register(args: argparse.Namespace) -> int:
+    from berg_ray.errors import InvalidInputError
+    from berg_ray.localizer import check_top_k
     from berg_ray.registry import register_model, registry_path
+    from berg_ray.validation import check_register_arguments
 
-    spec = register_model(args.model_id, args.source, args.layer, revision=args.revision, persist=True,
-                          replace=args.replace)
-    print(f"registered {spec.model_id} -> {spec.source} (layer {spec.layer}) in {registry_path()}")
+    layers, top_k = check_register_arguments(layers=args.layer, localizer_top_k=args.localizer_top_k, cli=True)
+    if top_k is not None:
+        try:
+            top_k = check_top_k(top_k)
+        except InvalidInputError as error:
+            raise InvalidInputError(f"--localizer-top-k {args.localizer_top_k}: {error}") from None
+    spec = register_model(args.model_id, args.source, layers if top_k is not None else layers[0],
+                          revision=args.revision, persist=True, replace=args.replace, localizer_top_k=top_k)
+    if spec.localizer_layers:
+        print(f"registered localizer model {spec.model_id} -> {spec.source} with "
+              f"{_localizer_summary(spec.localizer_layers, spec.localizer_top_k)} in {registry_path()}")
+    else:
+        print(f"registered {spec.model_id} -> {spec.source} (layer {spec.layer}) in {registry_path()}")
     return 0
 
 

@@ -27,13 +27,13 @@ import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
-from berg_ray import options
+from berg_ray import code_models, options
 from berg_ray.errors import DeviceError, InvalidInputError
 from berg_ray.localizer import LOCALIZED_LAYER, language_mask, mask_key_fields
 from berg_ray.precision import resolve_choice, warn_if_slow
@@ -125,6 +125,9 @@ class LanguageModel:
     dtype: torch.dtype
     max_length: int
     causal: bool
+    #: how many times each read module runs in one forward pass (probed by its first full pass; brainscore's hook
+    #: keeps the last run's output, e.g. suma's blocks run ``num_cycles`` times)
+    calls: dict[str, int] = field(default_factory=dict)
 
 
 def _get_module(model: torch.nn.Module, name: str) -> torch.nn.Module:
@@ -155,8 +158,11 @@ def load_language_model(model: str | ModelSpec, device: str | torch.device = DEF
     logger.info("loading %s (%s, layer %s) on %s as %s", spec.model_id, spec.source, spec.layer, torch_device,
                 torch_dtype)
     revision = None if spec.is_local else spec.revision
-    net = AutoModelForCausalLM.from_pretrained(spec.source, revision=revision, low_cpu_mem_usage=True,
-                                               dtype=torch_dtype)
+    if spec.kind == "code":  # a network that brainscore's plugin builds in code: the same build, seeded
+        net = code_models.build_network(spec.builder).to(torch_dtype)
+    else:
+        net = AutoModelForCausalLM.from_pretrained(spec.source, revision=revision, low_cpu_mem_usage=True,
+                                                   dtype=torch_dtype)
     net.to(torch_device).eval()
     tokenizer = AutoTokenizer.from_pretrained(spec.source, revision=revision, **spec.tokenizer_kwargs)
     limits = [tokenizer.model_max_length]
@@ -222,14 +228,18 @@ def _read_layers(lm: LanguageModel, sequences: list[list[int]], token_types: lis
     inputs = padded_inputs(lm, sequences, token_types)
     row_index, position_index = torch.as_tensor(rows), torch.as_tensor(positions)
     captured: dict[str, np.ndarray] = {}
+    expected = {name: lm.calls.get(name) for name in modules}  # None: not probed yet, so the pass runs to its end
+    counts = dict.fromkeys(modules, 0)
+    known = all(count is not None for count in expected.values())
 
     def make_hook(name: str) -> Any:
         def hook(_module: torch.nn.Module, _inputs: Any, output: Any) -> None:
-            if name in captured:  # a module that runs twice: its first output is the layer's
-                return
+            counts[name] += 1
+            if expected[name] is not None and counts[name] < expected[name]:
+                return  # an earlier run of a module that runs several times: as brainscore, the last run counts
             hidden = output[0] if isinstance(output, (tuple, list)) else output
             captured[name] = hidden[row_index, position_index].float().cpu().numpy()
-            if len(captured) == len(modules):
+            if known and all(counts[n] >= expected[n] for n in modules):
                 raise _StopForward
         return hook
 
@@ -245,6 +255,9 @@ def _read_layers(lm: LanguageModel, sequences: list[list[int]], token_types: lis
     missing = [name for name in modules if name not in captured]
     if missing:
         raise RuntimeError(f"layer(s) {', '.join(missing)} did not run in the forward pass of {lm.spec.model_id}")
+    for name, count in counts.items():
+        if expected[name] is None:
+            lm.calls[name] = count
     return captured
 
 
@@ -301,6 +314,10 @@ class FeatureExtractor:
 
     @property
     def n_units(self) -> int:
+        """Columns of the model's features: the hidden size, or for a localizer model the units its mask selects
+        (computing the mask if it is not cached yet)."""
+        if self.spec.localizer_top_k is not None:
+            return int(self.localizer_mask().sum())
         config = self.lm.model.config
         return int(getattr(config, "hidden_size", None) or config.n_embd)
 

@@ -39,6 +39,25 @@ def build_bpe_tokenizer(folder: str | Path, corpus: Iterable[str] | None = None,
     return tokenizer
 
 
+def build_llama_tokenizer(folder: str | Path, corpus: Iterable[str] | None = None, vocab_size: int = 1000,
+                          model_max_length: int = 4096):
+    """Train a SentencePiece-style BPE tokenizer with Llama's interface (``LlamaTokenizerFast``: ``<s>`` prepended,
+    ``</s>``, ``<unk>``, ``▁`` word starts) on ``corpus`` and save it to ``folder`` (a stand-in for the gated
+    ``meta-llama/Llama-2-7b-hf`` tokenizer that brainscore's suma reads)."""
+    from tokenizers import SentencePieceBPETokenizer
+    from transformers import LlamaTokenizerFast
+
+    texts = list(corpus) if corpus is not None else []
+    texts += _DEFAULT_CORPUS
+    bpe = SentencePieceBPETokenizer()
+    bpe.train_from_iterator(texts, vocab_size=vocab_size, min_frequency=1, special_tokens=["<unk>", "<s>", "</s>"])
+    tokenizer = LlamaTokenizerFast(tokenizer_object=bpe._tokenizer, bos_token="<s>", eos_token="</s>",
+                                   unk_token="<unk>", add_bos_token=True, add_eos_token=False,
+                                   model_max_length=model_max_length)
+    tokenizer.save_pretrained(str(folder))
+    return tokenizer
+
+
 def build_gpt2(folder: str | Path, *, n_layer: int = 3, n_embd: int = 32, n_head: int = 4, n_positions: int = 64,
                vocab_size: int | None = None, corpus: Iterable[str] | None = None, seed: int = 0) -> Path:
     """Save a randomly initialised ``GPT2LMHeadModel`` and a matching tokenizer to ``folder``.

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from berg_ray import model_status
+from berg_ray import code_models, model_status
 from berg_ray.errors import InvalidInputError, UnknownModelError, UnsupportedModelError, closest
 from berg_ray.localizer import LOCALIZED_LAYER, check_top_k
 
@@ -52,11 +52,14 @@ class ModelSpec:
         localizer_layers: for a localizer model (``layer`` is then :data:`~berg_ray.localizer.LOCALIZED_LAYER`):
             the hooked modules, in order, whose last-token outputs are concatenated and masked.
         localizer_top_k: for a localizer model: the fraction (in (0, 1)) or number of units the localizer keeps.
-        kind: ``"huggingface"`` (berg-ray's own batched readout) or ``"delegated"`` (run through brainscore's own
-            subject, :mod:`berg_ray.delegated`; ``source`` is then ``brainscore:<plugin>/<brainscore id>``).
+        kind: ``"huggingface"`` (berg-ray's own batched readout), ``"code"`` (the same readout over a network that
+            brainscore's plugin builds in code: ``builder``, :mod:`berg_ray.code_models`; ``source`` is then the hub
+            id of its tokenizer) or ``"delegated"`` (run through brainscore's own subject, :mod:`berg_ray.delegated`;
+            ``source`` is then ``brainscore:<plugin>/<brainscore id>``).
         status: one of :data:`berg_ray.options.MODEL_STATUSES` (``"runnable"``, ``"needs-weights"``, ...); with
             ``reason`` it says what the model needs (default: ``"runnable"`` if supported, else ``"unsupported"``).
         control: a content-free control model (OASM, random embedding): its features encode no linguistic content.
+        builder: for ``kind="code"``: the class, config and seed of the network (:func:`code_models.check_builder`).
     """
 
     model_id: str
@@ -72,6 +75,7 @@ class ModelSpec:
     kind: str = "huggingface"
     status: str = ""
     control: bool = False
+    builder: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "localizer_layers", tuple(self.localizer_layers))  # a JSON list from a registry file
@@ -104,6 +108,9 @@ class ModelSpec:
         """
         if self.kind == "delegated":  # brainscore's subject: its plugin code, version and weights
             return model_status.delegated_fingerprint(self.source)
+        if self.kind == "code":  # a network built in code: its builder (classes, config, seed) and its tokenizer
+            tokenizer = f"hub:{self.source}@{self.revision or 'main'}"
+            return f"{code_models.builder_fingerprint(self.builder)}|tokenizer:{tokenizer}"
         if not self.is_local:
             return f"hub:{self.source}@{self.revision or 'main'}"
         return f"dir:{_folder_sha256(str(Path(self.source).expanduser().resolve()))}"
@@ -358,24 +365,6 @@ def _localizer_plugin_spec(model_id: str, kwargs: dict[str, ast.AST], names: dic
         top_k = check_top_k(value(dict(zip([_literal(k, names) for k in options.keys], options.values))["top_k"]))
     except (_Unreadable, _NotCached, InvalidInputError, KeyError, AttributeError) as error:
         return unsupported(f"its model id or top_k is computed in a way berg-ray does not read ({error})")
-    custom = [name for name in ("model", "tokenizer") if name in kwargs
-              and not (isinstance(kwargs[name], ast.Constant) and kwargs[name].value is None)]
-    if custom:
-        tokenizer = kwargs.get("tokenizer")
-        repo = (_literal(tokenizer.args[0], names) if isinstance(tokenizer, ast.Call) and tokenizer.args else None)
-        network = kwargs.get("model")
-        built = (network.func.id if isinstance(network, ast.Call) and isinstance(network.func, ast.Name) else "?")
-        cycles = [_literal(kw.value, names) for node in ast.walk(network) if isinstance(node, ast.Call)
-                  for kw in node.keywords if kw.arg == "num_cycles"] if network is not None else []
-        where = ("in" if isinstance(repo, str) and hf_cached_file(repo, "tokenizer_config.json") else "not in")
-        return unsupported(
-            f"builds its network in code ({built}, randomly initialised on every load by brainscore: no trained "
-            "weights, and not seeded there, so its scores come from one unrecorded random network)"
-            + (f" with the gated tokenizer {repo!r} ({where} the Hugging Face cache {hf_cache_dir()})"
-               if isinstance(repo, str) else "")
-            + (f"; its blocks run {max(cycles)} times per forward pass (num_cycles) and brainscore reads the last "
-               "run, which berg-ray's readout does not reproduce" if cycles and max(cycles) > 1 else "")
-            + "; berg-ray runs localizer models from Hugging Face weights only", source, top_k=top_k)
     mapping = kwargs.get("region_layer_mapping")
     layers: tuple[str, ...] = ()
     try:
@@ -390,6 +379,9 @@ def _localizer_plugin_spec(model_id: str, kwargs: dict[str, ast.AST], names: dic
     except _Unreadable as error:
         return unsupported(f"its layer list is computed in a way berg-ray does not read ({error})", source,
                            top_k=top_k)
+    if any(name in kwargs and not (isinstance(kwargs[name], ast.Constant) and kwargs[name].value is None)
+           for name in ("model", "tokenizer")):
+        return _code_built_spec(model_id, kwargs, tree, value, layers, top_k, unsupported)
     missing = hf_missing_files(source)
     if missing:
         folder = "models--" + source.replace("/", "--")
@@ -399,6 +391,67 @@ def _localizer_plugin_spec(model_id: str, kwargs: dict[str, ast.AST], names: dic
                            source, layers, top_k, status="needs-weights")
     return ModelSpec(model_id, source, LOCALIZED_LAYER, origin="brainscore", localizer_layers=layers,
                      localizer_top_k=top_k)
+
+
+def _tokenizer_missing(repo: str) -> list[str]:
+    """The tokenizer files of hub repo ``repo`` that the local Hugging Face cache lacks (empty: it can load)."""
+    missing = [] if hf_cached_file(repo, "tokenizer_config.json") else ["tokenizer_config.json"]
+    if not (hf_cached_file(repo, "tokenizer.json") or hf_cached_file(repo, "tokenizer.model")):
+        missing.append("tokenizer.json (or tokenizer.model)")
+    return missing
+
+
+def _code_built_spec(model_id: str, kwargs: dict[str, ast.AST], tree: ast.Module, value: Any,
+                     layers: tuple[str, ...], top_k: float | int, unsupported: Any) -> ModelSpec:
+    """A localizer registration whose network is built in code (``model=Net(config=NetConfig(...))`` with classes
+    from brainscore_language and ``tokenizer=AutoTokenizer.from_pretrained('<hub id>')``): ``kind="code"``, built by
+    :mod:`berg_ray.code_models` under a recorded seed; runnable when the tokenizer is in the local HF cache."""
+    imports = {alias.asname or alias.name: node.module for node in tree.body
+               if isinstance(node, ast.ImportFrom) and node.module for alias in node.names}
+    network, tokenizer = kwargs.get("model"), kwargs.get("tokenizer")
+    try:
+        if not (isinstance(network, ast.Call) and isinstance(network.func, ast.Name)):
+            raise _Unreadable("its network is not built by one class call")
+        config_node = next((kw.value for kw in network.keywords if kw.arg == "config"),
+                           network.args[0] if network.args else None)
+        if not (isinstance(config_node, ast.Call) and isinstance(config_node.func, ast.Name) and not config_node.args):
+            raise _Unreadable("its network's config is not one class call with keyword arguments")
+        module = imports.get(network.func.id)
+        if module is None or imports.get(config_node.func.id) != module:
+            raise _Unreadable(f"{network.func.id} and {config_node.func.id} are not imported from one module")
+        builder = code_models.check_builder({
+            "module": module, "model_class": network.func.id, "config_class": config_node.func.id,
+            "config": {kw.arg: value(kw.value) for kw in config_node.keywords}, "seed": code_models.DEFAULT_SEED})
+        if not (isinstance(tokenizer, ast.Call) and isinstance(tokenizer.func, ast.Attribute)
+                and tokenizer.func.attr == "from_pretrained" and len(tokenizer.args) == 1):
+            raise _Unreadable("its tokenizer is not AutoTokenizer.from_pretrained(<hub id>)")
+        repo = value(tokenizer.args[0])
+        tokenizer_kwargs = {kw.arg: value(kw.value) for kw in tokenizer.keywords}
+        if not isinstance(repo, str) or not layers:
+            raise _Unreadable("its tokenizer id or layer list is not a literal")
+    except (_Unreadable, _NotCached, InvalidInputError) as error:
+        return unsupported(f"builds its network in code in a way berg-ray does not read ({error})", top_k=top_k)
+    cycles = builder["config"].get("num_cycles")
+    if cycles is not None and not isinstance(cycles, int):
+        return unsupported(f"its blocks run a number of times that depends on the input (num_cycles={cycles!r}), "
+                           "which berg-ray's readout does not reproduce", repo, layers, top_k)
+    seeded = (f"{builder['model_class']} built in code with random weights (brainscore builds it unseeded on every "
+              f"load, so its numbers come from one unrecorded random network; berg-ray seeds it with seed "
+              f"{builder['seed']}, recorded in every cache entry)")
+    missing = _tokenizer_missing(repo)
+    if missing:
+        folder = "models--" + repo.replace("/", "--")
+        return ModelSpec(model_id, repo, LOCALIZED_LAYER, supported=False, origin="brainscore", kind="code",
+                         localizer_layers=layers, localizer_top_k=top_k, builder=builder,
+                         tokenizer_kwargs=tokenizer_kwargs, status="needs-weights",
+                         reason=f"localizer model: {seeded}; needs the tokenizer of {repo!r} in the local Hugging Face "
+                                f"cache ({hf_cache_dir()}), which lacks {', '.join(missing)}; where there is network "
+                                f"(and access, if the repo is gated) run `huggingface-cli download {repo} "
+                                "tokenizer_config.json tokenizer.json tokenizer.model special_tokens_map.json` (or "
+                                f"copy its {folder} folder into that cache)")
+    return ModelSpec(model_id, repo, LOCALIZED_LAYER, origin="brainscore", kind="code", localizer_layers=layers,
+                     localizer_top_k=top_k, builder=builder, tokenizer_kwargs=tokenizer_kwargs,
+                     reason=f"localizer model: {seeded}")
 
 
 @functools.lru_cache(maxsize=1)

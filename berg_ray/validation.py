@@ -248,6 +248,66 @@ def check_encode_arguments(*, out: Any, subject: Any, n_components: Any, batch_s
         check_sentences(sentences)
 
 
+def parse_top_k(text: Any, name: str = "--localizer-top-k") -> int | float:
+    """A localizer ``top_k`` typed as text, as a number: ``"4096"`` → ``4096`` (an int: a number of units),
+    ``"0.1"`` → ``0.1`` (a float: a fraction of the units). A number passes through unchanged.
+
+    Only the spelling is checked here; the value rules (a fraction in (0, 1) or an int ≥ 1) are
+    :func:`berg_ray.localizer.check_top_k`'s.
+    """
+    if isinstance(text, numbers.Real) and not isinstance(text, bool):
+        return text
+    if isinstance(text, str) and text.strip():
+        for number in (int, float):
+            try:
+                return number(text)
+            except ValueError:
+                pass
+    raise InvalidInputError(f"{name} {text!r} is not a number; give a fraction of the units in (0, 1) such as 0.1 "
+                            "or a whole number of units ≥ 1 such as 4096")
+
+
+def check_register_arguments(*, layers: Any, localizer_top_k: Any = None,
+                             cli: bool = False) -> tuple[list[str], int | float | None]:
+    """``register``: the layer list and the localizer's ``top_k``, checked before any model is built.
+
+    Args:
+        layers: one layer name or a list of them (``berg-ray register --layer A --layer B``: one ``--layer`` per
+            layer; a name holding a comma is refused, as no module name holds one).
+        localizer_top_k: ``None`` (a plain one-layer model), or the localizer's ``top_k`` as a number or as text
+            (:func:`parse_top_k`); required for more than one layer.
+        cli: name the command-line options (``--layer``) instead of the keyword arguments.
+
+    Returns:
+        (the layer names, ``top_k`` parsed but not range-checked: pass it to
+        :func:`berg_ray.localizer.check_top_k`, which this foundation module cannot import).
+    """
+    name = _namer(cli)
+    layer_flag, top_k_flag = name("layer"), name("localizer_top_k")
+    chosen = [layers] if isinstance(layers, str) else list(layers) if isinstance(layers, (list, tuple)) else None
+    if not chosen or not all(isinstance(layer, str) and layer.strip() for layer in chosen):
+        raise InvalidInputError(f"{layer_flag} must be a dotted module name such as 'transformer.h.5' (or several, "
+                                f"with {top_k_flag}), got {layers!r}")
+    for layer in chosen:
+        if "," in layer:
+            parts = [part.strip() for part in layer.split(",") if part.strip()]
+            how = " ".join(f"--layer {part}" for part in parts) if cli else repr(parts)
+            raise InvalidInputError(f"{layer_flag} {layer!r} holds a comma, which no module name does; give each "
+                                    f"layer separately: {how}")
+    repeated = sorted({layer for layer in chosen if chosen.count(layer) > 1})
+    if repeated:
+        raise InvalidInputError(f"{layer_flag} names {', '.join(map(repr, repeated))} more than once; give each "
+                                "layer once")
+    if localizer_top_k is None:
+        if len(chosen) > 1:
+            shown = ", ".join(chosen) if len(chosen) <= 4 else f"{chosen[0]}, ..., {chosen[-1]}"
+            raise InvalidInputError(f"a list of {len(chosen)} layers ({shown}) makes a localizer model, "
+                                    f"which needs {top_k_flag}: a fraction of the units in (0, 1) such as 0.1, or a "
+                                    f"number of units such as 4096; for a plain model give one {layer_flag}")
+        return chosen, None
+    return chosen, parse_top_k(localizer_top_k, top_k_flag)
+
+
 def check_corpus_arguments(*, subjects: Any, n_components: Any, batch_size: Any, device: Any = "auto",
                            num_extractors: Any = 1, num_gpus: Any = 0.0, rows_per_part: Any = 1,
                            num_cpus_per_extractor: Any = None, output: Any = "out", dataset: Any = None,

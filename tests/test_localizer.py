@@ -33,6 +33,11 @@ GPT2_LOC_ID = "test-loc-gpt2"
 GPT2_LOC_LAYERS = ["transformer.h.0", "transformer.h.1", "transformer.h.2"]
 QWEN3_LOC_ID = "test-loc-qwen3"
 QWEN3_LOC_LAYERS = ["model.layers.0", "model.layers.1"]
+SUMA_ID = "brainscore_language-suma"
+SUMA_LAYERS = ("layers.0.input_layernorm", "layers.0.self_attn")
+#: brainscore's suma network (one block run twice, read at its input norm and its attention) at width 32
+TINY_SUMA_CONFIG = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 4,
+                    "num_key_value_heads": 4, "num_cycles": 2}
 TOP_K = 0.1
 #: brainscore's localizer batch size here: any value gives the same mask; one batch of all 240 is the quickest
 REFERENCE_BATCH_SIZE = 240
@@ -316,6 +321,14 @@ def hf_cache(tmp_path, monkeypatch):
     brainscore_specs.cache_clear()
 
 
+def plant_in_hf_cache(hub, repo: str, folder) -> None:
+    """Copy ``folder`` into the hub cache ``hub`` as the default-branch snapshot of ``repo``."""
+    snapshot = hub / ("models--" + repo.replace("/", "--")) / "snapshots" / ("0" * 40)
+    shutil.copytree(folder, snapshot)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("0" * 40)
+
+
 def test_builtin_localizer_ids_are_listed_with_what_they_need(hf_cache):
     every = {s.model_id: s for s in all_specs(include_unsupported=True)}
     for model_id in LOC10_IDS:
@@ -326,18 +339,16 @@ def test_builtin_localizer_ids_are_listed_with_what_they_need(hf_cache):
         assert str(hf_cache) in spec.reason and f"huggingface-cli download {repo}" in spec.reason
         with pytest.raises(UnsupportedModelError, match="local Hugging Face cache"):
             get_spec(model_id)
-    suma = every["brainscore_language-suma"]
-    assert not suma.supported and suma.localizer_top_k == 4096
-    assert "meta-llama/Llama-2-7b-hf" in suma.reason and "randomly initialised" in suma.reason
+    suma = every[SUMA_ID]
+    assert not suma.supported and suma.status == "needs-weights" and suma.localizer_top_k == 4096
+    assert "needs the tokenizer of 'meta-llama/Llama-2-7b-hf'" in suma.reason and str(hf_cache) in suma.reason
+    assert "seed 0" in suma.reason
 
 
 def test_builtin_localizer_id_runs_from_the_hf_cache(loc_models, tiny_qwen3, tmp_path):
     """A hub cache holding (the tiny Qwen3 saved as) Qwen/Qwen3-0.6B: the built-in id is runnable, its layers come
     from the cached config, and its features are those of the same weights registered from a folder."""
-    snapshot = tmp_path / "hub" / "models--Qwen--Qwen3-0.6B" / "snapshots" / ("0" * 40)
-    shutil.copytree(tiny_qwen3, snapshot)
-    (snapshot.parents[1] / "refs").mkdir()
-    (snapshot.parents[1] / "refs" / "main").write_text("0" * 40)
+    plant_in_hf_cache(tmp_path / "hub", "Qwen/Qwen3-0.6B", tiny_qwen3)
     script = (
         "import json, sys; from berg_ray.registry import get_spec; from berg_ray.features import extract_features\n"
         "spec = get_spec('qwen3-0.6b-loc-10')\n"
@@ -353,3 +364,110 @@ def test_builtin_localizer_id_runs_from_the_hf_cache(loc_models, tiny_qwen3, tmp
     expected = extract_features(loc_models["qwen3"][0], SENTENCES, device="cpu")
     # same weights, same computation in another process: equal to float32 rounding (measured: identical)
     np.testing.assert_allclose(np.asarray(result["features"], dtype=np.float32), expected, rtol=0, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------------ suma
+
+
+@pytest.fixture(scope="module")
+def llama_tokenizer(tmp_path_factory):
+    """A Llama-interface tokenizer trained here: the stand-in for the gated meta-llama/Llama-2-7b-hf one."""
+    from berg_ray.offline_models import build_llama_tokenizer
+
+    folder = tmp_path_factory.mktemp("llama_tokenizer")
+    build_llama_tokenizer(folder)
+    return folder
+
+
+def tiny_suma_spec(tokenizer_folder, num_cycles: int = 2, seed: int = 0):
+    """The built-in suma spec at width 32 (what the plugin builds, narrower), its tokenizer from a folder."""
+    suma = next(spec for spec in all_specs(include_unsupported=True) if spec.model_id == SUMA_ID)
+    builder = {**suma.builder, "config": {**TINY_SUMA_CONFIG, "num_cycles": num_cycles}, "seed": seed}
+    return dataclasses.replace(suma, model_id=f"test-loc-suma-c{num_cycles}-s{seed}", source=str(tokenizer_folder),
+                               builder=builder, supported=True, status="runnable", localizer_top_k=TOP_K)
+
+
+def brainscore_suma_subject(tokenizer_folder, seed: int = 0):
+    """brainscore's HuggingfaceSubject over SUMAModel(SUMAConfig(**TINY_SUMA_CONFIG)) built after
+    torch.manual_seed(seed), exactly as its suma plugin builds it (plus the seed)."""
+    import torch
+    from brainscore_language import ArtificialSubject
+    from brainscore_language.model_helpers.huggingface import HuggingfaceSubject
+    from brainscore_language.model_helpers.modeling_suma import SUMAConfig, SUMAModel
+    from transformers import AutoTokenizer
+
+    torch.manual_seed(seed)
+    subject = HuggingfaceSubject(
+        model_id="tiny-suma", model=SUMAModel(config=SUMAConfig(**TINY_SUMA_CONFIG)),
+        tokenizer=AutoTokenizer.from_pretrained(str(tokenizer_folder)),
+        region_layer_mapping={ArtificialSubject.RecordingTarget.language_system: list(SUMA_LAYERS)},
+        use_localizer=True, localizer_kwargs={"hidden_dim": 32, "batch_size": REFERENCE_BATCH_SIZE, "top_k": TOP_K})
+    subject.start_neural_recording(ArtificialSubject.RecordingTarget.language_system,
+                                   ArtificialSubject.RecordingType.fMRI)
+    return subject
+
+
+def test_suma_mask_and_features_equal_brainscore_with_the_same_seed(llama_tokenizer):
+    """suma's blocks run twice per forward pass and brainscore's hooks keep the last run: ours equal brainscore's
+    subject built after the same torch.manual_seed, while the first run's outputs (a 1-cycle network of the same
+    weights) are far from them."""
+    spec = tiny_suma_spec(llama_tokenizer)
+    with single_blas_thread():
+        subject = brainscore_suma_subject(llama_tokenizer)
+        extractor = FeatureExtractor(spec, device="cpu")
+        mask = extractor.localizer_mask()
+        assert mask.shape == (2, 32) and np.array_equal(mask.ravel().astype(int), subject.language_mask)
+        assert int(TOP_K * mask.size) <= mask.sum() < mask.size and extractor.n_units == mask.sum()
+        for context in ("sentence", "passage"):
+            ours = extractor(SENTENCES, context=context, passages=PASSAGES)
+            reference = brainscore_features(subject, SENTENCES, context, PASSAGES)
+            assert ours.shape == reference.shape == (len(SENTENCES), mask.sum())
+            assert np.abs(reference).max() > 1e-3  # initializer_range 0.02 → scale ~1e-2: ≥ 100× the bound below
+            assert np.abs(ours - reference).max() <= FEATURE_TOLERANCE, (context, np.abs(ours - reference).max())
+        second = extractor.extract(SENTENCES, list(SUMA_LAYERS))
+        first = FeatureExtractor(tiny_suma_spec(llama_tokenizer, num_cycles=1), device="cpu").extract(
+            SENTENCES, list(SUMA_LAYERS))
+    for layer in SUMA_LAYERS:  # reading the first run instead would miss by the features' whole scale
+        assert np.abs(second[layer] - first[layer]).max() > 1000 * FEATURE_TOLERANCE
+
+
+def test_suma_seed_fixes_the_network_and_the_cache_key(llama_tokenizer):
+    from berg_ray.code_models import build_network
+
+    one, again, other = (build_network(tiny_suma_spec(llama_tokenizer, seed=seed).builder) for seed in (0, 0, 1))
+    weights = [dict(net.state_dict()) for net in (one, again, other)]
+    assert all(np.array_equal(weights[0][k].numpy(), weights[1][k].numpy()) for k in weights[0])
+    assert any(not np.array_equal(weights[0][k].numpy(), weights[2][k].numpy()) for k in weights[0])
+    from berg_ray.regression import PLSSettings
+
+    keys = {seed: ModelRequest.build(tiny_suma_spec(llama_tokenizer, seed=seed), device="cpu").cache_key(
+        "018", "sha", PLSSettings()) for seed in (0, 1)}
+    assert keys[0] != keys[1]
+
+
+def test_code_builder_names_only_brainscore_classes():
+    from berg_ray.code_models import check_builder
+
+    good = {"module": "brainscore_language.model_helpers.modeling_suma", "model_class": "SUMAModel",
+            "config_class": "SUMAConfig", "config": {"num_cycles": 2}, "seed": 0}
+    assert check_builder(good) == good
+    for bad, message in [({"module": "os"}, "not inside 'brainscore_language'"),
+                         ({"model_class": "os.system"}, "not a class name"),
+                         ({"config": {"x": [1]}}, "JSON scalars"), ({"seed": -1}, "seed -1")]:
+        with pytest.raises(InvalidInputError, match=message):
+            check_builder({**good, **bad})
+
+
+def test_builtin_suma_runs_once_its_tokenizer_is_in_the_hf_cache(hf_cache, llama_tokenizer):
+    """With the tokenizer planted as meta-llama/Llama-2-7b-hf: runnable, built from the plugin's own config (its
+    literal values in brainscore-language 2.3.0's suma plugin), seeded, read at the plugin's layers."""
+    plant_in_hf_cache(hf_cache, "meta-llama/Llama-2-7b-hf", llama_tokenizer)
+    brainscore_specs.cache_clear()
+    spec = get_spec("suma")
+    assert (spec.status, spec.kind, spec.source) == ("runnable", "code", "meta-llama/Llama-2-7b-hf")
+    assert spec.localizer_layers == SUMA_LAYERS and spec.localizer_top_k == 4096 and spec.tokenizer_kwargs == {}
+    assert spec.builder == {"module": "brainscore_language.model_helpers.modeling_suma", "model_class": "SUMAModel",
+                            "config_class": "SUMAConfig", "seed": 0,
+                            "config": {"num_hidden_layers": 1, "num_attention_heads": 512,
+                                       "num_key_value_heads": 512, "num_cycles": 2}}
+    assert "seed 0" in spec.reason and "seed=0" in spec.source_fingerprint().replace('"seed":0', "seed=0")
