@@ -33,7 +33,7 @@ from support import (
     single_blas_thread,
 )
 
-from berg_ray import corpus as corpus_module
+from berg_ray.corpus import duplicate_ids as corpus_module
 from berg_ray.corpus import (
     CorpusOutputConflictError,
     InputChangedError,

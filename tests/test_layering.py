@@ -18,11 +18,12 @@ PACKAGE = Path(__file__).resolve().parents[1] / "berg_ray"
 LAYERS: dict[str, tuple[str, ...]] = {
     "foundation": ("errors", "options", "validation", "provenance", "quiet", "_environment", "precision"),
     "core": ("regression", "scoring", "localizer", "registry", "request", "encoding_model", "features", "layers",
-             "synthetic", "offline_models", "reductions", "model_status", "delegated"),
-    "data": ("fsio", "corpus_io", "neural", "store", "plots", "corpus_outputs", "ranking"),
+             "synthetic", "offline_models", "reductions", "model_status", "delegated", "code_models"),
+    "data": ("fsio", "corpus_io", "neural", "store", "plots", "corpus_outputs", "ranking", "corpus.inputs",
+             "corpus.plan", "corpus.read", "corpus.output_folder", "corpus.request_identity", "corpus.manifest"),
     "compute": ("fitting",),
-    "ray": ("distributed", "corpus", "sweep", "sweep.grid", "sweep.protocols", "sweep.cells", "sweep.scheduler",
-            "sweep.report", "sweep.run"),
+    "ray": ("distributed", "corpus", "corpus.duplicate_ids", "corpus.encoder", "corpus.run", "sweep", "sweep.grid",
+            "sweep.protocols", "sweep.cells", "sweep.scheduler", "sweep.report", "sweep.run"),
     "front doors": ("api", "demo", "cli", "__init__"),
 }
 LEVEL = {module: level for level, modules in enumerate(LAYERS.values()) for module in modules}

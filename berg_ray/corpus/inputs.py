@@ -1,0 +1,84 @@
+"""Input files of the corpus pipeline: listing a file, folder or glob (local or ``s3://``), the input root that part
+paths and automatic sentence ids are relative to, and the fingerprint of a file (checked again when a part is read).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import posixpath
+from typing import Any
+
+import fsspec
+
+from berg_ray.corpus_io import INPUT_SUFFIXES
+from berg_ray.errors import InvalidInputError
+
+
+def _url_prefix(fs: Any) -> str:
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    return "" if protocol in ("file", "local") else f"{protocol}://"
+
+
+def normalize_input(spec: str) -> str:
+    """``spec`` as an absolute path (local) or ``protocol://path`` URL, without a trailing slash."""
+    fs, path = fsspec.core.url_to_fs(spec)
+    return _url_prefix(fs) + path.rstrip("/")
+
+
+def input_root(spec: str) -> str:
+    """The folder that input paths are relative to: a folder itself, a glob's folders before its first wildcard,
+    or a single file's folder (same form as :func:`list_inputs`'s paths)."""
+    fs, path = fsspec.core.url_to_fs(spec)
+    wildcards = [path.index(ch) for ch in "*?[" if ch in path]
+    if wildcards:
+        root = path[:min(wildcards)].rpartition("/")[0]
+    elif fs.isdir(path):
+        root = path
+    else:
+        root = posixpath.dirname(path)
+    return _url_prefix(fs) + root.rstrip("/")
+
+
+def relative_path(source: str, root: str) -> str:
+    """``source`` relative to folder ``root`` (its base name when it is not under ``root``)."""
+    root = root.rstrip("/")
+    if root and source.startswith(root + "/"):
+        return source[len(root) + 1:]
+    return posixpath.basename(source)
+
+
+def file_fingerprint(source: str) -> str:
+    """``"size=…;<ETag|mtime|…>=…"`` from the filesystem's ``info()`` (one HEAD on S3); a sha256 of the content when
+    the filesystem reports neither an ETag nor a modification time."""
+    fs, path = fsspec.core.url_to_fs(source)
+    if _url_prefix(fs):  # remote info is cached (s3fs): a file rewritten since must show its new ETag
+        fs.invalidate_cache(path)
+    info = fs.info(path)
+    for key in ("ETag", "etag", "md5Hash", "checksum", "mtime", "LastModified", "last_modified", "updated",
+                "modified"):
+        if info.get(key) is not None:
+            return f"size={info['size']};{key}={info[key]}"
+    digest = hashlib.sha256()
+    with fs.open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return f"size={info['size']};sha256={digest.hexdigest()}"
+
+
+def list_inputs(spec: str) -> list[str]:
+    """Input files of a file, folder or glob (local or fsspec URL), sorted, with allowed suffixes only."""
+    fs, path = fsspec.core.url_to_fs(spec)
+    prefix = _url_prefix(fs)
+    if any(ch in path for ch in "*?["):
+        found = fs.glob(path)
+    elif fs.isdir(path):
+        found = [p for p in fs.find(path) if not posixpath.basename(p).startswith(("_", "."))]
+    elif fs.exists(path):
+        found = [path]
+    else:
+        raise InvalidInputError(f"input {spec!r} does not exist")
+    files = sorted(p for p in found if os.path.splitext(p)[1].lower() in INPUT_SUFFIXES)
+    if not files:
+        raise InvalidInputError(f"input {spec!r} holds no {', '.join(INPUT_SUFFIXES)} files")
+    return [prefix + p for p in files]

@@ -1,0 +1,141 @@
+"""The corpus job: :func:`encode_corpus`, the driver that ties planning, the duplicate-id index, the PartEncoder
+actors on Ray Data and the manifest together."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import asdict
+from typing import Any
+
+from berg_ray.corpus.duplicate_ids import mark_duplicate_ids
+from berg_ray.corpus.encoder import PartEncoder
+from berg_ray.corpus.inputs import input_root, list_inputs
+from berg_ray.corpus.manifest import finish_output, write_voxels
+from berg_ray.corpus.output_folder import remove_output, remove_path, unplanned_files
+from berg_ray.corpus.plan import plan_parts
+from berg_ray.corpus.request_identity import check_output, corpus_request, request_sha256, whole_file_parts
+from berg_ray.corpus_outputs import PartWriter, model_voxel_rois
+from berg_ray.encoding_model import StackedPredictor
+from berg_ray.fsio import FileRoot
+from berg_ray.reductions import DEFAULT_OUTPUTS, DEFAULT_PREDICTION_DTYPE, check_output_options
+from berg_ray.registry import ModelSpec
+from berg_ray.request import ModelRequest
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_ROWS_PER_PART = 2048
+
+
+def encode_corpus(model_id: str | ModelSpec | ModelRequest, input: str, output: str,
+                  subjects: str | Iterable[str] = "all",
+                  dataset: str = "brainscore", cache: str | None = "berg_dir", context: str = "sentence",
+                  batch_size: int = 32, num_extractors: int = 1, num_gpus: float = 0.0, device: str = "auto",
+                  dtype: str | None = None, n_components: int = 25, rows_per_part: int = DEFAULT_ROWS_PER_PART,
+                  num_cpus_per_extractor: float | None = None, show_progress: bool = True,
+                  overwrite: bool = False, write: str | Iterable[str] = DEFAULT_OUTPUTS,
+                  predictions_dtype: str = DEFAULT_PREDICTION_DTYPE) -> dict[str, Any]:
+    """Predict every sentence of a corpus for ``subjects`` on Ray Data; returns the manifest.
+
+    Args:
+        model_id: registered id, :class:`ModelSpec`, or a :class:`ModelRequest` (then ``context``, ``device``,
+            ``dtype`` and ``batch_size`` come from it).
+        input: a ``.txt``/``.jsonl``/``.parquet`` file, a folder or a glob, local or ``s3://``. Automatic sentence
+            ids are ``"<path relative to the input's folder>:<row>"``; a repeated explicit ``id`` is a bad row after
+            its first occurrence (input order).
+        output: output folder, local or ``s3://``. Rerunning the same request into it resumes: parts whose input
+            is unchanged are skipped, changed or added input is encoded, parts of changed or removed input are
+            deleted. Another request (model, layer, subjects, context, dtype, dataset, PLS settings, input, rows per
+            part) is refused with :class:`CorpusOutputConflictError`, naming what changed.
+        overwrite: delete an existing output of any request (only the files this pipeline writes) and encode
+            from scratch.
+        subjects: ``"all"`` or subject ids; encoding models not yet in ``cache`` are fitted first (on Ray).
+        context: ``"sentence"`` (parts of ``rows_per_part`` rows), ``"passage"`` (column ``passage``; a whole file
+            is one part, so passages are never split) or ``"running"`` (one running context per file).
+        num_extractors: actors in the pool; each loads the model once.
+        num_gpus: GPUs per actor (fractions let small models share a GPU); 0 = CPU.
+        write: the outputs: ``"voxels"`` (every voxel's prediction, ``predictions/``) and/or ``"rois"`` (per
+            sentence and subject, the mean over the network and over each ROI, ``rois/``: computed from the
+            features through the folded map, so ``("rois",)`` alone never predicts a voxel). The sentences
+            (``sentences/``) and bad rows are always written.
+        predictions_dtype: ``"float32"`` or ``"float16"`` (half the voxel output; the manifest's ``rounding``
+            records the largest rounding error measured).
+    """
+    import ray
+    from ray.data import ActorPoolStrategy
+
+    from berg_ray.distributed import RayExecutor, actor_resources, as_store, init_ray, request_for_actors
+    from berg_ray.fitting import fit_subjects, resolve_subjects
+    from berg_ray.neural import dataset_cache_dir, load_pereira
+    from berg_ray.regression import PLSSettings
+    from berg_ray.validation import check_corpus_arguments
+
+    check_corpus_arguments(subjects=subjects, n_components=n_components, batch_size=batch_size, device=device,
+                           num_extractors=num_extractors, num_gpus=num_gpus, rows_per_part=rows_per_part,
+                           num_cpus_per_extractor=num_cpus_per_extractor, output=output, dataset=dataset)
+    writes = check_output_options(write, predictions_dtype)
+    model_request = model_id if isinstance(model_id, ModelRequest) else ModelRequest.build(
+        model_id, context=context, dtype=dtype, batch_size=batch_size, device=device)
+    spec = model_request.spec
+    files = list_inputs(input)  # a missing or empty input fails here, before Ray starts
+    init_ray()
+    started = time.perf_counter()
+    resources, torch_device = actor_resources(num_gpus, num_cpus_per_extractor, model_request.device)
+    if not isinstance(model_id, ModelRequest):  # dtype="auto": the precision of the actors' device, not the driver's
+        model_request = request_for_actors(model_request, dtype, resources["num_gpus"])
+    assembly = load_pereira(dataset, cache_dir=dataset_cache_dir(cache) if cache else None)
+    settings = PLSSettings(n_components=n_components)
+    cache_keys = {s: model_request.cache_key(s, assembly.sha256, settings)
+                  for s in resolve_subjects(assembly, subjects)}
+    request = corpus_request(model_request, cache_keys, assembly.sha256, settings.to_dict(), input, rows_per_part,
+                             outputs=writes, output_dtype=predictions_dtype)
+    out = FileRoot(output)
+    resuming = check_output(out, request) if not overwrite else False  # refuse before any fitting or writing
+    models = fit_subjects(model_request, assembly, list(cache_keys), settings=settings, store=as_store(cache),
+                          executor=RayExecutor(resources["num_gpus"]))
+    if {s: m.cache_key for s, m in models.items()} != cache_keys:
+        raise RuntimeError(f"encoding models have cache keys {[m.cache_key for m in models.values()]}, the request "
+                           f"{list(cache_keys.values())}")
+    predictor = StackedPredictor.from_models(models)
+    writer = PartWriter(predictor, writes, predictions_dtype, model_voxel_rois(models) if "rois" in writes else None)
+    if overwrite:
+        remove_output(out)
+    if not resuming:
+        out.write(out.path("_request.json"), json.dumps(request, indent=2).encode())
+    root = input_root(input)
+    parts = plan_parts(files, rows_per_part, whole_files=whole_file_parts(model_request), root=root)
+    parts = mark_duplicate_ids(parts, files)
+    finished = {name[len("part-"):-len(".json")] for name in out.listdir(out.path("_parts"))
+                if name.endswith(".json")}
+    todo = [p for p in parts if p.part_id not in finished]
+    stale = unplanned_files(out, {p.part_id for p in parts}, list(models), request["outputs"])
+    logger.info("%d input file(s), %d part(s): %d already finished, %d to encode", len(files), len(parts),
+                len(parts) - len(todo), len(todo))
+    if todo or stale:  # the output is about to change: withdraw the manifest first (readers need it)
+        remove_path(out, "_manifest.json")
+    if stale:
+        logger.info("removing %d file(s) of parts that are no longer planned (changed or removed input)",
+                    len(stale))
+        for path in stale:
+            remove_path(out, path)
+    write_voxels(out, models)
+    if todo:
+        ds = ray.data.from_items([asdict(p) for p in todo], override_num_blocks=max(1, len(todo)))
+        ds = ds.map_batches(
+            # one part at a time per actor: a part queued behind another on a busy actor would wait while an idle
+            # actor has nothing (the tail of a run); a part descriptor is tiny, so nothing is lost by not prefetching
+            PartEncoder, batch_size=1, compute=ActorPoolStrategy(size=num_extractors, max_tasks_in_flight_per_actor=1),
+            fn_constructor_kwargs=dict(request=model_request, predictor=predictor, output=output,
+                                       device=torch_device, request_sha256=request_sha256(request), writer=writer),
+            **resources)
+        rows = ds.iter_rows()  # summaries only; the data went to the output folder
+        if show_progress:
+            from tqdm.auto import tqdm
+
+            rows = tqdm(rows, total=len(todo), desc=f"encode {spec.model_id}", unit="part")
+        for _ in rows:
+            pass
+    manifest = finish_output(out, spec, models, parts, assembly, model_request.context, files, input, request, started)
+    return manifest
