@@ -19,7 +19,7 @@ from berg_ray.delegated import (DelegatedExtractor, DelegatedModelError, control
                                 delegated_layers, digest_groups)
 from berg_ray.errors import InvalidInputError
 from berg_ray.features import extract, extract_features, get_extractor
-from berg_ray.model_status import GLOVE_WEIGHTS_ENV, container_runtime
+from berg_ray.model_status import GLOVE_WEIGHTS_ENV, LLADA_ENV, container_runtime
 
 warnings.filterwarnings("ignore", category=FutureWarning)  # brainscore's xarray subclasses without __slots__
 
@@ -184,6 +184,44 @@ def test_missing_glove_weights_are_a_precise_status(monkeypatch):
         assert GLOVE_WEIGHTS_ENV in glove.reason
     finally:
         registry.brainscore_specs.cache_clear()
+
+
+@pytest.fixture
+def tiny_llada(tmp_path, monkeypatch):
+    """A checkpoint folder pointed at by $LLADA_MODEL_PATH: a 25-block Llama of width 16 and a Llama tokenizer, both
+    built here. The llada8b plugin loads whatever checkpoint the folder holds with ``AutoModel`` (trust_remote_code,
+    local files only) and reads hidden state 24; the real LLaDA-8B-Base folder brings its own modeling code."""
+    import torch
+    from transformers import LlamaConfig, LlamaModel
+
+    from berg_ray.offline_models import build_llama_tokenizer
+
+    folder = tmp_path / "llada"
+    tokenizer = build_llama_tokenizer(folder, corpus=SENTENCES)
+    torch.manual_seed(0)
+    LlamaModel(LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=25,
+                           num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512)
+               ).save_pretrained(str(folder))
+    monkeypatch.setenv(LLADA_ENV, str(folder))
+    registry.brainscore_specs.cache_clear()
+    yield folder
+    monkeypatch.delenv(LLADA_ENV)
+    registry.brainscore_specs.cache_clear()
+
+
+def test_llada_runs_from_a_local_checkpoint_folder(tiny_llada):
+    spec = registry.get_spec("llada-8b-base")
+    assert spec.status == "runnable" and str(tiny_llada) in spec.reason
+    assert ":weights=" in spec.source_fingerprint()  # the checkpoint folder is part of every cache key
+    for context in ("passage", "sentence", "running"):
+        ours = extract_features(spec, SENTENCES, context=context, passages=PASSAGES)
+        reference = _brainscore_reference("llada-8b-base", context)
+        assert ours.dtype == np.float32 and ours.shape == reference.shape == (len(SENTENCES), 16)
+        assert np.abs(reference).max() > 1e-2  # initializer_range 0.02 → scale ~3e-2: 10⁵× the bound below
+        # the same subject code on the same float32 checkpoint: float32 copies of float32 values (measured: equal)
+        np.testing.assert_allclose(ours, reference, rtol=0, atol=FLOAT32_ROUNDING)
+    by_sentence = extract_features(spec, SENTENCES, context="sentence")
+    assert np.abs(by_sentence - extract_features(spec, SENTENCES, context="passage", passages=PASSAGES)).max() > 1e-3
 
 
 def test_encode_with_a_control_model_warns_and_says_so(gpt2_synthetic, tmp_path, caplog):
