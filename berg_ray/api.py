@@ -87,6 +87,10 @@ class BERG:
             use_ray: fit on Ray (an extractor actor + one task per subject); ``None`` means: on Ray when this process
                 is connected to a Ray cluster (``ray.init`` was called), else in this process. Numbers are equal.
             num_gpus: GPUs for the Ray extractor actor (fractions allowed).
+
+        A ``dtype="auto"`` request (resolved for this process by :meth:`request`) is resolved again on Ray for the
+        device of the extractor actor (:func:`berg_ray.distributed.request_for_actors`), before any cache key: the
+        returned models then carry that precision.
         """
         from berg_ray import distributed
 
@@ -94,6 +98,7 @@ class BERG:
         if use_ray or (use_ray is None and distributed.ray_is_available()):
             distributed.init_ray()
             executor = distributed.RayExecutor(num_gpus)
+            request = distributed.request_for_actors(request, num_gpus=num_gpus)
         return fit_subjects(request, self.assembly(), subjects, settings=self.settings, store=self.store,
                             executor=executor, show_progress=show_progress)
 

@@ -23,7 +23,7 @@ from berg_ray.fitting import fit_encoding_model
 from berg_ray.fitting import fit_subjects as fit_pipeline
 from berg_ray.neural import PereiraAssembly, load_pereira
 from berg_ray.options import AUTO_DTYPE
-from berg_ray.precision import auto_dtype
+from berg_ray.precision import auto_dtype_for, bf16_support
 from berg_ray.registry import ModelSpec
 from berg_ray.regression import PLSSettings
 from berg_ray.request import ModelRequest
@@ -138,20 +138,46 @@ def _resource_summary() -> str:
                      and "memory" not in k and k != "object_store_memory")
 
 
-def request_for_actors(request: ModelRequest, dtype: str | None, num_gpus: float = 0.0) -> ModelRequest:
-    """``request`` with the user's ``dtype="auto"`` resolved for the device its Ray actors get, before any cache key.
+def probe_precision(resources: dict[str, float], torch_device: str) -> tuple[str, bool]:
+    """``(device type, native bf16)`` (:func:`berg_ray.precision.bf16_support`) of ``torch_device`` as seen by a
+    tiny Ray task scheduled with an extractor actor's ``resources`` (:func:`actor_resources`): on a node of the
+    kind the actor gets (with a GPU if it asks for one). It waits, as the actor would, for those resources."""
+    import ray
 
-    :meth:`ModelRequest.build` resolved ``"auto"`` for this driver; the actors may run elsewhere: on a GPU
-    (``num_gpus > 0``, or ``device="auto"`` on a cluster with GPUs; see :func:`actor_resources`) it is bfloat16,
-    on CPU it follows this machine's CPU (a local Ray's own; on a cluster of unlike CPU nodes, a node without native
-    bf16 then warns once). Any other ``dtype`` leaves ``request`` as it is. Call after :func:`init_ray`.
+    probe = ray.remote(bf16_support).options(**resources)
+    device_type, native = ray.get(probe.remote(torch_device))
+    return str(device_type), bool(native)
+
+
+def request_for_actors(request: ModelRequest, dtype: str | None = None, num_gpus: float = 0.0,
+                       num_cpus: float | None = None) -> ModelRequest:
+    """``request`` with a ``dtype="auto"`` resolved for the device its Ray actors get, before any cache key.
+
+    :meth:`ModelRequest.build` resolved ``"auto"`` for this driver (``request.dtype_auto``); the actors may run
+    elsewhere: on a GPU (``num_gpus > 0``, or ``device="auto"`` on a cluster with GPUs; see :func:`actor_resources`)
+    or on another node's CPU. A probe task with the actors' resources (:func:`probe_precision`) reports the device
+    type there and whether it multiplies bfloat16 natively: bfloat16 if so, else float32. (On a cluster of unlike
+    nodes the probe's node stands for all; an actor on a node without native bf16 then warns once.) Without a Ray
+    connection the answer is this machine's, where :func:`init_ray` would start a local Ray.
+
+    Args:
+        dtype: the dtype the user asked for, for callers that pass it; ``"auto"`` here or ``request.dtype_auto``
+            asks for the resolution, any other request is returned as it is.
+        num_gpus, num_cpus: the extractor actors' resources (:func:`actor_resources`).
+
+    Returns:
+        ``request`` with a concrete ``dtype`` for the actors (``dtype_auto`` cleared), or ``request`` itself.
     """
-    if dtype != AUTO_DTYPE:
+    if not (request.dtype_auto or dtype == AUTO_DTYPE):
         return request
-    _, device = actor_resources(num_gpus, device=request.device)
-    chosen = auto_dtype(device)
+    resources, device = actor_resources(num_gpus, num_cpus, device=request.device)
+    import ray
+
+    device_type, native = probe_precision(resources, device) if ray.is_initialized() else bf16_support(device)
+    chosen = auto_dtype_for(native)
     if chosen != request.dtype:
-        logger.info("dtype 'auto' on the Ray actors' %s: %s", device, chosen)
+        logger.info("dtype 'auto' on the Ray actors' %s: %s (this driver resolved %s)", device_type, chosen,
+                    request.dtype)
     return request.replace(dtype=chosen)
 
 
@@ -267,8 +293,7 @@ def fit_subjects(model_id: str | ModelSpec | ModelRequest, subjects: str | Itera
     request = model_id if isinstance(model_id, ModelRequest) else ModelRequest.build(
         model_id, context=context, dtype=dtype, batch_size=batch_size, device=device)
     init_ray()
-    if not isinstance(model_id, ModelRequest):
-        request = request_for_actors(request, dtype, num_gpus)
+    request = request_for_actors(request, num_gpus=num_gpus)  # dtype="auto": the actors' device, not the driver's
     settings = settings or PLSSettings(n_components=n_components)
     assembly = dataset if isinstance(dataset, PereiraAssembly) else load_pereira(dataset)
     return fit_pipeline(request, assembly, subjects, settings=settings, store=as_store(cache),

@@ -76,11 +76,26 @@ def _device_type(device: str) -> str:
     return "cuda" if name.startswith("cuda") else "cpu"
 
 
+def bf16_support(device: str) -> tuple[str, bool]:
+    """``(device type, native bf16)`` of ``device`` as this process sees it: the torch device type (``"cuda"`` or
+    ``"cpu"``; ``"auto"``: this process's GPU if any, else its CPU) and whether it multiplies bfloat16 natively (a
+    GPU, or a CPU with AVX512-BF16/AMX). Ray front doors run it as a probe task where their actors run
+    (:func:`berg_ray.distributed.request_for_actors`)."""
+    kind = _device_type(device)
+    return kind, kind == "cuda" or cpu_has_native_bf16()
+
+
+def auto_dtype_for(native_bf16: bool) -> str:
+    """What ``dtype="auto"`` means on a device that does (``"bfloat16"``) or does not (``"float32"``) multiply
+    bfloat16 natively (the second value of :func:`bf16_support`)."""
+    return "bfloat16" if native_bf16 else "float32"
+
+
 def auto_dtype(device: str) -> str:
     """What ``dtype="auto"`` resolves to on ``device`` (``"cpu"``, ``"cuda"``, ``"cuda:N"``, or ``"auto"``: this
     process's GPU if any, else its CPU): ``"bfloat16"`` on a GPU or a CPU with native bf16, else ``"float32"``."""
-    kind = _device_type(device)
-    chosen = "bfloat16" if kind == "cuda" or cpu_has_native_bf16() else "float32"
+    kind, native = bf16_support(device)
+    chosen = auto_dtype_for(native)
     logger.debug("dtype %r on %s (%s) -> %s", AUTO_DTYPE, device, kind, chosen)
     return chosen
 

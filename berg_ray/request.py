@@ -23,7 +23,7 @@ from typing import Any
 
 from berg_ray.errors import InvalidInputError
 from berg_ray.localizer import LOCALIZED_LAYER, LOCALIZER_VERSION, check_top_k
-from berg_ray.options import CONTEXTS, DEFAULT_CONTEXT, DEFAULT_DTYPE, DTYPE_CHOICES, DTYPES
+from berg_ray.options import AUTO_DTYPE, CONTEXTS, DEFAULT_CONTEXT, DEFAULT_DTYPE, DTYPE_CHOICES, DTYPES
 from berg_ray.precision import resolve_choice
 from berg_ray.registry import ModelSpec, get_spec
 from berg_ray.regression import PLSSettings
@@ -98,9 +98,10 @@ class ModelRequest:
         dtype: forward-pass precision: ``"float32"``, ``"bfloat16"`` or ``"float16"``; never ``"auto"``, which
             :meth:`build` resolves for the request's device in the building process (the driver): ``"cuda"`` → bf16,
             ``"cpu"`` → bf16 where the CPU has AVX512-BF16/AMX else float32, ``"auto"`` → as for this process's
-            GPU or CPU. Ray front doors whose actors run elsewhere resolve it for the actors' device instead
-            (:func:`berg_ray.corpus.encode_corpus`, :func:`berg_ray.distributed.fit_subjects`). Cache keys hold
-            the resolved name, so a bf16 and a float32 fit never share one.
+            GPU or CPU. Ray front doors whose actors run elsewhere resolve it again for the actors' device, by a
+            probe task where they run (:func:`berg_ray.distributed.request_for_actors`: ``BERG.fit`` on Ray,
+            :func:`berg_ray.corpus.encode_corpus`, :func:`berg_ray.distributed.fit_subjects`), before any cache
+            key. Cache keys hold the resolved name, so a bf16 and a float32 fit never share one.
         batch_size: sequences per forward pass.
         device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``; resolved where the model is loaded (a Ray actor
             decides on its own node).
@@ -109,6 +110,10 @@ class ModelRequest:
             number of units its functional localizer keeps (``spec.localizer_top_k``, part of the cache key with
             ``spec.localizer_layers``); ``None`` otherwise. Derived from ``spec`` and ``layers`` by :meth:`build`
             and :meth:`replace`.
+        dtype_auto: ``dtype`` was asked as ``"auto"`` and resolved for the building process's ``device``, not yet
+            for a Ray actor's (:func:`berg_ray.distributed.request_for_actors` resolves it there and clears this).
+            Not part of equality, the cache key or :meth:`to_dict`: it says where ``dtype`` was chosen, not what
+            it is.
     """
 
     spec: ModelSpec
@@ -119,6 +124,7 @@ class ModelRequest:
     device: str = DEFAULT_DEVICE
     fingerprint: str = ""
     localizer_top_k: float | int | None = None
+    dtype_auto: bool = dataclasses.field(default=False, compare=False)
 
     @classmethod
     def build(cls, model: str | ModelSpec, *, layers: str | Sequence[str] | None = None,
@@ -145,10 +151,11 @@ class ModelRequest:
         if not chosen or not all(chosen):
             raise InvalidInputError(f"layers must name at least one module, got {layers!r}")
         device = check_device_name(device or DEFAULT_DEVICE)
+        asked = check_dtype(dtype)
         return cls(spec=spec, layers=chosen, context=check_context(context or DEFAULT_CONTEXT),
-                   dtype=resolve_choice(check_dtype(dtype), device), batch_size=check_batch_size(batch_size),
+                   dtype=resolve_choice(asked, device), batch_size=check_batch_size(batch_size),
                    device=device, fingerprint=spec.source_fingerprint(),
-                   localizer_top_k=_localizer_top_k(spec, chosen))
+                   localizer_top_k=_localizer_top_k(spec, chosen), dtype_auto=asked == AUTO_DTYPE)
 
     # -- views ------------------------------------------------------------------------------------------------------
 
@@ -166,7 +173,7 @@ class ModelRequest:
 
     def replace(self, **changes: Any) -> ModelRequest:
         """A copy with some settings changed, checked like :meth:`build` (the fingerprint is kept: same model;
-        ``dtype="auto"`` is resolved for the copy's device)."""
+        ``dtype="auto"`` is resolved for the copy's device, and :attr:`dtype_auto` follows ``dtype``)."""
         if "spec" in changes or "fingerprint" in changes:
             raise InvalidInputError("a request's model cannot be replaced; build a new request")
         if "localizer_top_k" in changes:
@@ -174,7 +181,8 @@ class ModelRequest:
                                     "ModelRequest.build(..., localizer_top_k=...)")
         device = check_device_name(changes.get("device", self.device))
         if "dtype" in changes:
-            changes["dtype"] = resolve_choice(check_dtype(changes["dtype"]), device)
+            asked = check_dtype(changes["dtype"])
+            changes["dtype"], changes["dtype_auto"] = resolve_choice(asked, device), asked == AUTO_DTYPE
         updated = dataclasses.replace(self, **changes)
         return dataclasses.replace(updated, context=check_context(updated.context), dtype=check_dtype(updated.dtype),
                                    batch_size=check_batch_size(updated.batch_size), device=device,

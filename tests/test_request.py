@@ -128,3 +128,42 @@ def test_bfloat16_reaches_the_corpus_actors(tiny_gpt2, gpt2_synthetic, tmp_path,
     # The pipeline predicts with the factored float32 low-rank map, the reference with the float64 dense one:
     # float32 rounding of sums over n_units = 32 terms of values ~|responses|: 1e-5 of the largest response.
     np.testing.assert_allclose(predicted, expected, rtol=0, atol=1e-5 * np.abs(expected).max())
+
+
+def test_auto_on_ray_is_resolved_where_the_extractor_runs_not_on_the_driver(tiny_gpt2, gpt2_synthetic, tmp_path,
+                                                                             local_ray, one_torch_thread,
+                                                                             monkeypatch):
+    """``BERG.fit(use_ray=True)`` of a ``dtype="auto"`` request: the precision (and so the cache key) is the one a
+    probe task reports from where the extractor actor runs, not the one the driver resolved. The driver is planted
+    on a CPU unlike this machine's; the local Ray's workers read this machine's own flags (the reference: the
+    kernel's list, read here)."""
+    from berg_ray import distributed, fitting, precision
+
+    flags = {flag for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")
+             for flag in line.split(":", 1)[1].split()} if Path("/proc/cpuinfo").exists() else set()
+    if not flags:
+        pytest.skip("no CPU flags in /proc/cpuinfo to compare the workers' answer with")
+    here = "bfloat16" if flags & {"avx512_bf16", "amx_bf16"} else "float32"
+    planted = tmp_path / "cpuinfo"  # the driver's CPU: the other kind
+    planted.write_text("processor\t: 0\nflags\t\t: fpu avx2 " + ("avx512f" if here == "bfloat16" else "avx512_bf16")
+                       + "\n")
+    monkeypatch.setattr(precision, "CPUINFO_PATH", str(planted))
+
+    berg = BERG(tmp_path / "cache", dataset=gpt2_synthetic["path"], n_components=RAY_N_COMPONENTS)
+    request = berg.request(tiny_gpt2.model_id, device="cpu", dtype="auto")
+    assert request.dtype != here and request.dtype_auto  # the driver's answer
+    assert distributed.probe_precision({"num_cpus": 1.0, "num_gpus": 0.0}, "cpu") == ("cpu", here == "bfloat16")
+
+    model = berg.fit(request, ["018"], use_ray=True)["018"]
+    assert model.dtype == model.key_fields["dtype"] == model.request.dtype == here
+    assert not model.request.dtype_auto
+    settings = berg.settings
+    assert model.cache_key == request.replace(dtype=here).cache_key("018", model.dataset_sha256, settings)
+    assert len(list(Path(tmp_path / "cache").rglob("manifest.json"))) == 1
+    # the cache holds the entry of the precision that ran: an explicit request for it is a cache hit
+    with monkeypatch.context() as patch:
+        patch.setattr(fitting.InProcessExecutor, "fit_missing", lambda *args: pytest.fail("not a cache hit"))
+        explicit = berg.fit(request.replace(dtype=here), ["018"], use_ray=False)["018"]
+    assert explicit.cache_key == model.cache_key
+    # in process the driver's own answer stands (the extraction runs here)
+    assert berg.fit(request, ["018"], use_ray=False)["018"].dtype == request.dtype

@@ -558,3 +558,24 @@ def test_ridge_protocol_cells_are_brainscores_ridge_of_all_subjects(ray_local, t
                                                             abs=1e-10)
     assert json.loads((out / "last_run.json").read_text())["protocol"] == "brainscore-ridge"
 
+
+
+def test_the_sweep_actor_runs_torch_on_the_cpus_it_holds(ray_local, tiny_gpt2):
+    """As PartEncoder and ExtractorActor: a 1-CPU LayerFeaturesActor runs torch on one thread, even where its
+    environment asks for more (Ray sets OMP_NUM_THREADS only where it is unset: without use_assigned_cpus the actor
+    ran 2 threads on this 2-core machine)."""
+    import ray
+
+    from berg_ray.request import ModelRequest
+    from berg_ray.sweep.scheduler import LayerFeaturesActor
+
+    request = ModelRequest.build(tiny_gpt2.model_id, device="cpu")
+    actor = ray.remote(LayerFeaturesActor).options(
+        num_cpus=1, runtime_env={"env_vars": {"OMP_NUM_THREADS": "3"}}).remote(request, "cpu")
+    try:
+        threads, omp = ray.get(actor.__ray_call__.remote(
+            lambda self: (__import__("torch").get_num_threads(), __import__("os").environ.get("OMP_NUM_THREADS"))))
+    finally:
+        ray.kill(actor)
+    assert omp == "3"  # the environment did ask for 3 ...
+    assert threads == 1  # ... and the actor holds one CPU

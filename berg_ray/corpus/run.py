@@ -83,8 +83,9 @@ def encode_corpus(model_id: str | ModelSpec | ModelRequest, input: str, output: 
     init_ray()
     started = time.perf_counter()
     resources, torch_device = actor_resources(num_gpus, num_cpus_per_extractor, model_request.device)
-    if not isinstance(model_id, ModelRequest):  # dtype="auto": the precision of the actors' device, not the driver's
-        model_request = request_for_actors(model_request, dtype, resources["num_gpus"])
+    # dtype="auto" (asked here, or carried by a request built with it): the precision of the actors' device
+    model_request = request_for_actors(model_request, None if isinstance(model_id, ModelRequest) else dtype,
+                                       resources["num_gpus"])
     assembly = load_pereira(dataset, cache_dir=dataset_cache_dir(cache) if cache else None)
     settings = PLSSettings(n_components=n_components)
     cache_keys = {s: model_request.cache_key(s, assembly.sha256, settings)

@@ -73,11 +73,14 @@ class _LoadedModel:
 
 
 class LayerFeaturesActor:
-    """Ray actor: one model loaded once; the features of all the layers of ``request`` per call."""
+    """Ray actor: one model loaded once; the features of all the layers of ``request`` per call. torch uses as many
+    threads as the actor holds CPUs."""
 
     def __init__(self, request: ModelRequest, device: str):
+        from berg_ray.distributed import use_assigned_cpus
         from berg_ray.features import make_extractor
 
+        use_assigned_cpus()  # torch threads = the CPUs this actor holds (before the model's first op)
         self.layers = list(request.layers)
         # loaded with a requested layer as its own: the mapped layer need not exist (e.g. layers="all")
         self.extractor = make_extractor(dataclasses.replace(request.spec, layer=self.layers[-1]), device=device,
