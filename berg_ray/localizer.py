@@ -23,7 +23,8 @@ forward pass per batch.
 brainscore caches the mask as ``$BRAINIO/<model id>_language_mask.npy``, keyed by the model id alone. berg-ray keys
 it (:func:`mask_key_fields`) by the model's content fingerprint, the layers, ``top_k``, the forward-pass dtype and
 the tokenizer settings, and stores it as plain ``.npy`` files and a JSON manifest holding their sha256
-(:class:`MaskCache`, verified on every load; never a pickle) in a local folder (:func:`mask_cache_root`).
+(:class:`MaskCache`, verified on every load; never a pickle) under a local folder or an fsspec URL such as
+``s3://bucket/prefix`` (:func:`mask_cache_root`), so the nodes of a cluster share one mask.
 
 This module imports nothing of berg-ray's above the foundation: the readout is handed in as a function.
 """
@@ -35,9 +36,9 @@ import io
 import json
 import logging
 import os
+import posixpath
 import threading
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +47,7 @@ from typing import Any
 import numpy as np
 
 from berg_ray.errors import CacheIntegrityError, InvalidInputError
+from berg_ray.fsio import FileRoot
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +57,8 @@ LOCALIZED_LAYER = "localized"
 LOCALIZER_VERSION = "fedorenko2010/1"
 #: brainscore truncates every localizer stimulus to this many tokens
 LOCALIZER_MAX_LENGTH = 12
-#: a local folder for the masks (else ``$BERG_RAY_CACHE/localizer_masks``, else ``~/.cache/berg_ray/localizer_masks``)
+#: a folder or fsspec URL (``s3://bucket/prefix``) for the masks (else ``$BERG_RAY_CACHE/localizer_masks``, else
+#: ``~/.cache/berg_ray/localizer_masks``)
 MASK_CACHE_ENV = "BERG_RAY_LOCALIZER_CACHE"
 
 #: ``read(token_id_sequences, layers) -> {layer: array (n_sequences, n_units) float32}``: each sequence read alone
@@ -195,15 +198,17 @@ def mask_key(fields: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def mask_cache_root() -> Path:
-    """``$BERG_RAY_LOCALIZER_CACHE``, else ``$BERG_RAY_CACHE/localizer_masks`` when that is a local folder, else
-    ``~/.cache/berg_ray/localizer_masks``."""
+def mask_cache_root() -> Path | str:
+    """``$BERG_RAY_LOCALIZER_CACHE``, else ``$BERG_RAY_CACHE/localizer_masks``, else
+    ``~/.cache/berg_ray/localizer_masks``: a local folder (a Path) or an fsspec URL such as ``s3://bucket/prefix`` (a
+    str), so that a cluster whose encoding-model cache is on S3 computes each mask once."""
     explicit = os.environ.get(MASK_CACHE_ENV)
     if explicit:
-        return Path(explicit).expanduser()
+        return explicit if "://" in explicit else Path(explicit).expanduser()
     shared = os.environ.get("BERG_RAY_CACHE")
-    if shared and "://" not in shared:
-        return Path(shared).expanduser() / "localizer_masks"
+    if shared:
+        return f"{shared.rstrip('/')}/localizer_masks" if "://" in shared else \
+            Path(shared).expanduser() / "localizer_masks"
     return Path.home() / ".cache" / "berg_ray" / "localizer_masks"
 
 
@@ -214,33 +219,48 @@ def _npy(array: np.ndarray) -> bytes:
 
 
 class MaskCache:
-    """Localizer masks in a local folder: ``{root}/{name}/{key[:16]}/`` holds ``mask-{sha[:16]}.npy`` (bool),
+    """Localizer masks under a local folder or an fsspec URL (``s3://bucket/prefix``; credentials from the standard
+    chain, as for the encoding-model store): ``{root}/{name}/{key[:16]}/`` holds ``mask-{sha[:16]}.npy`` (bool),
     ``t_values-{sha[:16]}.npy`` (float64) and ``manifest.json`` (key, key fields, each file's sha256), written
-    last and atomically."""
+    last. Every write is atomic (:class:`berg_ray.fsio.FileRoot`) and the array files are named by their content,
+    so nodes that compute the same mask at once leave a consistent entry (the last manifest wins)."""
 
-    def __init__(self, root: str | os.PathLike | None = None):
-        self.root = Path(root).expanduser() if root is not None else mask_cache_root()
+    def __init__(self, root: str | os.PathLike | None = None, storage_options: dict[str, Any] | None = None):
+        root = mask_cache_root() if root is None else root
+        if "://" not in os.fspath(root):
+            root = Path(root).expanduser()
+        self.files = FileRoot(root, storage_options)
+        #: the root: a Path for a local folder, else its URL
+        self.root: Path | str = Path(self.files.root) if self.files.local else self.files.url.rstrip("/")
 
     def __repr__(self) -> str:
         return f"MaskCache({str(self.root)!r})"
 
-    def entry_dir(self, name: str, key: str) -> Path:
-        return self.root / name / key[:16]
+    def entry_dir(self, name: str, key: str) -> Path | str:
+        """The entry's folder: a Path under a local root, else its URL (``s3://bucket/prefix/{name}/{key[:16]}``)."""
+        if isinstance(self.root, Path):
+            return self.root / name / key[:16]
+        return f"{self.root}/{name}/{key[:16]}"
+
+    def _entry_path(self, name: str, key: str) -> str:
+        """The entry's folder as a path of :attr:`files`' filesystem."""
+        return self.files.path(name, key[:16])
 
     def load(self, name: str, fields: dict[str, Any]) -> Localization | None:
         """The cached localization for ``fields``, or None; a damaged entry raises :class:`CacheIntegrityError`."""
         key = mask_key(fields)
-        folder = self.entry_dir(name, key)
-        manifest_path = folder / "manifest.json"
-        if not manifest_path.exists():
+        folder, where = self._entry_path(name, key), self.entry_dir(name, key)
+        try:
+            manifest_bytes = self.files.read(posixpath.join(folder, "manifest.json"))
+        except FileNotFoundError:
             return None
 
         def fail(problem: str) -> CacheIntegrityError:
-            return CacheIntegrityError(f"localizer mask entry {folder}: {problem}; delete the folder to recompute it",
-                                       path=str(folder))
+            return CacheIntegrityError(f"localizer mask entry {where}: {problem}; delete the folder to recompute it",
+                                       path=str(where))
 
         try:
-            manifest = json.loads(manifest_path.read_text())
+            manifest = json.loads(manifest_bytes)
             recorded, files = manifest["key_fields"], manifest["files"]
         except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as error:
             raise fail(f"manifest.json is not a mask manifest ({error})") from error
@@ -251,13 +271,16 @@ class MaskCache:
             info = files.get(role) if isinstance(files, dict) else None
             if not isinstance(info, dict) or not isinstance(info.get("name"), str) or "/" in info["name"]:
                 raise fail(f"files.{role} is missing or malformed")
-            path = folder / info["name"]
-            if not path.exists():
-                raise fail(f"{info['name']} is missing")
-            data = path.read_bytes()
+            try:
+                data = self.files.read(posixpath.join(folder, info["name"]))
+            except FileNotFoundError:
+                raise fail(f"{info['name']} is missing") from None
             if hashlib.sha256(data).hexdigest() != info.get("sha256"):
                 raise fail(f"{info['name']} does not match the sha256 in its manifest (modified or corrupted)")
-            arrays[role] = np.load(io.BytesIO(data), allow_pickle=False)
+            try:
+                arrays[role] = np.load(io.BytesIO(data), allow_pickle=False)
+            except (ValueError, EOFError) as error:  # an object array (a pickle inside) or not a .npy file at all
+                raise fail(f"{info['name']} is not a plain .npy array ({error})") from error
         mask, t_values = arrays["mask"], arrays["t_values"]
         if mask.dtype != np.bool_ or mask.ndim != 2 or mask.shape != t_values.shape \
                 or mask.shape[0] != len(fields["layers"]):
@@ -265,34 +288,24 @@ class MaskCache:
                        f"{len(fields['layers'])} layers")
         return Localization(mask, t_values)
 
-    def save(self, name: str, fields: dict[str, Any], result: Localization) -> Path:
-        """Write ``result`` under the key of ``fields``; returns the entry folder."""
+    def save(self, name: str, fields: dict[str, Any], result: Localization) -> Path | str:
+        """Write ``result`` under the key of ``fields``; returns the entry folder (:meth:`entry_dir`)."""
         key = mask_key(fields)
-        folder = self.entry_dir(name, key)
-        folder.mkdir(parents=True, exist_ok=True)
+        folder = self._entry_path(name, key)
         files = {}
         for role, array in (("mask", result.mask.astype(np.bool_)), ("t_values", result.t_values.astype(np.float64))):
             data = _npy(array)
             digest = hashlib.sha256(data).hexdigest()
             file_name = f"{role}-{digest[:16]}.npy"
-            _write_atomic(folder / file_name, data)
+            self.files.write(posixpath.join(folder, file_name), data)
             files[role] = {"name": file_name, "sha256": digest, "size": len(data)}
         manifest = {"key": key, "key_fields": fields, "files": files, "shape": list(result.mask.shape),
                     "n_selected": int(result.mask.sum()),
                     "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        _write_atomic(folder / "manifest.json", json.dumps(manifest, indent=2).encode())
-        logger.info("localizer mask cached in %s", folder)
-        return folder
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f"{path.name}.tmp-{uuid.uuid4().hex}")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+        self.files.write(posixpath.join(folder, "manifest.json"), json.dumps(manifest, indent=2).encode())
+        where = self.entry_dir(name, key)
+        logger.info("localizer mask cached in %s", where)
+        return where
 
 
 _memo: dict[str, Localization] = {}

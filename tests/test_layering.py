@@ -16,10 +16,10 @@ PACKAGE = Path(__file__).resolve().parents[1] / "berg_ray"
 
 #: lowest first. A new module must be placed here (the test fails until it is).
 LAYERS: dict[str, tuple[str, ...]] = {
-    "foundation": ("errors", "options", "validation", "provenance", "quiet", "_environment", "precision"),
+    "foundation": ("errors", "options", "validation", "provenance", "quiet", "_environment", "precision", "fsio"),
     "core": ("regression", "scoring", "localizer", "registry", "request", "encoding_model", "features", "layers",
              "synthetic", "offline_models", "reductions", "model_status", "delegated", "code_models"),
-    "data": ("fsio", "corpus_io", "neural", "store", "plots", "corpus_outputs", "ranking", "corpus.inputs",
+    "data": ("corpus_io", "neural", "store", "plots", "corpus_outputs", "ranking", "corpus.inputs",
              "corpus.plan", "corpus.read", "corpus.output_folder", "corpus.request_identity", "corpus.manifest"),
     "compute": ("fitting",),
     "ray": ("distributed", "corpus", "corpus.duplicate_ids", "corpus.encoder", "corpus.run", "sweep", "sweep.grid",
