@@ -189,7 +189,7 @@ class PartWriter:
         files, counts = {}, {}
         for name, table in tables.items():
             data = parquet_bytes(table)
-            out.write(out.path(name), data)
+            out.write(out.path(name), data, durable=False)  # sizes go into the part's marker (fsynced) and are checked
             files[name], counts[name] = len(data), table.num_rows
         return {**result, "files": files, "rows": counts}
 
