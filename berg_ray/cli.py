@@ -172,7 +172,8 @@ def _cmd_models(args: argparse.Namespace) -> int:
         if spec.control:
             return "control model: its features encode no linguistic content (run through brainscore's subject)"
         if spec.localizer_layers:
-            return f"localizer model: {_localizer_summary(spec.localizer_layers, spec.localizer_top_k)}"
+            built = f"; {spec.reason.removeprefix('localizer model: ')}" if spec.kind == "code" else ""
+            return f"localizer model: {_localizer_summary(spec.localizer_layers, spec.localizer_top_k)}{built}"
         return "run through brainscore's own subject" if spec.kind == "delegated" else ""
 
     rows = [(s.model_id, s.source or "-", s.layer or "-", s.status, note(s)) for s in specs]
