@@ -579,3 +579,36 @@ def test_the_sweep_actor_runs_torch_on_the_cpus_it_holds(ray_local, tiny_gpt2):
         ray.kill(actor)
     assert omp == "3"  # the environment did ask for 3 ...
     assert threads == 1  # ... and the actor holds one CPU
+
+
+def test_sweep_dtype_auto_is_the_precision_where_the_extractors_run(grid, tmp_path, monkeypatch):
+    """``run_sweep(dtype="auto")``: the cells' dtype (in their ids and last_run.json) is what a probe task reports
+    from the Ray workers, not what the driver would pick. The driver is planted on a CPU unlike this machine's; the
+    local Ray's workers read this machine's own flags (the reference: the kernel's list, read here)."""
+    from berg_ray import precision
+    from berg_ray.neural import load_pereira
+    from berg_ray.request import ModelRequest
+    from berg_ray.sweep.grid import cell_id
+    from berg_ray.sweep.protocols import get_scorer
+
+    flags = {flag for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")
+             for flag in line.split(":", 1)[1].split()} if Path("/proc/cpuinfo").exists() else set()
+    if not flags:
+        pytest.skip("no CPU flags in /proc/cpuinfo to compare the workers' answer with")
+    here = "bfloat16" if flags & {"avx512_bf16", "amx_bf16"} else "float32"
+    planted = tmp_path / "cpuinfo"  # the driver's CPU: the other kind
+    planted.write_text("processor\t: 0\nflags\t\t: fpu avx2 " + ("avx512f" if here == "bfloat16" else "avx512_bf16")
+                       + "\n")
+    monkeypatch.setattr(precision, "CPUINFO_PATH", str(planted))
+    gpt2, out = grid["gpt2"], tmp_path / "out"
+    driver = ModelRequest.build(gpt2.model_id, dtype="auto", device="cpu").dtype
+    assert driver != here  # the planted driver would choose the other precision
+
+    _rerun(grid, out, None, models=[gpt2.model_id], subjects=["018"], layers="mapped", contexts=["sentence"],
+           dtype="auto")
+    table = pd.read_parquet(out / "scores.parquet")
+    assert (table["status"] == "ok").all() and len(table) == 1
+    assert json.loads((out / "last_run.json").read_text())["extraction"]["dtype"] == here
+    assembly, scorer = load_pereira(grid["dataset"]), get_scorer("pls-groupkfold")
+    expected = ModelRequest.build(gpt2.model_id, dtype=here, device="cpu")
+    assert table["cell_id"].iloc[0] == cell_id(expected, "018", assembly.sha256, scorer, SETTINGS)
