@@ -8,6 +8,10 @@ import os
 import socket
 import sys
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
 
 
 def free_port() -> int:
@@ -371,3 +375,46 @@ def local_ray(num_cpus: int = 2, **env: str | None) -> Iterator[str]:
             ray.shutdown()
             stop_ray_processes(temp_dir)
             remove_tree(temp_dir)
+
+
+def plant_unlike_cpu(folder: Path, monkeypatch: Any) -> str:
+    """Make this process read a planted ``/proc/cpuinfo`` (``berg_ray.precision.CPUINFO_PATH``, a file in ``folder``)
+    of the other kind than this machine's: without native bf16 where this CPU has it, with it where it has not.
+    Ray workers started afterwards still read the real one. Returns this machine's ``dtype="auto"`` answer
+    (``"bfloat16"`` or ``"float32"``, from the kernel's flag list, read here); skips the test if there is none."""
+    from berg_ray import precision
+
+    cpuinfo = Path("/proc/cpuinfo")
+    flags = {flag for line in cpuinfo.read_text().splitlines() if line.startswith("flags")
+             for flag in line.split(":", 1)[1].split()} if cpuinfo.exists() else set()
+    if not flags:
+        pytest.skip("no CPU flags in /proc/cpuinfo to compare the workers' answer with")
+    here = "bfloat16" if flags & {"avx512_bf16", "amx_bf16"} else "float32"
+    planted = Path(folder) / "cpuinfo"
+    planted.write_text("processor\t: 0\nflags\t\t: fpu avx2 " + ("avx512f" if here == "bfloat16" else "avx512_bf16")
+                       + "\n")
+    monkeypatch.setattr(precision, "CPUINFO_PATH", str(planted))
+    return here
+
+
+def benchmark_predictions(features: Any, assembly: Any, data: Any, layer: str) -> Any:
+    """A NeuroidAssembly of ``features`` laid out as the benchmark's ``__call__`` builds it: passages in sorted
+    order, concatenated, with stimulus_id / passage_index / story coords and HuggingfaceSubject's neuroid coords."""
+    import numpy as np
+    from brainscore_core.supported_data_standards.brainio.assemblies import NeuroidAssembly
+
+    passages = data["passage_label"].values
+    order = np.concatenate([np.flatnonzero(passages == p) for p in sorted(set(passages))])
+    row_of = {s: i for i, s in enumerate(assembly.stimulus_ids)}
+    stimulus_ids = data["stimulus_id"].values[order]
+    values = features[[row_of[str(s)] for s in stimulus_ids]]
+    units = features.shape[1]
+    return NeuroidAssembly(values, dims=["presentation", "neuroid"], coords={
+        "stimulus": ("presentation", data["stimulus"].values[order]),
+        "stimulus_id": ("presentation", stimulus_ids),
+        "passage_index": ("presentation", data["passage_index"].values[order]),
+        "story": ("presentation", data["story"].values[order]),
+        "layer": ("neuroid", [layer] * units),
+        "neuron_number_in_layer": ("neuroid", np.arange(units)),
+        "neuroid_id": ("neuroid", [f"{layer}--{k}" for k in range(units)]),
+    })

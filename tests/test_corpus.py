@@ -25,11 +25,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from support import local_ray as support_local_ray
 from support import (
     RAY_N_COMPONENTS,
     RAY_SUBJECTS,
     REPO_ROOT,
-    clean_ray,
     create_bucket,
     descendants,
     ray_temp_dir,
@@ -240,19 +240,8 @@ def test_stacked_predictor_equals_each_subjects_model(gpt2_fits, gpt2_synthetic)
 def local_ray(moto_server):
     """A local Ray instance for this module (2 CPUs, own temp dir, own auth token, from and back to a clean Ray
     state: ``clean_ray``); AWS variables point at moto."""
-    import ray
-
-    from berg_ray.distributed import init_ray
-
-    temp_dir = ray_temp_dir()
-    with clean_ray(**s3_environment(moto_server)):
-        try:
-            init_ray(num_cpus=2, _temp_dir=temp_dir)
-            yield temp_dir
-        finally:
-            ray.shutdown()
-            stop_ray_processes(temp_dir)
-            remove_tree(temp_dir)
+    with support_local_ray(**s3_environment(moto_server)) as temp_dir:
+        yield temp_dir
 
 
 def save_models(cache: str, models: dict) -> None:

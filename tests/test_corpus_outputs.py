@@ -20,16 +20,13 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from support import local_ray as support_local_ray
 from support import (
     RAY_N_COMPONENTS,
     RAY_SUBJECTS,
-    clean_ray,
     create_bucket,
-    ray_temp_dir,
-    remove_tree,
     s3_client,
     s3_environment,
-    stop_ray_processes,
 )
 
 from berg_ray.corpus import CorpusOutputConflictError, read_predictions
@@ -126,19 +123,8 @@ def test_streaming_histogram_counts_equal_numpy_on_its_final_edges():
 @pytest.fixture(scope="module")
 def local_ray(moto_server):
     """A local Ray instance for this module (2 CPUs, own temp dir and token: ``clean_ray``); AWS points at moto."""
-    import ray
-
-    from berg_ray.distributed import init_ray
-
-    temp_dir = ray_temp_dir()
-    with clean_ray(**s3_environment(moto_server)):
-        try:
-            init_ray(num_cpus=2, _temp_dir=temp_dir)
-            yield temp_dir
-        finally:
-            ray.shutdown()
-            stop_ray_processes(temp_dir)
-            remove_tree(temp_dir)
+    with support_local_ray(**s3_environment(moto_server)) as temp_dir:
+        yield temp_dir
 
 
 @pytest.fixture(scope="module")

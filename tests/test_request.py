@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from support import plant_unlike_cpu
 from support import local_ray as local_ray_instance
 from support import RAY_N_COMPONENTS
 
@@ -137,17 +138,9 @@ def test_auto_on_ray_is_resolved_where_the_extractor_runs_not_on_the_driver(tiny
     probe task reports from where the extractor actor runs, not the one the driver resolved. The driver is planted
     on a CPU unlike this machine's; the local Ray's workers read this machine's own flags (the reference: the
     kernel's list, read here)."""
-    from berg_ray import distributed, fitting, precision
+    from berg_ray import distributed, fitting
 
-    flags = {flag for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")
-             for flag in line.split(":", 1)[1].split()} if Path("/proc/cpuinfo").exists() else set()
-    if not flags:
-        pytest.skip("no CPU flags in /proc/cpuinfo to compare the workers' answer with")
-    here = "bfloat16" if flags & {"avx512_bf16", "amx_bf16"} else "float32"
-    planted = tmp_path / "cpuinfo"  # the driver's CPU: the other kind
-    planted.write_text("processor\t: 0\nflags\t\t: fpu avx2 " + ("avx512f" if here == "bfloat16" else "avx512_bf16")
-                       + "\n")
-    monkeypatch.setattr(precision, "CPUINFO_PATH", str(planted))
+    here = plant_unlike_cpu(tmp_path, monkeypatch)  # the driver's CPU: the other kind
 
     berg = BERG(tmp_path / "cache", dataset=gpt2_synthetic["path"], n_components=RAY_N_COMPONENTS)
     request = berg.request(tiny_gpt2.model_id, device="cpu", dtype="auto")

@@ -14,6 +14,7 @@ import warnings
 
 import numpy as np
 import pytest
+from support import benchmark_predictions
 
 from berg_ray.errors import InvalidInputError
 from berg_ray.scoring import (BRAINSCORE_RIDGE_CV, RIDGE_ALPHAS, brainscore_ridge_score, group_kfold_splits,
@@ -60,28 +61,6 @@ def brainscore_data(gpt2_synthetic, assembly):
     return {"data": data, "columns": columns, "neuroid_id": neuroid_ids}
 
 
-def _benchmark_predictions(features: np.ndarray, assembly, data):
-    """A NeuroidAssembly of ``features`` laid out as the benchmark's ``__call__`` builds it: passages in sorted
-    order, concatenated, with stimulus_id / passage_index / story coords."""
-    from brainscore_core.supported_data_standards.brainio.assemblies import NeuroidAssembly
-
-    passages = data["passage_label"].values
-    order = np.concatenate([np.flatnonzero(passages == p) for p in sorted(set(passages))])
-    row_of = {s: i for i, s in enumerate(assembly.stimulus_ids)}
-    stimulus_ids = data["stimulus_id"].values[order]
-    values = features[[row_of[str(s)] for s in stimulus_ids]]
-    units = features.shape[1]
-    return NeuroidAssembly(values, dims=["presentation", "neuroid"], coords={
-        "stimulus": ("presentation", data["stimulus"].values[order]),
-        "stimulus_id": ("presentation", stimulus_ids),
-        "passage_index": ("presentation", data["passage_index"].values[order]),
-        "story": ("presentation", data["story"].values[order]),
-        "layer": ("neuroid", ["readout"] * units),
-        "neuron_number_in_layer": ("neuroid", np.arange(units)),
-        "neuroid_id": ("neuroid", [f"readout--{k}" for k in range(units)]),
-    })
-
-
 @pytest.mark.parametrize("name", ["gpt2", "oasm"])
 def test_ridge_score_equals_brainscore_ridge_metric_on_same_features(name, features, assembly, brainscore_data):
     from brainscore_language import load_metric
@@ -89,7 +68,7 @@ def test_ridge_score_equals_brainscore_ridge_metric_on_same_features(name, featu
     kwargs = {key: value for key, value in BRAINSCORE_RIDGE_CV.items() if key != "splits"}  # 10 is its default
     metric = load_metric("ridge_pearsonr", crossvalidation_kwargs=kwargs)
     data = brainscore_data["data"]
-    reference = metric(_benchmark_predictions(features[name], assembly, data), data)
+    reference = metric(benchmark_predictions(features[name], assembly, data, "readout"), data)
     raw = reference.attrs["raw"]  # split × neuroid
     column_of = {nid: k for k, nid in enumerate(brainscore_data["neuroid_id"])}
     order = [column_of[str(n)] for n in raw["neuroid_id"].values]

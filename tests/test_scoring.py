@@ -11,6 +11,7 @@ import warnings
 
 import numpy as np
 import pytest
+from support import benchmark_predictions
 
 from berg_ray.errors import InvalidInputError
 from berg_ray.scoring import (BRAINSCORE_CV, aggregate_split_r, brainscore_linear_score, brainscore_pearsonr,
@@ -77,34 +78,12 @@ def brainscore_data(gpt2_synthetic, voxels):
     return data.isel(neuroid=np.isin(data["neuroid_id"].values, voxels["neuroid_id"]))
 
 
-def _benchmark_predictions(features: np.ndarray, assembly, data, layer: str):
-    """A NeuroidAssembly of ``features`` laid out as the benchmark's ``__call__`` builds it: passages in sorted
-    order, concatenated, with stimulus_id / passage_index / story coords and HuggingfaceSubject's neuroid coords."""
-    from brainscore_core.supported_data_standards.brainio.assemblies import NeuroidAssembly
-
-    passages = data["passage_label"].values
-    order = np.concatenate([np.flatnonzero(passages == p) for p in sorted(set(passages))])
-    row_of = {s: i for i, s in enumerate(assembly.stimulus_ids)}
-    stimulus_ids = data["stimulus_id"].values[order]
-    values = features[[row_of[str(s)] for s in stimulus_ids]]
-    units = features.shape[1]
-    return NeuroidAssembly(values, dims=["presentation", "neuroid"], coords={
-        "stimulus": ("presentation", data["stimulus"].values[order]),
-        "stimulus_id": ("presentation", stimulus_ids),
-        "passage_index": ("presentation", data["passage_index"].values[order]),
-        "story": ("presentation", data["story"].values[order]),
-        "layer": ("neuroid", [layer] * units),
-        "neuron_number_in_layer": ("neuroid", np.arange(units)),
-        "neuroid_id": ("neuroid", [f"{layer}--{k}" for k in range(units)]),
-    })
-
-
 def test_linear_score_equals_brainscore_metric_on_same_features(tiny_gpt2, assembly, passage_features, voxels, ours,
                                                                 brainscore_data):
     from brainscore_language import load_metric
 
     metric = load_metric("linear_pearsonr", crossvalidation_kwargs=dict(BRAINSCORE_CV))
-    predictions = _benchmark_predictions(passage_features, assembly, brainscore_data, tiny_gpt2.layer)
+    predictions = benchmark_predictions(passage_features, assembly, brainscore_data, tiny_gpt2.layer)
     reference = metric(predictions, brainscore_data)
 
     # float32 least squares (LinearRegression on float32 features and responses) gives r to ~cond(features)·eps32;

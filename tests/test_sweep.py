@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from support import plant_unlike_cpu
 from support import clean_ray, ray_temp_dir, remove_tree, stop_ray_processes
 
 from berg_ray.errors import InvalidInputError, UnknownSubjectError
@@ -585,21 +586,12 @@ def test_sweep_dtype_auto_is_the_precision_where_the_extractors_run(grid, tmp_pa
     """``run_sweep(dtype="auto")``: the cells' dtype (in their ids and last_run.json) is what a probe task reports
     from the Ray workers, not what the driver would pick. The driver is planted on a CPU unlike this machine's; the
     local Ray's workers read this machine's own flags (the reference: the kernel's list, read here)."""
-    from berg_ray import precision
     from berg_ray.neural import load_pereira
     from berg_ray.request import ModelRequest
     from berg_ray.sweep.grid import cell_id
     from berg_ray.sweep.protocols import get_scorer
 
-    flags = {flag for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")
-             for flag in line.split(":", 1)[1].split()} if Path("/proc/cpuinfo").exists() else set()
-    if not flags:
-        pytest.skip("no CPU flags in /proc/cpuinfo to compare the workers' answer with")
-    here = "bfloat16" if flags & {"avx512_bf16", "amx_bf16"} else "float32"
-    planted = tmp_path / "cpuinfo"  # the driver's CPU: the other kind
-    planted.write_text("processor\t: 0\nflags\t\t: fpu avx2 " + ("avx512f" if here == "bfloat16" else "avx512_bf16")
-                       + "\n")
-    monkeypatch.setattr(precision, "CPUINFO_PATH", str(planted))
+    here = plant_unlike_cpu(tmp_path, monkeypatch)  # the driver's CPU: the other kind
     gpt2, out = grid["gpt2"], tmp_path / "out"
     driver = ModelRequest.build(gpt2.model_id, dtype="auto", device="cpu").dtype
     assert driver != here  # the planted driver would choose the other precision
