@@ -55,6 +55,10 @@ class DeviceError(InvalidInputError):
     """A device that is not available on this machine (e.g. ``cuda`` without a GPU)."""
 
 
+class UnsafePathError(InvalidInputError):
+    """A write or delete whose path would leave its root folder (``..``, an absolute part, a symlink out)."""
+
+
 def closest(value: str, allowed: Iterable[str], n: int = 5) -> list[str]:
     """Return up to ``n`` entries of ``allowed`` that are spelled most like ``value``."""
     allowed = list(allowed)

@@ -1,5 +1,8 @@
 """Files under one root on any fsspec filesystem (local folder or ``s3://``), with atomic writes.
 
+Every write and delete stays under the root: :meth:`FileRoot.inside` refuses a path that leaves it (a ``..``
+segment, a name that is absolute, or locally a symlink that points out), whatever the parts came from.
+
 A write is all-or-nothing: locally the bytes go to a temporary file that is then renamed into place; on object
 stores one PUT of the whole object (readers never see a partial object). Every berg-ray cache entry and corpus
 output goes through here.
@@ -13,6 +16,8 @@ import uuid
 from typing import Any
 
 import fsspec
+
+from berg_ray.errors import UnsafePathError
 
 
 class FileRoot:
@@ -31,6 +36,32 @@ class FileRoot:
     def path(self, *parts: str) -> str:
         return posixpath.join(self.root, *parts)
 
+    def inside(self, path: str) -> str:
+        """``path`` if it lies strictly below the root; else :class:`UnsafePathError` naming it and the root.
+
+        Locally the check is on the resolved path (symlinks followed, ``..`` collapsed) against the resolved root;
+        on object stores, where keys are not normalised, any ``.`` or ``..`` segment is refused and the key must
+        start with the root's.
+        """
+        if self.local:
+            root = os.path.realpath(self.root)
+            resolved = os.path.realpath(path)
+            if resolved != root and os.path.commonpath([root, resolved]) == root:
+                return path
+        else:
+            segments = path.split("/")
+            if not any(s in (".", "..") for s in segments) and path.startswith(self.root.rstrip("/") + "/") \
+                    and path.rstrip("/") != self.root.rstrip("/"):
+                return path
+        raise UnsafePathError(f"refusing to write or delete {path!r}: it is not inside the root folder "
+                              f"{self.url!r} (every name in a berg-ray output or cache path must be a plain name)")
+
+    def remove(self, path: str, recursive: bool = False) -> None:
+        """Delete ``path`` (a file, or with ``recursive`` a folder), which must lie under the root."""
+        self.fs.rm(self.inside(path), recursive=recursive)
+        if not self.local:
+            self.fs.invalidate_cache(posixpath.dirname(path))
+
     def write(self, path: str, data: bytes, durable: bool = True) -> None:
         """Write ``data`` to ``path`` atomically (creating folders as needed).
 
@@ -39,6 +70,7 @@ class FileRoot:
         failure the file may be missing or empty: for files whose size is recorded elsewhere and checked (corpus
         part outputs: their marker holds every size, and the manifest step compares them with the disk).
         """
+        self.inside(path)
         if self.local:
             os.makedirs(os.path.dirname(path), exist_ok=True)
             tmp = f"{path}.tmp-{uuid.uuid4().hex}"

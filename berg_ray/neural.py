@@ -35,7 +35,7 @@ import pandas as pd
 
 from berg_ray import options
 from berg_ray.errors import DatasetError, InvalidInputError, UnknownSubjectError, closest
-from berg_ray.validation import check_subject_id, normalize_subject
+from berg_ray.validation import check_subject_id, normalize_subject, path_component_problem
 from berg_ray.synthetic import ATTR_PREFIX, SYNTHETIC_ATTR
 
 _logger = logging.getLogger(__name__)
@@ -378,6 +378,7 @@ def _from_assembly(assembly, *, source: str, sha256: str, file: str) -> PereiraA
         wrong = [name for name in names if assembly[name].dims != (dim,)]
         if wrong:
             raise DatasetError(f"{file}: coordinate(s) {', '.join(wrong)} should run along {dim!r}")
+    _check_subject_names(assembly["subject"].values, file)
     experiments = sorted({str(value) for value in assembly["experiment"].values})
     if EXPERIMENT not in experiments:
         raise DatasetError(f"{file} has no presentations with experiment == {EXPERIMENT!r} "
@@ -442,6 +443,16 @@ def _from_assembly(assembly, *, source: str, sha256: str, file: str) -> PereiraA
     _logger.info("loaded Pereira2018 %s%s: %d sentences × %d voxels of %d subjects, sha256 %s", source,
                  " (SYNTHETIC)" if synthetic else "", N_SENTENCES, values.shape[1], len(subjects), sha256)
     return result
+
+
+def _check_subject_names(values: np.ndarray, file: str) -> None:
+    """Refuse a file whose ``subject`` coordinate holds an id that is not a plain name: ids become parts of cache
+    and output paths (``…_018_pereira384_…``, ``predictions/subject-018/``), so ``'../x'`` would write elsewhere."""
+    for subject in sorted({str(value) for value in values}):
+        problem = path_component_problem(subject)
+        if problem is not None:
+            raise DatasetError(f"{file}: subject id {subject!r} in the 'subject' coordinate {problem}; subject ids "
+                               "become parts of cache and output paths")
 
 
 def _report_nan_neuroids(selected, file: str) -> dict[str, str]:

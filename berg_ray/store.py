@@ -47,6 +47,7 @@ from berg_ray.errors import CacheIntegrityError, InvalidInputError
 from berg_ray.fsio import FileRoot
 from berg_ray.regression import PLSFit, PLSSettings
 from berg_ray.request import CACHE_FORMAT_VERSION, cache_key  # noqa: F401  (CACHE_FORMAT_VERSION re-exported)
+from berg_ray.validation import check_path_component
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +74,7 @@ class EncodingModelStore:
     # -- paths --------------------------------------------------------------------------------------------------
     def entry_dir(self, name: str, subject: str, key: str, synthetic: bool) -> str:
         dataset = "synthetic" if synthetic else "brainscore"
+        check_path_component(subject, "subject id")  # part of the folder name: never '../x'
         return posixpath.join(self.root, "encoding_models", "modality-fmri", f"train_dataset-{dataset}",
                               f"model-{name}", "encoding_models_weights", f"{name}_{subject}_pereira384_{key[:16]}")
 

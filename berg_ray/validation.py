@@ -181,6 +181,30 @@ def check_subject_id(subject: Any, allowed: Sequence[str] = SUBJECTS) -> str:
 
 # ---------------------------------------------------------------------------------------------------- paths
 
+#: a plain name, safe as one path component: a letter or digit first, then letters, digits, ``.``, ``_``, ``-``
+PLAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+PLAIN_NAME_RULE = ("letters, digits, '.', '_' and '-', starting with a letter or digit, without '..' "
+                   "(e.g. '018', '1' or '848-853-865-875-876')")
+
+
+def path_component_problem(value: Any) -> str | None:
+    """Why ``value`` may not become one component of a file path (a phrase), or None when it is a plain name
+    (:data:`PLAIN_NAME`, ASCII only, no ``..``): no path separator, no ``..``, no leading ``.``, no empty name."""
+    if not isinstance(value, str):
+        return f"is {type(value).__name__}, not a string"
+    if not PLAIN_NAME.fullmatch(value) or ".." in value:
+        return f"is not a plain name: allowed are {PLAIN_NAME_RULE}"
+    return None
+
+
+def check_path_component(value: Any, what: str) -> str:
+    """``value`` if it is safe as one path component (:func:`path_component_problem`); else
+    :class:`InvalidInputError` naming ``what`` (e.g. ``"subject id"``), the value and the rule."""
+    problem = path_component_problem(value)
+    if problem is not None:
+        raise InvalidInputError(f"{what} {value!r} {problem}")
+    return value
+
 
 def check_output_path(path: Any, suffixes: Sequence[str] = ENCODE_OUTPUT_SUFFIXES, name: str = "--out") -> str:
     """An output file name that ends in one of ``suffixes`` and, when local, lies in an existing folder."""

@@ -84,7 +84,7 @@ def finish_output(out: FileRoot, spec: ModelSpec, models: dict[str, EncodingMode
             sizes[posixpath.dirname(name)].get(posixpath.basename(name)) == size
             for name, size in marker["files"].items())
         if not files_ok or marker["n_rows"] != part.n_rows or marker["n_written"] + marker["n_bad"] != part.n_rows:
-            out.fs.rm(marker_path)  # so that a rerun encodes the part again
+            out.remove(marker_path)  # so that a rerun encodes the part again
             raise RuntimeError(f"the files of {where} are missing or not as its marker recorded; its marker was "
                                "removed: rerun to encode it again")
         if marker["n_bad"]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import logging
-import posixpath
 import re
 from collections.abc import Sequence
 
@@ -35,9 +34,7 @@ def remove_path(out: FileRoot, path: str) -> None:
     """Remove ``path`` (relative to ``out``; a file or a folder) if it exists."""
     full = out.path(path)
     if out.exists(full):
-        out.fs.rm(full, recursive=True)
-        if not out.local:
-            out.fs.invalidate_cache(posixpath.dirname(full))
+        out.remove(full, recursive=True)
 
 
 def remove_output(out: FileRoot) -> None:
