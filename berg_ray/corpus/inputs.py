@@ -40,6 +40,43 @@ def input_root(spec: str) -> str:
     return _url_prefix(fs) + root.rstrip("/")
 
 
+def _resolved(spec: str) -> tuple[str, str]:
+    """``(protocol prefix, path)`` of a file, folder or glob's root; local paths absolute with symlinks resolved."""
+    fs, path = fsspec.core.url_to_fs(spec)
+    prefix = _url_prefix(fs)
+    path = path.rstrip("/") or "/"
+    return prefix, (os.path.realpath(path) if not prefix else posixpath.normpath(path))
+
+
+def _within(inner: str, outer: str) -> bool:
+    return inner == outer or inner.startswith(outer.rstrip("/") + "/")
+
+
+def check_output_outside_input(spec: str, output: str) -> None:
+    """Refuse an output folder inside the input (it would be read as input on the next run) or an input inside the
+    output folder, before anything is read or written; raises :class:`InvalidInputError` saying which is in which.
+
+    The input's extent is the file itself, a folder, or a glob's folders before its first wildcard (a glob can
+    reach any file below them). Local paths are compared resolved (absolute, symlinks followed).
+    """
+    _, path = fsspec.core.url_to_fs(spec)
+    is_glob = any(ch in path for ch in "*?[")
+    extent = input_root(spec) if is_glob else spec
+    kind = "the input glob's folder" if is_glob else "the input"
+    (in_prefix, in_path), (out_prefix, out_path) = _resolved(extent), _resolved(output)
+    if in_prefix != out_prefix:
+        return
+    shown_in = f"{in_prefix}{in_path}"
+    shown_out = f"{out_prefix}{out_path}"
+    if _within(out_path, in_path):
+        raise InvalidInputError(f"output {output!r} ({shown_out}) is inside {kind} {spec!r} ({shown_in}): a "
+                                "rerun would read its own predictions as input; give an output folder outside "
+                                "the input")
+    if _within(in_path, out_path):
+        raise InvalidInputError(f"input {spec!r} ({shown_in}) is inside the output folder {output!r} "
+                                f"({shown_out}); give an output folder that does not hold the input")
+
+
 def relative_path(source: str, root: str) -> str:
     """``source`` relative to folder ``root`` (its base name when it is not under ``root``)."""
     root = root.rstrip("/")

@@ -8,11 +8,11 @@ import logging
 import time
 from collections.abc import Iterable
 from dataclasses import asdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from berg_ray.corpus.duplicate_ids import mark_duplicate_ids
 from berg_ray.corpus.encoder import PartEncoder
-from berg_ray.corpus.inputs import input_root, list_inputs
+from berg_ray.corpus.inputs import check_output_outside_input, input_root, list_inputs
 from berg_ray.corpus.manifest import finish_output, write_voxels
 from berg_ray.corpus.output_folder import remove_output, remove_path, unplanned_files
 from berg_ray.corpus.plan import plan_parts
@@ -24,6 +24,9 @@ from berg_ray.reductions import DEFAULT_OUTPUTS, DEFAULT_PREDICTION_DTYPE, check
 from berg_ray.registry import ModelSpec
 from berg_ray.request import ModelRequest
 
+if TYPE_CHECKING:
+    from berg_ray.neural import PereiraAssembly
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_ROWS_PER_PART = 2048
@@ -31,7 +34,8 @@ DEFAULT_ROWS_PER_PART = 2048
 
 def encode_corpus(model_id: str | ModelSpec | ModelRequest, input: str, output: str,
                   subjects: str | Iterable[str] = "all",
-                  dataset: str = "brainscore", cache: str | None = "berg_dir", context: str = "sentence",
+                  dataset: str | PereiraAssembly = "brainscore", cache: str | None = "berg_dir",
+                  context: str = "sentence",
                   batch_size: int = 32, num_extractors: int = 1, num_gpus: float = 0.0, device: str = "auto",
                   dtype: str | None = None, n_components: int = 25, rows_per_part: int = DEFAULT_ROWS_PER_PART,
                   num_cpus_per_extractor: float | None = None, show_progress: bool = True,
@@ -42,13 +46,15 @@ def encode_corpus(model_id: str | ModelSpec | ModelRequest, input: str, output: 
     Args:
         model_id: registered id, :class:`ModelSpec`, or a :class:`ModelRequest` (then ``context``, ``device``,
             ``dtype`` and ``batch_size`` come from it).
+        dataset: ``"brainscore"``, ``"synthetic"``, a path/URL to a Pereira ``.nc`` file, or a loaded assembly.
         input: a ``.txt``/``.jsonl``/``.parquet`` file, a folder or a glob, local or ``s3://``. Automatic sentence
             ids are ``"<path relative to the input's folder>:<row>"``; a repeated explicit ``id`` is a bad row after
             its first occurrence (input order).
-        output: output folder, local or ``s3://``. Rerunning the same request into it resumes: parts whose input
-            is unchanged are skipped, changed or added input is encoded, parts of changed or removed input are
-            deleted. Another request (model, layer, subjects, context, dtype, dataset, PLS settings, input, rows per
-            part) is refused with :class:`CorpusOutputConflictError`, naming what changed.
+        output: output folder, local or ``s3://``, outside the input (an output inside the input, or an input inside
+            the output, is refused before anything is read). Rerunning the same request into it resumes: parts
+            whose input is unchanged are skipped, changed or added input is encoded, parts of changed or removed
+            input are deleted. Another request (model, layer, subjects, context, dtype, dataset, PLS settings,
+            input, rows per part) is refused with :class:`CorpusOutputConflictError`, naming what changed.
         overwrite: delete an existing output of any request (only the files this pipeline writes) and encode
             from scratch.
         subjects: ``"all"`` or subject ids; encoding models not yet in ``cache`` are fitted first (on Ray).
@@ -68,7 +74,7 @@ def encode_corpus(model_id: str | ModelSpec | ModelRequest, input: str, output: 
 
     from berg_ray.distributed import RayExecutor, actor_resources, as_store, init_ray, request_for_actors
     from berg_ray.fitting import fit_subjects, resolve_subjects
-    from berg_ray.neural import dataset_cache_dir, load_pereira
+    from berg_ray.neural import PereiraAssembly, dataset_cache_dir, load_pereira
     from berg_ray.regression import PLSSettings
     from berg_ray.validation import check_corpus_arguments
 
@@ -79,14 +85,17 @@ def encode_corpus(model_id: str | ModelSpec | ModelRequest, input: str, output: 
     model_request = model_id if isinstance(model_id, ModelRequest) else ModelRequest.build(
         model_id, context=context, dtype=dtype, batch_size=batch_size, device=device)
     spec = model_request.spec
+    check_output_outside_input(input, output)  # before anything is read
     files = list_inputs(input)  # a missing or empty input fails here, before Ray starts
+    # the dataset too (a bad file, a subject id that is not a plain name): before Ray starts
+    assembly = dataset if isinstance(dataset, PereiraAssembly) else load_pereira(
+        dataset, cache_dir=dataset_cache_dir(cache) if cache else None)
     init_ray()
     started = time.perf_counter()
     resources, torch_device = actor_resources(num_gpus, num_cpus_per_extractor, model_request.device)
     # dtype="auto" (asked here, or carried by a request built with it): the precision of the actors' device
     model_request = request_for_actors(model_request, None if isinstance(model_id, ModelRequest) else dtype,
                                        resources["num_gpus"])
-    assembly = load_pereira(dataset, cache_dir=dataset_cache_dir(cache) if cache else None)
     settings = PLSSettings(n_components=n_components)
     cache_keys = {s: model_request.cache_key(s, assembly.sha256, settings)
                   for s in resolve_subjects(assembly, subjects)}
