@@ -253,8 +253,6 @@ def _cmd_encode(args: argparse.Namespace) -> int:
 def _cmd_encode_corpus(args: argparse.Namespace) -> int:
     from berg_ray.corpus import encode_corpus, list_inputs
     from berg_ray.corpus.inputs import check_output_outside_input
-    from berg_ray.distributed import init_ray
-    from berg_ray.neural import dataset_cache_dir, load_pereira
     from berg_ray.reductions import check_output_options
     from berg_ray.validation import check_corpus_arguments
 
@@ -263,10 +261,10 @@ def _cmd_encode_corpus(args: argparse.Namespace) -> int:
                            output=args.output, dataset=args.dataset, cli=True)
     check_output_options(args.write, args.predictions_dtype, cli=True)
     check_output_outside_input(args.input, args.output)
-    list_inputs(args.input)  # a missing or empty input fails before Ray starts, and so does a bad dataset file
-    assembly = load_pereira(args.dataset, cache_dir=dataset_cache_dir(args.cache) if args.cache else None)
-    init_ray(args.address)
-    summary = encode_corpus(args.model, args.input, args.output, subjects=args.subjects, dataset=assembly,
+    list_inputs(args.input)  # a missing or empty input fails before Ray starts (a bad dataset file too: it loads
+    # in encode_corpus, which starts or joins Ray after that)
+    summary = encode_corpus(args.model, args.input, args.output, subjects=args.subjects, dataset=args.dataset,
+                            address=args.address,
                             cache=args.cache, context=args.context, batch_size=args.batch_size,
                             num_extractors=args.num_extractors, num_gpus=args.num_gpus, device=args.device,
                             dtype=args.dtype, n_components=args.n_components, overwrite=args.overwrite,

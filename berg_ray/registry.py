@@ -89,9 +89,12 @@ class ModelSpec:
 
     @property
     def name(self) -> str:
-        """Short name used in cache folder names (``gpt2`` for ``brainscore_language-gpt2``)."""
+        """Short name used in cache folder names (``gpt2`` for ``brainscore_language-gpt2``, ``Qwen_Qwen3-0.6B``
+        for ``Qwen/Qwen3-0.6B``): one path component, never ``.``, ``..`` or hidden (a leading ``.`` becomes ``_``).
+        """
         base = self.model_id.removeprefix(BRAINSCORE_PREFIX)
-        return "".join(c if c.isalnum() or c in "-_." else "_" for c in base)
+        name = "".join(c if c.isalnum() or c in "-_." else "_" for c in base)
+        return "_" + name[1:] if name.startswith(".") else name
 
     @property
     def is_local(self) -> bool:

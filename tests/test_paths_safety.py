@@ -85,9 +85,9 @@ def test_cli_fit_refuses_an_escaping_subject_and_writes_nothing(evil_dataset, ti
     cache = _nested(tmp_path, "cache")
     rc = cli_main(["fit", tiny_gpt2.model_id, "--subjects", ESCAPING, "--dataset", str(evil_dataset),
                    "--cache", str(cache), "--device", "cpu", "--n-components", "2"])
+    assert _escaped(tmp_path) == []
     assert rc == 2
     _one_line_error(capsys, repr(ESCAPING), "berg-ray fit: error:")
-    assert _escaped(tmp_path) == []
     assert not cache.exists() or not any(p.is_file() for p in cache.rglob("*"))
 
 
@@ -101,10 +101,10 @@ def test_cli_encode_corpus_refuses_an_escaping_subject_before_ray(evil_dataset, 
     rc = cli_main(["encode-corpus", tiny_gpt2.model_id, "--input", str(corpus), "--output", str(output),
                    "--subjects", ESCAPING, "--dataset", str(evil_dataset), "--cache", str(cache), "--device", "cpu",
                    "--n-components", "2"])
+    assert _escaped(tmp_path) == []
     assert rc == 2
     _one_line_error(capsys, repr(ESCAPING), "berg-ray encode-corpus: error:")
     assert not ray.is_initialized()
-    assert _escaped(tmp_path) == []
     assert not output.exists()
 
 
@@ -204,3 +204,13 @@ def test_sibling_folders_are_not_refused():
     check_output_outside_input("s3://b/corpus/", "/data/corpus/preds")  # another filesystem
     with pytest.raises(InvalidInputError, match="is inside the input"):
         check_output_outside_input("s3://b/corpus/", "s3://b/corpus/preds")
+
+
+def test_model_names_are_one_safe_path_component():
+    """A model id becomes a cache folder name (and the localizer-mask folder, joined to its root as it is): one
+    component, never ``.``, ``..`` or hidden; the names of ordinary ids are unchanged (existing cache layouts)."""
+    from berg_ray.registry import ModelSpec
+
+    names = {"brainscore_language-gpt2": "gpt2", "Qwen/Qwen3-0.6B": "Qwen_Qwen3-0.6B", "my.model-v2": "my.model-v2",
+             "..": "_.", ".": "_", "../../x": "_._.._x", ".hidden": "_hidden"}
+    assert {model_id: ModelSpec(model_id, "gpt2", "transformer.h.0").name for model_id in names} == names

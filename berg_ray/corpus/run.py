@@ -40,7 +40,7 @@ def encode_corpus(model_id: str | ModelSpec | ModelRequest, input: str, output: 
                   dtype: str | None = None, n_components: int = 25, rows_per_part: int = DEFAULT_ROWS_PER_PART,
                   num_cpus_per_extractor: float | None = None, show_progress: bool = True,
                   overwrite: bool = False, write: str | Iterable[str] = DEFAULT_OUTPUTS,
-                  predictions_dtype: str = DEFAULT_PREDICTION_DTYPE) -> dict[str, Any]:
+                  predictions_dtype: str = DEFAULT_PREDICTION_DTYPE, address: str | None = None) -> dict[str, Any]:
     """Predict every sentence of a corpus for ``subjects`` on Ray Data; returns the manifest.
 
     Args:
@@ -66,6 +66,8 @@ def encode_corpus(model_id: str | ModelSpec | ModelRequest, input: str, output: 
             sentence and subject, the mean over the network and over each ROI, ``rois/``: computed from the
             features through the folded map, so ``("rois",)`` alone never predicts a voxel). The sentences
             (``sentences/``) and bad rows are always written.
+        address: the Ray cluster to join when this process is not connected yet (default: ``$RAY_ADDRESS``, else
+            a local Ray), started after every check and after the dataset has loaded.
         predictions_dtype: ``"float32"`` or ``"float16"`` (half the voxel output; the manifest's ``rounding``
             records the largest rounding error measured).
     """
@@ -90,7 +92,7 @@ def encode_corpus(model_id: str | ModelSpec | ModelRequest, input: str, output: 
     # the dataset too (a bad file, a subject id that is not a plain name): before Ray starts
     assembly = dataset if isinstance(dataset, PereiraAssembly) else load_pereira(
         dataset, cache_dir=dataset_cache_dir(cache) if cache else None)
-    init_ray()
+    init_ray(address)
     started = time.perf_counter()
     resources, torch_device = actor_resources(num_gpus, num_cpus_per_extractor, model_request.device)
     # dtype="auto" (asked here, or carried by a request built with it): the precision of the actors' device
