@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -216,9 +216,21 @@ class ExtractorActor:
         return str(lm.device if lm is not None else self.extractor.device)
 
 
+def task_cache_url(store: EncodingModelStore | None) -> str | None:
+    """The cache URL that Ray tasks may write to themselves: an object store's (``s3://…``: the same place from
+    every node, written in parallel), else ``None``.
+
+    A local cache folder is written by the driver only: a task on another node of a cluster would write the entry on
+    that node's disk (a relative ``berg_dir`` even in that worker's own working folder), where the driver never looks
+    again. The tasks return their fits to the driver, which writes them (:func:`save_on_driver`).
+    """
+    return store.url if store is not None and not store.files.local else None
+
+
 def fit_task(request: ModelRequest, features: np.ndarray, assembly: PereiraAssembly, subject: str,
              settings: PLSSettings, cache_url: str | None) -> EncodingModel:
-    """One subject: PLS fit + CV r, written to the cache (if any) by the task itself."""
+    """One subject: PLS fit + CV r, written to the cache ``cache_url`` (if any; see :func:`task_cache_url`) by the
+    task itself."""
     model = fit_encoding_model(request, features, assembly, subject, settings)
     if cache_url is not None:
         EncodingModelStore(cache_url).save(model, request.spec.name)
@@ -253,9 +265,11 @@ class RayExecutor:
             ray.kill(actor)
         assembly_ref = ray.put(assembly)
         task = ray.remote(fit_task).options(num_cpus=1)
-        refs = {task.remote(request, features_ref, assembly_ref, s, settings, store.url if store else None): s
-                for s in subjects}
-        return _gather(refs, show_progress, f"fit PLS {request.model_id}")
+        cache_url = task_cache_url(store)
+        refs = {task.remote(request, features_ref, assembly_ref, s, settings, cache_url): s for s in subjects}
+        # a local cache: each fit is written here, on the driver, as it arrives (finished ones survive an interrupt)
+        save = (lambda model: store.save(model, request.spec.name)) if store and cache_url is None else None
+        return _gather(refs, show_progress, f"fit PLS {request.model_id}", save)
 
 
 def as_store(cache: str | os.PathLike | EncodingModelStore | None) -> EncodingModelStore | None:
@@ -280,7 +294,9 @@ def fit_subjects(model_id: str | ModelSpec | ModelRequest, subjects: str | Itera
             ``dtype`` and ``batch_size`` come from it).
         subjects: ``"all"`` or a list of subject ids.
         dataset: ``"brainscore"``, ``"synthetic"``, a path/URL to a ``.nc`` file, or a loaded assembly.
-        cache: cache root (folder or ``s3://`` URL) or a store; ``None`` disables caching.
+        cache: cache root (folder or ``s3://`` URL) or a store; ``None`` disables caching. A folder is written by
+            this process (the driver) only, so on a cluster of several nodes the entries land on the driver's disk,
+            where the next run looks; an ``s3://`` cache is written by the fit tasks, wherever they run.
         num_gpus: GPUs for the extractor actor (fractions allowed); 0 runs it on CPU.
 
     Returns:
@@ -300,7 +316,9 @@ def fit_subjects(model_id: str | ModelSpec | ModelRequest, subjects: str | Itera
                         executor=RayExecutor(num_gpus), show_progress=show_progress)
 
 
-def _gather(refs: dict, show_progress: bool, description: str) -> dict[str, EncodingModel]:
+def _gather(refs: dict, show_progress: bool, description: str,
+            save: Callable[[EncodingModel], Any] | None = None) -> dict[str, EncodingModel]:
+    """``{subject: model}`` of the fit tasks ``refs`` (ref -> subject), each passed to ``save`` as it arrives."""
     import ray
 
     bar = None
@@ -314,6 +332,8 @@ def _gather(refs: dict, show_progress: bool, description: str) -> dict[str, Enco
         ready, pending = ray.wait(pending, num_returns=1)
         for ref in ready:
             model = ray.get(ref)
+            if save is not None:
+                save(model)
             done[refs[ref]] = model
             logger.info("%s subject %s: median CV r %.3f (%.1f s)", model.model_id, model.subject,
                         np.nanmedian(model.cv_r), model.fit_seconds)

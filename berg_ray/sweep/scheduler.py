@@ -5,7 +5,9 @@
   so ``layers="all"`` costs one pass, not one per layer. Each layer's (384 × units) features go to the object store
   as a separate object; the actor is released as soon as its passes are done (at most ``max_extractors`` models are
   loaded at a time).
-* **one Ray task per cell** (:func:`score_cell`) runs the protocol's scorer on those features.
+* **one Ray task per cell** (:func:`score_cell`) runs the protocol's scorer on those features. A fit cache on an
+  object store is written by the tasks; a local cache folder by this driver (the tasks return their fits), so that
+  on a cluster of several nodes no entry lands on another node's disk.
 * every finished or failed cell is handed to ``on_outcome`` as it comes; if anything interrupts the loop, the
   actors are killed and the queued scoring tasks cancelled.
 """
@@ -93,20 +95,40 @@ class LayerFeaturesActor:
         return (*[features[name] for name in self.layers], time.perf_counter() - started)
 
 
+class KeptFit:
+    """Stands in for the fit cache inside a scoring task whose cache is a local folder: keeps the fit (an
+    :class:`~berg_ray.encoding_model.EncodingModel`) so that the task returns it and the driver writes it."""
+
+    def __init__(self) -> None:
+        self.model: Any = None
+        self.name: str | None = None
+
+    def save(self, model: Any, name: str) -> None:
+        self.model, self.name = model, name
+
+
 def score_cell(request: ModelRequest, subject: str, features: np.ndarray, assembly: PereiraAssembly,
-               protocol: str, settings: PLSSettings, cache_url: str | None = None) -> CellScore:
+               protocol: str, settings: PLSSettings, cache_url: str | None = None,
+               keep_fit: bool = False) -> tuple[CellScore, KeptFit | None]:
     """Score one cell with the protocol's scorer (what each Ray task runs; writes only the optional fit cache).
 
     Args:
         request: the cell's one-layer request (layer, context, dtype).
         features: array of shape (384, n_units), rows in ``assembly`` order.
+        cache_url: a fit cache the task writes itself (an object store: :func:`berg_ray.distributed.task_cache_url`).
+        keep_fit: return the fit instead, for the driver to write into its local cache folder.
+
+    Returns:
+        (the cell's score, the kept fit or ``None``).
     """
     from berg_ray.store import EncodingModelStore
 
     started = time.perf_counter()
-    cache = EncodingModelStore(cache_url) if cache_url is not None else None
+    kept = KeptFit() if keep_fit else None
+    cache = kept if kept is not None else EncodingModelStore(cache_url) if cache_url is not None else None
     scores = get_scorer(protocol).score(request, subject, features, assembly, settings, cache)
-    return CellScore.from_scores(scores, assembly.voxels(subject), time.perf_counter() - started)
+    score = CellScore.from_scores(scores, assembly.voxels(subject), time.perf_counter() - started)
+    return score, kept if kept is not None and kept.model is not None else None
 
 
 def short_error(error: BaseException) -> str:
@@ -137,8 +159,9 @@ def compute_cells(todo: list[Cell], assembly: PereiraAssembly, protocol: str, se
     import ray
     import torch
 
-    from berg_ray.distributed import actor_resources
+    from berg_ray.distributed import actor_resources, task_cache_url
     from berg_ray.features import resolve_dtype
+    from berg_ray.store import EncodingModelStore
 
     by_model: dict[str, list[Cell]] = {}
     for cell in todo:
@@ -151,6 +174,9 @@ def compute_cells(todo: list[Cell], assembly: PereiraAssembly, protocol: str, se
     sentences, passages = list(assembly.sentences), list(assembly.passages)
     actor_class = ray.remote(LayerFeaturesActor).options(max_restarts=0, **resources)
     score_task = ray.remote(score_cell).options(num_cpus=1)
+    fit_cache = EncodingModelStore(cache_url) if cache_url is not None else None
+    task_cache = task_cache_url(fit_cache)  # an object store: the tasks write; a local folder: this driver does
+    keep_fit = fit_cache is not None and task_cache is None
     queue = deque(by_model)
     loaded: dict[str, _LoadedModel] = {}
     pending: dict[Any, _FeaturePass | _ScoringTask] = {}
@@ -180,7 +206,7 @@ def compute_cells(todo: list[Cell], assembly: PereiraAssembly, protocol: str, se
             passes += 1
             for cell in cells:
                 task = score_task.remote(cell.request, cell.subject, done.layer_refs[cell.layer.name], assembly_ref,
-                                         protocol, settings, cache_url)
+                                         protocol, settings, task_cache, keep_fit)
                 pending[task] = _ScoringTask(cell, seconds)
         model = loaded[done.model_id]
         model.passes_left -= 1
@@ -199,7 +225,9 @@ def compute_cells(todo: list[Cell], assembly: PereiraAssembly, protocol: str, se
                 features_done(ready[0], entry)
                 continue
             try:
-                score = ray.get(ready[0])
+                score, kept = ray.get(ready[0])
+                if kept is not None:
+                    fit_cache.save(kept.model, kept.name)
             except Exception as error:  # noqa: BLE001  (one failing cell never stops the sweep)
                 on_outcome(CellOutcome(entry.cell, None, short_error(error), entry.features_seconds))
             else:
