@@ -25,6 +25,8 @@ from berg_ray.regression import PLSSettings
 from berg_ray.request import ModelRequest
 from berg_ray.store import EncodingModelStore
 
+pytestmark = pytest.mark.slow  # a two-node cluster, a model loaded on it twice: about 40 s
+
 SETTINGS = PLSSettings(n_components=RAY_N_COMPONENTS)
 
 
@@ -50,6 +52,12 @@ def two_nodes(tmp_path_factory):
             os.chdir(here)
         try:
             init_ray(address=cluster.address)
+            # the premise of every test here: work lands on the worker node, where relative paths resolve elsewhere
+            def where() -> tuple[str, str]:  # (a local function: Ray ships it by value, not by module name)
+                return ray.get_runtime_context().get_node_id(), os.getcwd()
+
+            node_id, cwd = ray.get(ray.remote(where).options(num_cpus=1).remote())
+            assert node_id == node.node_id and Path(cwd).resolve() == worker.resolve()
             yield SimpleNamespace(cluster=cluster, node=node, driver=driver, worker=worker)
         finally:
             ray.shutdown()
@@ -60,18 +68,6 @@ def two_nodes(tmp_path_factory):
 
 def _manifests(folder: Path) -> list[Path]:
     return sorted(folder.rglob("manifest.json"))
-
-
-@ray.remote(num_cpus=1)
-def _where() -> tuple[str, str]:
-    return ray.get_runtime_context().get_node_id(), os.getcwd()
-
-
-def test_tasks_run_on_the_worker_node_in_its_folder(two_nodes):
-    """The premise of the tests below: work lands on the worker node, whose relative paths resolve elsewhere."""
-    node_id, cwd = ray.get(_where.remote())
-    assert node_id == two_nodes.node.node_id
-    assert Path(cwd).resolve() == two_nodes.worker.resolve()
 
 
 def test_fit_subjects_writes_a_local_cache_on_the_driver(two_nodes, tiny_gpt2, gpt2_synthetic, monkeypatch):
