@@ -321,7 +321,9 @@ def _download(url: str, cache: Path, storage_options: dict[str, Any]) -> Path:
         "mtime": str(info.get("LastModified") or info.get("mtime") or info.get("last_modified") or ""),
     }
     folder = cache / hashlib.sha256(url.encode()).hexdigest()[:16]
-    name = os.path.basename(urllib.parse.urlsplit(url).path.rstrip("/")) or "assembly.nc"
+    name = os.path.basename(urllib.parse.urlsplit(url).path.rstrip("/"))
+    if path_component_problem(name) is not None:  # '..', '.x', '' or odd characters: the folder is the URL's anyway
+        name = "assembly.nc"
     local, record = folder / name, folder / "source.json"
     if local.is_file() and record.is_file() and (fingerprint["etag"] or fingerprint["mtime"]):
         try:

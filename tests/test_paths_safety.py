@@ -131,6 +131,10 @@ def test_local_root_refuses_writes_and_deletes_that_leave_it(tmp_path):
     assert (tmp_path / "root" / "sub" / "ok.txt").read_bytes() == b"fine"
     root.remove(root.path("sub"), recursive=True)
     assert not (tmp_path / "root" / "sub").exists()
+    os.symlink(tmp_path / "root", tmp_path / "alias")  # a root reached through a link is still the root
+    aliased = FileRoot(tmp_path / "alias")
+    aliased.write(aliased.path("via-alias.txt"), b"ok")
+    assert (tmp_path / "root" / "via-alias.txt").read_bytes() == b"ok"
 
 
 def test_s3_root_refuses_dot_segments(moto_server):
@@ -214,3 +218,19 @@ def test_model_names_are_one_safe_path_component():
     names = {"brainscore_language-gpt2": "gpt2", "Qwen/Qwen3-0.6B": "Qwen_Qwen3-0.6B", "my.model-v2": "my.model-v2",
              "..": "_.", ".": "_", "../../x": "_._.._x", ".hidden": "_hidden"}
     assert {model_id: ModelSpec(model_id, "gpt2", "transformer.h.0").name for model_id in names} == names
+
+
+def test_a_dataset_url_whose_file_name_is_not_plain_is_kept_inside_the_download_cache(gpt2_synthetic, tmp_path):
+    """A URL's last segment names the downloaded copy: ``..`` would name the cache's parent folder."""
+    import fsspec
+
+    memory = fsspec.filesystem("memory")
+    memory.pipe_file("/paths-safety/..", Path(gpt2_synthetic["path"]).read_bytes())
+    try:
+        assembly = load_pereira("memory://paths-safety/..", cache_dir=tmp_path / "downloads")
+    finally:
+        memory.rm("/paths-safety", recursive=True)
+    assert len(assembly.subjects) == 9
+    files = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file())
+    assert [f.rsplit("/", 1)[-1] for f in files] == ["assembly.nc", "source.json"]
+    assert all(f.startswith("downloads/") for f in files)
