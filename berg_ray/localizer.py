@@ -31,7 +31,6 @@ This module imports nothing of berg-ray's above the foundation: the readout is h
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import logging
@@ -48,6 +47,7 @@ import numpy as np
 
 from berg_ray.errors import CacheIntegrityError, InvalidInputError
 from berg_ray.fsio import FileRoot
+from berg_ray.hashing import bytes_sha256, json_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -195,7 +195,7 @@ def mask_key_fields(model: str, layers: Sequence[str], top_k: float | int, dtype
 
 def mask_key(fields: dict[str, Any]) -> str:
     """sha256 (hex) of the canonical JSON of :func:`mask_key_fields`."""
-    return hashlib.sha256(json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    return json_sha256(fields)
 
 
 def mask_cache_root() -> Path | str:
@@ -275,7 +275,7 @@ class MaskCache:
                 data = self.files.read(posixpath.join(folder, info["name"]))
             except FileNotFoundError:
                 raise fail(f"{info['name']} is missing") from None
-            if hashlib.sha256(data).hexdigest() != info.get("sha256"):
+            if bytes_sha256(data) != info.get("sha256"):
                 raise fail(f"{info['name']} does not match the sha256 in its manifest (modified or corrupted)")
             try:
                 arrays[role] = np.load(io.BytesIO(data), allow_pickle=False)
@@ -295,7 +295,7 @@ class MaskCache:
         files = {}
         for role, array in (("mask", result.mask.astype(np.bool_)), ("t_values", result.t_values.astype(np.float64))):
             data = _npy(array)
-            digest = hashlib.sha256(data).hexdigest()
+            digest = bytes_sha256(data)
             file_name = f"{role}-{digest[:16]}.npy"
             self.files.write(posixpath.join(folder, file_name), data)
             files[role] = {"name": file_name, "sha256": digest, "size": len(data)}

@@ -16,7 +16,6 @@ from __future__ import annotations
 import ast
 import dataclasses
 import functools
-import hashlib
 import importlib.util
 import json
 import logging
@@ -28,6 +27,7 @@ from typing import Any
 
 from berg_ray import code_models, model_status
 from berg_ray.errors import InvalidInputError, UnknownModelError, UnsupportedModelError, closest
+from berg_ray.hashing import folder_sha256
 from berg_ray.localizer import LOCALIZED_LAYER, check_top_k
 
 logger = logging.getLogger(__name__)
@@ -113,26 +113,7 @@ class ModelSpec:
             return f"{code_models.builder_fingerprint(self.builder)}|tokenizer:{tokenizer}"
         if not self.is_local:
             return f"hub:{self.source}@{self.revision or 'main'}"
-        return f"dir:{_folder_sha256(str(Path(self.source).expanduser().resolve()))}"
-
-
-@functools.lru_cache(maxsize=32)
-def _folder_sha256_cached(path: str, stamp: tuple) -> str:
-    digest = hashlib.sha256()
-    root = Path(path)
-    for file in sorted(p for p in root.rglob("*") if p.is_file()):
-        digest.update(str(file.relative_to(root)).encode())
-        with open(file, "rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _folder_sha256(path: str) -> str:
-    # (size, mtime) of every file: re-hash only when something in the folder changed.
-    files = (p for p in Path(path).rglob("*") if p.is_file())
-    stamp = tuple(sorted((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files))
-    return _folder_sha256_cached(path, stamp)
+        return f"dir:{folder_sha256(Path(self.source).expanduser().resolve())}"  # every file, bytes (hashing.py)
 
 
 # --------------------------------------------------------------------------------------------------------------

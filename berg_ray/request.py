@@ -15,13 +15,12 @@ its files) is taken when the request is built, so Ray workers never re-hash a we
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from berg_ray.errors import InvalidInputError
+from berg_ray.hashing import json_sha256
 from berg_ray.localizer import LOCALIZED_LAYER, LOCALIZER_VERSION, check_top_k
 from berg_ray.options import AUTO_DTYPE, CONTEXTS, DEFAULT_CONTEXT, DEFAULT_DTYPE, DTYPE_CHOICES, DTYPES
 from berg_ray.precision import resolve_choice
@@ -41,7 +40,7 @@ DEFAULT_DEVICE = "auto"
 
 def cache_key(fields: dict[str, Any]) -> str:
     """sha256 (hex) of the canonical JSON of ``fields`` (see :meth:`ModelRequest.key_fields`)."""
-    return hashlib.sha256(json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    return json_sha256(fields)
 
 
 def check_context(context: Any) -> str:

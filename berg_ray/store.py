@@ -28,7 +28,6 @@ The checks catch edits and corruption, not a forger who recomputes every hash: t
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import logging
@@ -45,14 +44,11 @@ from safetensors.numpy import save as safetensors_save
 from berg_ray.encoding_model import EncodingModel
 from berg_ray.errors import CacheIntegrityError, InvalidInputError
 from berg_ray.fsio import FileRoot
+from berg_ray.hashing import bytes_sha256
 from berg_ray.regression import PLSFit, PLSSettings
 from berg_ray.request import CACHE_FORMAT_VERSION, cache_key  # noqa: F401  (CACHE_FORMAT_VERSION re-exported)
 
 logger = logging.getLogger(__name__)
-
-
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 class EncodingModelStore:
@@ -92,7 +88,7 @@ class EncodingModelStore:
         voxels = model.voxels.to_json(orient="split", index=False).encode()
         files = {}
         for role, data, suffix in (("arrays", arrays, "safetensors"), ("voxels", voxels, "json")):
-            digest = _sha256(data)
+            digest = bytes_sha256(data)
             filename = f"{role}-{digest[:16]}.{suffix}"
             self.files.write(posixpath.join(folder, filename), data)
             files[role] = {"name": filename, "sha256": digest, "bytes": len(data)}
@@ -146,7 +142,7 @@ class EncodingModelStore:
             except FileNotFoundError as error:
                 raise CacheIntegrityError(f"cache entry {folder} lists {info['name']} but it is missing",
                                           path=path, field=f"files.{role}") from error
-            if _sha256(data) != info["sha256"]:
+            if bytes_sha256(data) != info["sha256"]:
                 raise CacheIntegrityError(f"cache file {path} does not match the sha256 in its manifest "
                                           "(modified or corrupted); delete the entry folder to refit",
                                           path=path, field=f"files.{role}")

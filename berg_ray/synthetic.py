@@ -29,7 +29,6 @@ from __future__ import annotations
 import berg_ray._environment  # noqa: F401  (must precede any brainscore import)
 
 import functools
-import hashlib
 import importlib.resources
 import json
 import logging
@@ -41,6 +40,7 @@ import numpy as np
 import pandas as pd
 
 from berg_ray.errors import InvalidInputError
+from berg_ray.hashing import bytes_sha256
 
 _logger = logging.getLogger(__name__)
 
@@ -194,9 +194,7 @@ def synthetic_stimuli(seed: int = 0) -> pd.DataFrame:
 def features_sha256(features: np.ndarray) -> str:
     """SHA-256 (hex) that identifies a feature matrix: its shape and its values as little-endian float32."""
     array = np.ascontiguousarray(np.asarray(features, dtype="<f4"))
-    digest = hashlib.sha256(f"{array.shape}".encode())
-    digest.update(array.tobytes())
-    return digest.hexdigest()
+    return bytes_sha256(f"{array.shape}".encode() + array.tobytes())
 
 
 def _check_features(features: np.ndarray, rank: int, noise: float) -> np.ndarray:
