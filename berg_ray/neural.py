@@ -34,6 +34,7 @@ import pandas as pd
 
 from berg_ray import options
 from berg_ray.errors import DatasetError, InvalidInputError, UnknownSubjectError, closest
+from berg_ray.fsio import atomic_path, atomic_write_bytes
 from berg_ray.hashing import bytes_sha256, file_digests, file_sha256
 from berg_ray.validation import check_subject_id, normalize_subject
 from berg_ray.synthetic import ATTR_PREFIX, SYNTHETIC_ATTR
@@ -330,17 +331,13 @@ def _download(url: str, cache: Path, storage_options: dict[str, Any]) -> Path:
                 return local
         except (OSError, ValueError):
             pass
-    folder.mkdir(parents=True, exist_ok=True)
-    temporary = folder / f".{name}.{os.getpid()}.part"
     _logger.info("downloading %s to %s", url, local)
     try:
-        fs.get_file(remote_path, str(temporary))
-        os.replace(temporary, local)
+        with atomic_path(local) as temporary:
+            fs.get_file(remote_path, str(temporary))
     except Exception as error:  # noqa: BLE001
         raise DatasetError(f"Could not download {url!r}: {error!r}. {_ALTERNATIVES}") from error
-    finally:
-        temporary.unlink(missing_ok=True)
-    record.write_text(json.dumps(fingerprint))
+    atomic_write_bytes(record, json.dumps(fingerprint).encode())
     return local
 
 

@@ -27,6 +27,7 @@ from typing import Any
 
 from berg_ray import code_models, model_status
 from berg_ray.errors import InvalidInputError, UnknownModelError, UnsupportedModelError, closest
+from berg_ray.fsio import atomic_write_bytes
 from berg_ray.hashing import folder_sha256
 from berg_ray.localizer import LOCALIZED_LAYER, check_top_k
 
@@ -489,9 +490,8 @@ def _persisted_specs() -> dict[str, ModelSpec]:
 
 def _write_registry(path: Path, entries: dict[str, ModelSpec]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps([s.to_dict() for s in entries.values()], indent=2))
-    os.replace(tmp, path)  # readers in other processes never see a half-written file
+    # readers in other processes never see a half-written file
+    atomic_write_bytes(path, json.dumps([s.to_dict() for s in entries.values()], indent=2).encode())
 
 
 def _looks_like_path(source: str) -> bool:

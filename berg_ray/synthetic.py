@@ -40,6 +40,7 @@ import numpy as np
 import pandas as pd
 
 from berg_ray.errors import InvalidInputError
+from berg_ray.fsio import atomic_path
 from berg_ray.hashing import bytes_sha256
 
 _logger = logging.getLogger(__name__)
@@ -324,13 +325,8 @@ def write_synthetic_pereira(path: str | os.PathLike, features: np.ndarray, *, se
 
     path = Path(path)
     assembly = make_synthetic_assembly(features, seed=seed, rank=rank, noise=noise, planted_model=planted_model)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp.nc")
-    try:
+    with atomic_path(path, suffix=".nc") as temporary:
         sha1 = write_netcdf(assembly, temporary, compress=compress)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
     _logger.info("wrote synthetic Pereira2018 assembly %s (sha1 %s, seed %d, rank %d, noise %g, planted model %s)",
                  path, sha1, seed, rank, noise, planted_model or "unknown")
     return path
