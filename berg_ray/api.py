@@ -95,13 +95,11 @@ class BERG:
         """
         from berg_ray import distributed
 
-        executor = None
-        if use_ray or (use_ray is None and distributed.ray_is_available()):
-            distributed.init_ray()
-            executor = distributed.RayExecutor(num_gpus)
-            request = distributed.request_for_actors(request, num_gpus=num_gpus)
+        if use_ray or (use_ray is None and distributed.ray_is_available()):  # the Ray front door, with our data
+            return distributed.fit_subjects(request, subjects, dataset=self.assembly(), cache=self.store,
+                                            settings=self.settings, num_gpus=num_gpus, show_progress=show_progress)
         return fit_subjects(request, self.assembly(), subjects, settings=self.settings, store=self.store,
-                            executor=executor, show_progress=show_progress)
+                            show_progress=show_progress)
 
     def get_encoding_model(self, model_id: str, subject: str, device: str = "auto", *, context: str | None = None,
                            show_progress: bool = False, batch_size: int = DEFAULT_BATCH_SIZE, dtype: str | None = None

@@ -273,7 +273,8 @@ def fit_subjects(model_id: str | ModelSpec | ModelRequest, subjects: str | Itera
                  show_progress: bool = False) -> dict[str, EncodingModel]:
     """Encoding models for ``subjects`` on Ray: cached ones are loaded, the others fitted as parallel tasks.
 
-    A front door over :func:`berg_ray.fitting.fit_subjects` with the :class:`RayExecutor`.
+    A front door over :func:`berg_ray.fitting.fit_subjects` with the :class:`RayExecutor`; ``BERG.fit`` on Ray is
+    this function with the BERG object's data, cache and PLS settings.
 
     Args:
         model_id: registered id, :class:`ModelSpec`, or a :class:`ModelRequest` (then ``context``, ``device``,
