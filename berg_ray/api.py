@@ -19,6 +19,7 @@ from berg_ray.errors import InvalidInputError
 from berg_ray.features import extract, resolve_device
 from berg_ray.fitting import fit_subjects
 from berg_ray.neural import PereiraAssembly, dataset_cache_dir, load_pereira
+from berg_ray.options import DEFAULT_BATCH_SIZE
 from berg_ray.provenance import package_versions
 from berg_ray.registry import ModelSpec
 from berg_ray.registry import list_models as _list_models
@@ -70,8 +71,8 @@ class BERG:
         return _list_models(expand_brainscore_language)
 
     def request(self, model_id: str | ModelSpec, *, context: str | None = None, device: str = "auto",
-                dtype: str | None = None, batch_size: int = 32, layers: str | Sequence[str] | None = None
-                ) -> ModelRequest:
+                dtype: str | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
+                layers: str | Sequence[str] | None = None) -> ModelRequest:
         """The :class:`ModelRequest` for ``model_id`` with this object's default context: resolved and checked once
         (an unknown id, context, dtype, batch size or device fails here, before any data or model is loaded)."""
         if model_id == GATEWAY_ID:
@@ -94,16 +95,14 @@ class BERG:
         """
         from berg_ray import distributed
 
-        executor = None
-        if use_ray or (use_ray is None and distributed.ray_is_available()):
-            distributed.init_ray()
-            executor = distributed.RayExecutor(num_gpus)
-            request = distributed.request_for_actors(request, num_gpus=num_gpus)
+        if use_ray or (use_ray is None and distributed.ray_is_available()):  # the Ray front door, with our data
+            return distributed.fit_subjects(request, subjects, dataset=self.assembly(), cache=self.store,
+                                            settings=self.settings, num_gpus=num_gpus, show_progress=show_progress)
         return fit_subjects(request, self.assembly(), subjects, settings=self.settings, store=self.store,
-                            executor=executor, show_progress=show_progress)
+                            show_progress=show_progress)
 
     def get_encoding_model(self, model_id: str, subject: str, device: str = "auto", *, context: str | None = None,
-                           show_progress: bool = False, batch_size: int = 32, dtype: str | None = None
+                           show_progress: bool = False, batch_size: int = DEFAULT_BATCH_SIZE, dtype: str | None = None
                            ) -> EncodingModel:
         """Load the cached encoding model of ``model_id`` for ``subject``, fitting and caching it first if needed.
 

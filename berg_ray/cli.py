@@ -45,7 +45,7 @@ def _add_common(parser: argparse.ArgumentParser, subjects: bool = True) -> None:
     parser.add_argument("--dtype", default=None, choices=options.DTYPE_CHOICES,
                         help="forward-pass precision (default: float32); auto: bfloat16 on GPUs and on CPUs with "
                              "AVX512-BF16 or AMX, float32 elsewhere")
-    parser.add_argument("--batch-size", type=int, default=32, help="sequences per forward pass")
+    parser.add_argument("--batch-size", type=int, default=options.DEFAULT_BATCH_SIZE, help="sequences per forward pass")
     if subjects:
         parser.add_argument("--subjects", nargs="+", default=["all"], help="'all' or subject ids (e.g. 018 199)")
 

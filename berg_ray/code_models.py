@@ -18,17 +18,16 @@ arbitrary code to import).
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import importlib.metadata
 import importlib.util
-import json
 import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from berg_ray.errors import InvalidInputError
+from berg_ray.hashing import canonical_json, file_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +93,6 @@ def builder_fingerprint(builder: Mapping[str, Any]) -> str:
         version = "absent"
     spec = importlib.util.find_spec(builder["module"])
     origin = Path(spec.origin) if spec is not None and spec.origin else None
-    code = hashlib.sha256(origin.read_bytes()).hexdigest()[:16] if origin is not None and origin.is_file() else "absent"
-    described = json.dumps(builder, sort_keys=True, separators=(",", ":"))
+    code = file_sha256(origin)[:16] if origin is not None and origin.is_file() else "absent"
+    described = canonical_json(builder)
     return f"code:{described}@brainscore-language=={version}:module={code}"

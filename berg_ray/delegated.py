@@ -41,6 +41,7 @@ import numpy as np
 from berg_ray import model_status
 from berg_ray.errors import InvalidInputError, UnsupportedModelError
 from berg_ray.layers import LayerChoice
+from berg_ray.options import DEFAULT_BATCH_SIZE
 from berg_ray.registry import ModelSpec, get_spec
 from berg_ray.request import DEFAULT_DEVICE, check_dtype, context_groups
 from berg_ray.validation import check_batch_size, check_sentences
@@ -148,7 +149,7 @@ class DelegatedExtractor:
     """
 
     def __init__(self, model: str | ModelSpec, device: str = DEFAULT_DEVICE, dtype: str | None = None,
-                 batch_size: int = 32, *, load: Callable[[], Any] | None = None):
+                 batch_size: int = DEFAULT_BATCH_SIZE, *, load: Callable[[], Any] | None = None):
         self.spec = get_spec(model)
         if not is_delegated(self.spec):
             raise InvalidInputError(f"{self.spec.model_id} is not a delegated model (kind {self.spec.kind!r}); use "

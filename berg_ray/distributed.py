@@ -22,7 +22,7 @@ from berg_ray.features import make_extractor, resolve_dtype
 from berg_ray.fitting import fit_encoding_model
 from berg_ray.fitting import fit_subjects as fit_pipeline
 from berg_ray.neural import PereiraAssembly, load_pereira
-from berg_ray.options import AUTO_DTYPE
+from berg_ray.options import AUTO_DTYPE, DEFAULT_BATCH_SIZE
 from berg_ray.precision import auto_dtype_for, bf16_support
 from berg_ray.registry import ModelSpec
 from berg_ray.regression import PLSSettings
@@ -283,11 +283,12 @@ def fit_subjects(model_id: str | ModelSpec | ModelRequest, subjects: str | Itera
                  dataset: str | PereiraAssembly = "brainscore",
                  cache: str | os.PathLike | EncodingModelStore | None = "berg_dir", context: str = "sentence",
                  n_components: int = 25, settings: PLSSettings | None = None, device: str = "auto",
-                 num_gpus: float = 0.0, dtype: str | None = None, batch_size: int = 32,
+                 num_gpus: float = 0.0, dtype: str | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
                  show_progress: bool = False) -> dict[str, EncodingModel]:
     """Encoding models for ``subjects`` on Ray: cached ones are loaded, the others fitted as parallel tasks.
 
-    A front door over :func:`berg_ray.fitting.fit_subjects` with the :class:`RayExecutor`.
+    A front door over :func:`berg_ray.fitting.fit_subjects` with the :class:`RayExecutor`; ``BERG.fit`` on Ray is
+    this function with the BERG object's data, cache and PLS settings.
 
     Args:
         model_id: registered id, :class:`ModelSpec`, or a :class:`ModelRequest` (then ``context``, ``device``,

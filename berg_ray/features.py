@@ -36,16 +36,16 @@ import torch
 from berg_ray import code_models, options
 from berg_ray.errors import DeviceError, InvalidInputError
 from berg_ray.localizer import LOCALIZED_LAYER, language_mask, mask_key_fields
+from berg_ray.options import DEFAULT_BATCH_SIZE
 from berg_ray.precision import resolve_choice, warn_if_slow
 from berg_ray.registry import ModelSpec, get_spec
 from berg_ray.request import DEFAULT_DEVICE, check_context, check_dtype, context_groups
-from berg_ray.validation import check_batch_size, check_sentences
+from berg_ray.validation import check_batch_size, check_layers, check_sentences
 
 logger = logging.getLogger(__name__)
 
 CONTEXTS: tuple[str, ...] = options.CONTEXTS
 DTYPES: dict[str, torch.dtype] = {name: getattr(torch, name) for name in options.DTYPES}
-DEFAULT_BATCH_SIZE = 32
 
 
 def prepare_context(parts: Sequence[str]) -> str:
@@ -54,25 +54,6 @@ def prepare_context(parts: Sequence[str]) -> str:
     from brainscore_language.model_helpers.preprocessing import prepare_context as _brainscore_prepare_context
 
     return _brainscore_prepare_context(list(parts))
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Input checking
-
-
-def check_layers(layers: str | Sequence[str]) -> list[str]:
-    """``layers`` as a list of distinct dotted module names (a single name is a list of one), in the given order."""
-    if isinstance(layers, str):
-        layers = [layers]
-    if not isinstance(layers, Sequence) or not layers:
-        raise InvalidInputError(f"layers must be a module name or a non-empty list of them (e.g. 'transformer.h.5'), "
-                                f"got {layers!r}")
-    for layer in layers:
-        if not isinstance(layer, str) or not layer:
-            raise InvalidInputError(f"layer {layer!r} is not a module name; give dotted names like 'transformer.h.5'")
-    return list(dict.fromkeys(layers))
-
-
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -19,7 +19,6 @@ from berg_ray.encoding_model import EncodingModel
 from berg_ray.errors import InvalidInputError
 from berg_ray.features import extract
 from berg_ray.neural import PereiraAssembly, check_subject
-from berg_ray.registry import ModelSpec
 from berg_ray.regression import PLSSettings, cross_validated_r, fit_pls
 from berg_ray.request import CACHE_FORMAT_VERSION, FEATURES_VERSION, ModelRequest  # noqa: F401  (re-exported)
 from berg_ray.store import EncodingModelStore
@@ -150,14 +149,3 @@ def fit_subjects(request: ModelRequest, assembly: PereiraAssembly, subjects: str
         models.update((executor or InProcessExecutor()).fit_missing(request, assembly, missing, settings, store,
                                                                      show_progress))
     return {s: models[s] for s in chosen}
-
-
-def fit_subjects_local(model_id: str | ModelSpec | ModelRequest, assembly: PereiraAssembly,
-                       subjects: str | Iterable[str] = "all", store: EncodingModelStore | None = None,
-                       context: str = "sentence", settings: PLSSettings | None = None, device: str = "auto",
-                       dtype: str | None = None, batch_size: int = 32,
-                       show_progress: bool = False) -> dict[str, EncodingModel]:
-    """:func:`fit_subjects` in this process, from loose settings (builds the request; kept for callers of 0.1)."""
-    request = model_id if isinstance(model_id, ModelRequest) else ModelRequest.build(
-        model_id, context=context, dtype=dtype, batch_size=batch_size, device=device)
-    return fit_subjects(request, assembly, subjects, settings=settings, store=store, show_progress=show_progress)

@@ -10,14 +10,44 @@ output goes through here.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import posixpath
 import uuid
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import fsspec
 
 from berg_ray.errors import UnsafePathError
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
+    """A temporary path beside local ``path`` (hidden: ``.<name>.tmp-<uuid><suffix>``) for a writer to fill; when
+    the block ends normally it is renamed onto ``path`` in one step, else removed. Folders are created as needed.
+
+    For writers that want a path rather than bytes (a netCDF writer, a download); readers never see a partial file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}{suffix}")
+    try:
+        yield temporary
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, durable: bool = True) -> None:
+    """Write ``data`` to local ``path`` atomically (see :func:`atomic_path`); ``durable``: fsync before the rename
+    (see :meth:`FileRoot.write`)."""
+    with atomic_path(path) as temporary, open(temporary, "wb") as handle:
+        handle.write(data)
+        if durable:
+            handle.flush()
+            os.fsync(handle.fileno())
 
 
 class FileRoot:
@@ -72,18 +102,7 @@ class FileRoot:
         """
         self.inside(path)
         if self.local:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-            try:
-                with open(tmp, "wb") as handle:
-                    handle.write(data)
-                    if durable:
-                        handle.flush()
-                        os.fsync(handle.fileno())
-                os.replace(tmp, path)
-            finally:
-                if os.path.exists(tmp):
-                    os.remove(tmp)
+            atomic_write_bytes(path, data, durable=durable)
         else:
             self.fs.pipe_file(path, data)
 

@@ -31,7 +31,6 @@ This module imports nothing of berg-ray's above the foundation: the readout is h
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import logging
@@ -48,6 +47,8 @@ import numpy as np
 
 from berg_ray.errors import CacheIntegrityError, InvalidInputError
 from berg_ray.fsio import FileRoot
+from berg_ray.hashing import json_sha256
+from berg_ray.verified_store import MANIFEST, MISSING, VerifiedStore
 
 logger = logging.getLogger(__name__)
 
@@ -195,7 +196,7 @@ def mask_key_fields(model: str, layers: Sequence[str], top_k: float | int, dtype
 
 def mask_key(fields: dict[str, Any]) -> str:
     """sha256 (hex) of the canonical JSON of :func:`mask_key_fields`."""
-    return hashlib.sha256(json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    return json_sha256(fields)
 
 
 def mask_cache_root() -> Path | str:
@@ -222,14 +223,16 @@ class MaskCache:
     """Localizer masks under a local folder or an fsspec URL (``s3://bucket/prefix``; credentials from the standard
     chain, as for the encoding-model store): ``{root}/{name}/{key[:16]}/`` holds ``mask-{sha[:16]}.npy`` (bool),
     ``t_values-{sha[:16]}.npy`` (float64) and ``manifest.json`` (key, key fields, each file's sha256), written
-    last. Every write is atomic (:class:`berg_ray.fsio.FileRoot`) and the array files are named by their content,
-    so nodes that compute the same mask at once leave a consistent entry (the last manifest wins)."""
+    last: a :class:`~berg_ray.verified_store.VerifiedStore` entry, as the encoding-model cache's. Every write is
+    atomic (:class:`berg_ray.fsio.FileRoot`) and the array files are named by their content, so nodes that compute
+    the same mask at once leave a consistent entry (the last manifest wins)."""
 
     def __init__(self, root: str | os.PathLike | None = None, storage_options: dict[str, Any] | None = None):
         root = mask_cache_root() if root is None else root
         if "://" not in os.fspath(root):
             root = Path(root).expanduser()
         self.files = FileRoot(root, storage_options)
+        self.entries = VerifiedStore(self.files, size_field="size")
         #: the root: a Path for a local folder, else its URL
         self.root: Path | str = Path(self.files.root) if self.files.local else self.files.url.rstrip("/")
 
@@ -251,13 +254,17 @@ class MaskCache:
         key = mask_key(fields)
         folder, where = self._entry_path(name, key), self.entry_dir(name, key)
         try:
-            manifest_bytes = self.files.read(posixpath.join(folder, "manifest.json"))
+            manifest_bytes = self.files.read(posixpath.join(folder, MANIFEST))
         except FileNotFoundError:
             return None
 
         def fail(problem: str) -> CacheIntegrityError:
             return CacheIntegrityError(f"localizer mask entry {where}: {problem}; delete the folder to recompute it",
                                        path=str(where))
+
+        def file_problem(problem: str, role: str, name: str, path: str) -> CacheIntegrityError:
+            return fail(f"{name} is missing" if problem == MISSING else
+                        f"{name} does not match the sha256 in its manifest (modified or corrupted)")
 
         try:
             manifest = json.loads(manifest_bytes)
@@ -271,12 +278,7 @@ class MaskCache:
             info = files.get(role) if isinstance(files, dict) else None
             if not isinstance(info, dict) or not isinstance(info.get("name"), str) or "/" in info["name"]:
                 raise fail(f"files.{role} is missing or malformed")
-            try:
-                data = self.files.read(posixpath.join(folder, info["name"]))
-            except FileNotFoundError:
-                raise fail(f"{info['name']} is missing") from None
-            if hashlib.sha256(data).hexdigest() != info.get("sha256"):
-                raise fail(f"{info['name']} does not match the sha256 in its manifest (modified or corrupted)")
+            data = self.entries.read_file(folder, role, info, file_problem)
             try:
                 arrays[role] = np.load(io.BytesIO(data), allow_pickle=False)
             except (ValueError, EOFError) as error:  # an object array (a pickle inside) or not a .npy file at all
@@ -292,17 +294,11 @@ class MaskCache:
         """Write ``result`` under the key of ``fields``; returns the entry folder (:meth:`entry_dir`)."""
         key = mask_key(fields)
         folder = self._entry_path(name, key)
-        files = {}
-        for role, array in (("mask", result.mask.astype(np.bool_)), ("t_values", result.t_values.astype(np.float64))):
-            data = _npy(array)
-            digest = hashlib.sha256(data).hexdigest()
-            file_name = f"{role}-{digest[:16]}.npy"
-            self.files.write(posixpath.join(folder, file_name), data)
-            files[role] = {"name": file_name, "sha256": digest, "size": len(data)}
-        manifest = {"key": key, "key_fields": fields, "files": files, "shape": list(result.mask.shape),
-                    "n_selected": int(result.mask.sum()),
-                    "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        self.files.write(posixpath.join(folder, "manifest.json"), json.dumps(manifest, indent=2).encode())
+        blobs = {"mask": (_npy(result.mask.astype(np.bool_)), "npy"),
+                 "t_values": (_npy(result.t_values.astype(np.float64)), "npy")}
+        self.entries.write_entry(folder, blobs, lambda files: {
+            "key": key, "key_fields": fields, "files": files, "shape": list(result.mask.shape),
+            "n_selected": int(result.mask.sum()), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
         where = self.entry_dir(name, key)
         logger.info("localizer mask cached in %s", where)
         return where

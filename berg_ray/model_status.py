@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import ast
 import functools
-import hashlib
 import importlib.metadata
 import importlib.util
 import os
@@ -34,6 +33,8 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+
+from berg_ray import hashing
 
 #: the one readout of a delegated model: what its subject records for ``RecordingTarget.language_system``
 DELEGATED_LAYER = "language_system"
@@ -265,11 +266,7 @@ def delegation(plugin: str, plugin_dir: Path, identifier: str) -> Delegation | N
 
 @functools.lru_cache(maxsize=64)
 def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return hashing.file_sha256(path)
 
 
 def file_sha256(path: Path) -> str:
@@ -279,11 +276,7 @@ def file_sha256(path: Path) -> str:
 
 
 def _tree_sha256(root: Path, pattern: str = "*") -> str:
-    digest = hashlib.sha256()
-    for file in sorted(p for p in root.rglob(pattern) if p.is_file() and "__pycache__" not in p.parts):
-        digest.update(str(file.relative_to(root)).encode())
-        digest.update(file_sha256(file).encode())
-    return digest.hexdigest()
+    return hashing.folder_sha256(root, pattern=pattern, exclude=("__pycache__",), entry="sha256")
 
 
 def delegated_fingerprint(source: str) -> str:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import berg_ray._environment  # noqa: F401  (must precede any brainscore import)
 
-import hashlib
 import json
 import logging
 import os
@@ -35,6 +34,8 @@ import pandas as pd
 
 from berg_ray import options
 from berg_ray.errors import DatasetError, InvalidInputError, UnknownSubjectError, closest
+from berg_ray.fsio import atomic_path, atomic_write_bytes
+from berg_ray.hashing import bytes_sha256, file_digests, file_sha256
 from berg_ray.validation import check_subject_id, normalize_subject, path_component_problem
 from berg_ray.synthetic import ATTR_PREFIX, SYNTHETIC_ATTR
 
@@ -286,7 +287,7 @@ def _brainio_cached_file(home: Path) -> tuple[Path, str]:
     """
     valid: list[tuple[Path, str]] = []
     for candidate in sorted(home.glob(f"*/{BRAINSCORE_FILENAME}")):
-        sha1, sha256 = _hash_file(candidate, "sha1", "sha256")
+        sha1, sha256 = file_digests(candidate, "sha1", "sha256")
         if sha1 == candidate.parent.name:
             valid.append((candidate, sha256))
     if not valid:
@@ -320,7 +321,7 @@ def _download(url: str, cache: Path, storage_options: dict[str, Any]) -> Path:
         "etag": str(info.get("ETag") or info.get("etag") or ""),
         "mtime": str(info.get("LastModified") or info.get("mtime") or info.get("last_modified") or ""),
     }
-    folder = cache / hashlib.sha256(url.encode()).hexdigest()[:16]
+    folder = cache / bytes_sha256(url.encode())[:16]
     name = os.path.basename(urllib.parse.urlsplit(url).path.rstrip("/"))
     if path_component_problem(name) is not None:  # '..', '.x', '' or odd characters: the folder is the URL's anyway
         name = "assembly.nc"
@@ -332,17 +333,13 @@ def _download(url: str, cache: Path, storage_options: dict[str, Any]) -> Path:
                 return local
         except (OSError, ValueError):
             pass
-    folder.mkdir(parents=True, exist_ok=True)
-    temporary = folder / f".{name}.{os.getpid()}.part"
     _logger.info("downloading %s to %s", url, local)
     try:
-        fs.get_file(remote_path, str(temporary))
-        os.replace(temporary, local)
+        with atomic_path(local) as temporary:
+            fs.get_file(remote_path, str(temporary))
     except Exception as error:  # noqa: BLE001
         raise DatasetError(f"Could not download {url!r}: {error!r}. {_ALTERNATIVES}") from error
-    finally:
-        temporary.unlink(missing_ok=True)
-    record.write_text(json.dumps(fingerprint))
+    atomic_write_bytes(record, json.dumps(fingerprint).encode())
     return local
 
 
@@ -353,7 +350,7 @@ def _load_file(path: Path, *, source: str) -> PereiraAssembly:
     """Load a local ``.nc`` with brainio's ``AssemblyLoader``, as ``load_from_s3`` does."""
     from brainscore_core.supported_data_standards.brainio.assemblies import AssemblyLoader, NeuroidAssembly
 
-    (sha256,) = _hash_file(path, "sha256")
+    sha256 = file_sha256(path)
     try:
         with _NETCDF_LOCK:  # netCDF4/HDF5 crash when two threads read files at once
             assembly = AssemblyLoader(cls=NeuroidAssembly, file_path=str(path)).load()
@@ -505,10 +502,3 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _hash_file(path: Path, *algorithms: str) -> tuple[str, ...]:
-    digests = [hashlib.new(name) for name in algorithms]
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            for digest in digests:
-                digest.update(block)
-    return tuple(digest.hexdigest() for digest in digests)

@@ -14,6 +14,8 @@ DEFAULT_CONTEXT = "sentence"
 #: forward-pass precisions (names of torch dtypes); float16 needs a GPU
 DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16")
 DEFAULT_DTYPE = "float32"
+#: sequences per forward pass unless asked otherwise (every front door, extractor and pipeline)
+DEFAULT_BATCH_SIZE = 32
 #: the dtype choice that picks the fastest precision of the machine the model runs on (:mod:`berg_ray.precision`):
 #: bfloat16 on GPUs and on CPUs with AVX512-BF16/AMX, float32 elsewhere; resolved before any cache key is made
 AUTO_DTYPE = "auto"

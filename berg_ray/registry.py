@@ -16,7 +16,6 @@ from __future__ import annotations
 import ast
 import dataclasses
 import functools
-import hashlib
 import importlib.util
 import json
 import logging
@@ -28,6 +27,8 @@ from typing import Any
 
 from berg_ray import code_models, model_status
 from berg_ray.errors import InvalidInputError, UnknownModelError, UnsupportedModelError, closest
+from berg_ray.fsio import atomic_write_bytes
+from berg_ray.hashing import folder_sha256
 from berg_ray.localizer import LOCALIZED_LAYER, check_top_k
 
 logger = logging.getLogger(__name__)
@@ -116,26 +117,7 @@ class ModelSpec:
             return f"{code_models.builder_fingerprint(self.builder)}|tokenizer:{tokenizer}"
         if not self.is_local:
             return f"hub:{self.source}@{self.revision or 'main'}"
-        return f"dir:{_folder_sha256(str(Path(self.source).expanduser().resolve()))}"
-
-
-@functools.lru_cache(maxsize=32)
-def _folder_sha256_cached(path: str, stamp: tuple) -> str:
-    digest = hashlib.sha256()
-    root = Path(path)
-    for file in sorted(p for p in root.rglob("*") if p.is_file()):
-        digest.update(str(file.relative_to(root)).encode())
-        with open(file, "rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _folder_sha256(path: str) -> str:
-    # (size, mtime) of every file: re-hash only when something in the folder changed.
-    files = (p for p in Path(path).rglob("*") if p.is_file())
-    stamp = tuple(sorted((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files))
-    return _folder_sha256_cached(path, stamp)
+        return f"dir:{folder_sha256(Path(self.source).expanduser().resolve())}"  # every file, bytes (hashing.py)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -511,9 +493,8 @@ def _persisted_specs() -> dict[str, ModelSpec]:
 
 def _write_registry(path: Path, entries: dict[str, ModelSpec]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps([s.to_dict() for s in entries.values()], indent=2))
-    os.replace(tmp, path)  # readers in other processes never see a half-written file
+    # readers in other processes never see a half-written file
+    atomic_write_bytes(path, json.dumps([s.to_dict() for s in entries.values()], indent=2).encode())
 
 
 def _looks_like_path(source: str) -> bool:

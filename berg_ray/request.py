@@ -15,33 +15,31 @@ its files) is taken when the request is built, so Ray workers never re-hash a we
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from berg_ray.errors import InvalidInputError
+from berg_ray.hashing import json_sha256
 from berg_ray.localizer import LOCALIZED_LAYER, LOCALIZER_VERSION, check_top_k
-from berg_ray.options import AUTO_DTYPE, CONTEXTS, DEFAULT_CONTEXT, DEFAULT_DTYPE, DTYPE_CHOICES, DTYPES
+from berg_ray.options import (AUTO_DTYPE, CONTEXTS, DEFAULT_BATCH_SIZE, DEFAULT_CONTEXT, DEFAULT_DTYPE, DTYPE_CHOICES,
+                              DTYPES)
 from berg_ray.precision import resolve_choice
 from berg_ray.registry import ModelSpec, get_spec
 from berg_ray.regression import PLSSettings
-from berg_ray.validation import check_batch_size, check_device_name
+from berg_ray.validation import check_batch_size, check_device_name, check_layers
 
 #: bump when the cache entry layout or anything that changes fitted numbers changes
 CACHE_FORMAT_VERSION = 1
 #: identifies how features are read out; change it when the readout changes numbers
 FEATURES_VERSION = "brainscore-last-token/1"
-#: sequences per forward pass unless asked otherwise
-DEFAULT_BATCH_SIZE = 32
 #: where models run unless asked otherwise: a GPU when one is visible, else the CPU
 DEFAULT_DEVICE = "auto"
 
 
 def cache_key(fields: dict[str, Any]) -> str:
     """sha256 (hex) of the canonical JSON of ``fields`` (see :meth:`ModelRequest.key_fields`)."""
-    return hashlib.sha256(json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    return json_sha256(fields)
 
 
 def check_context(context: Any) -> str:
@@ -142,14 +140,7 @@ class ModelRequest:
                                         "localizer model; register one with register_model(..., layer=[...], "
                                         "localizer_top_k=0.1)")
             spec = dataclasses.replace(spec, localizer_top_k=check_top_k(localizer_top_k))
-        if layers is None:
-            chosen: tuple[str, ...] = (spec.layer,)
-        elif isinstance(layers, str):
-            chosen = (layers,)
-        else:
-            chosen = tuple(dict.fromkeys(str(layer) for layer in layers))
-        if not chosen or not all(chosen):
-            raise InvalidInputError(f"layers must name at least one module, got {layers!r}")
+        chosen = (spec.layer,) if layers is None else tuple(check_layers(layers))
         device = check_device_name(device or DEFAULT_DEVICE)
         asked = check_dtype(dtype)
         return cls(spec=spec, layers=chosen, context=check_context(context or DEFAULT_CONTEXT),

@@ -8,6 +8,7 @@ Layout (BERG's folder convention, one folder per entry)::
             voxels-{sha[:16]}.json          the voxel table
             manifest.json                   key, key fields, metadata, and each file's name, size and sha256
 
+Entries are :class:`~berg_ray.verified_store.VerifiedStore` entries (shared with the localizer mask cache).
 Writes are atomic: data files are named by their content hash and written first; ``manifest.json`` is written last
 in one operation (``os.replace`` locally, a single PUT on S3), so an entry is visible only when complete. Two writers
 of the same key each write complete files and then one manifest wins: the entry is always consistent. Nothing is
@@ -28,7 +29,6 @@ The checks catch edits and corruption, not a forger who recomputes every hash: t
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import logging
@@ -48,12 +48,9 @@ from berg_ray.fsio import FileRoot
 from berg_ray.regression import PLSFit, PLSSettings
 from berg_ray.request import CACHE_FORMAT_VERSION, cache_key  # noqa: F401  (CACHE_FORMAT_VERSION re-exported)
 from berg_ray.validation import check_path_component
+from berg_ray.verified_store import MISSING, VerifiedStore
 
 logger = logging.getLogger(__name__)
-
-
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 class EncodingModelStore:
@@ -65,6 +62,7 @@ class EncodingModelStore:
 
     def __init__(self, root: str | os.PathLike, storage_options: dict[str, Any] | None = None):
         self.files = FileRoot(root, storage_options)
+        self.entries = VerifiedStore(self.files, size_field="bytes")
         self.url = self.files.url
         self.root = self.files.root
 
@@ -92,21 +90,18 @@ class EncodingModelStore:
             "cv_r": np.ascontiguousarray(model.cv_r, dtype=np.float64),
         })
         voxels = model.voxels.to_json(orient="split", index=False).encode()
-        files = {}
-        for role, data, suffix in (("arrays", arrays, "safetensors"), ("voxels", voxels, "json")):
-            digest = _sha256(data)
-            filename = f"{role}-{digest[:16]}.{suffix}"
-            self.files.write(posixpath.join(folder, filename), data)
-            files[role] = {"name": filename, "sha256": digest, "bytes": len(data)}
-        manifest = {
-            "format_version": CACHE_FORMAT_VERSION,
-            "key": model.cache_key,
-            "key_fields": model.key_fields,
-            "files": files,
-            "metadata": {**model.describe(), "n_iter": list(map(int, model.fit.n_iter))},
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        }
-        self.files.write(posixpath.join(folder, "manifest.json"), json.dumps(manifest, indent=2).encode())
+
+        def manifest(files: dict[str, dict[str, Any]]) -> dict[str, Any]:
+            return {
+                "format_version": CACHE_FORMAT_VERSION,
+                "key": model.cache_key,
+                "key_fields": model.key_fields,
+                "files": files,
+                "metadata": {**model.describe(), "n_iter": list(map(int, model.fit.n_iter))},
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            }
+
+        self.entries.write_entry(folder, {"arrays": (arrays, "safetensors"), "voxels": (voxels, "json")}, manifest)
         logger.info("cached %s subject %s in %s", model.model_id, model.subject, folder)
         return folder
 
@@ -140,19 +135,15 @@ class EncodingModelStore:
         check = _ManifestCheck(manifest_path)
         fields = check.key_fields(manifest, key, subject, expected_fields)
         meta = check.metadata(manifest, fields, key, synthetic)
-        blobs = {}
-        for role, info in check.files(manifest).items():
-            path = posixpath.join(folder, info["name"])
-            try:
-                data = self.files.read(path)
-            except FileNotFoundError as error:
-                raise CacheIntegrityError(f"cache entry {folder} lists {info['name']} but it is missing",
-                                          path=path, field=f"files.{role}") from error
-            if _sha256(data) != info["sha256"]:
-                raise CacheIntegrityError(f"cache file {path} does not match the sha256 in its manifest "
-                                          "(modified or corrupted); delete the entry folder to refit",
-                                          path=path, field=f"files.{role}")
-            blobs[role] = data
+
+        def fail(problem: str, role: str, name: str, path: str) -> CacheIntegrityError:
+            if problem == MISSING:
+                return CacheIntegrityError(f"cache entry {folder} lists {name} but it is missing", path=path,
+                                           field=f"files.{role}")
+            return CacheIntegrityError(f"cache file {path} does not match the sha256 in its manifest (modified or "
+                                       "corrupted); delete the entry folder to refit", path=path, field=f"files.{role}")
+
+        blobs = {role: self.entries.read_file(folder, role, info, fail) for role, info in check.files(manifest).items()}
         arrays = check.arrays(blobs["arrays"], meta)
         voxels = check.voxels(blobs["voxels"], arrays["coef"].shape[0])
         fit = PLSFit(x_mean=arrays["x_mean"], coef=arrays["coef"], intercept=arrays["intercept"],

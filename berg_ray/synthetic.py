@@ -29,7 +29,6 @@ from __future__ import annotations
 import berg_ray._environment  # noqa: F401  (must precede any brainscore import)
 
 import functools
-import hashlib
 import importlib.resources
 import json
 import logging
@@ -41,6 +40,8 @@ import numpy as np
 import pandas as pd
 
 from berg_ray.errors import InvalidInputError
+from berg_ray.fsio import atomic_path
+from berg_ray.hashing import bytes_sha256
 
 _logger = logging.getLogger(__name__)
 
@@ -194,9 +195,7 @@ def synthetic_stimuli(seed: int = 0) -> pd.DataFrame:
 def features_sha256(features: np.ndarray) -> str:
     """SHA-256 (hex) that identifies a feature matrix: its shape and its values as little-endian float32."""
     array = np.ascontiguousarray(np.asarray(features, dtype="<f4"))
-    digest = hashlib.sha256(f"{array.shape}".encode())
-    digest.update(array.tobytes())
-    return digest.hexdigest()
+    return bytes_sha256(f"{array.shape}".encode() + array.tobytes())
 
 
 def _check_features(features: np.ndarray, rank: int, noise: float) -> np.ndarray:
@@ -326,13 +325,8 @@ def write_synthetic_pereira(path: str | os.PathLike, features: np.ndarray, *, se
 
     path = Path(path)
     assembly = make_synthetic_assembly(features, seed=seed, rank=rank, noise=noise, planted_model=planted_model)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp.nc")
-    try:
+    with atomic_path(path, suffix=".nc") as temporary:
         sha1 = write_netcdf(assembly, temporary, compress=compress)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
     _logger.info("wrote synthetic Pereira2018 assembly %s (sha1 %s, seed %d, rank %d, noise %g, planted model %s)",
                  path, sha1, seed, rank, noise, planted_model or "unknown")
     return path

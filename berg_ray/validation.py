@@ -124,6 +124,22 @@ def check_sentences(sentences: Any) -> list[str]:
     return sentences
 
 
+# ---------------------------------------------------------------------------------------------------- layers
+
+
+def check_layers(layers: str | Sequence[str]) -> list[str]:
+    """``layers`` as a list of distinct dotted module names (a single name is a list of one), in the given order."""
+    if isinstance(layers, str):
+        layers = [layers]
+    if not isinstance(layers, Sequence) or not layers:
+        raise InvalidInputError(f"layers must be a module name or a non-empty list of them (e.g. 'transformer.h.5'), "
+                                f"got {layers!r}")
+    for layer in layers:
+        if not isinstance(layer, str) or not layer:
+            raise InvalidInputError(f"layer {layer!r} is not a module name; give dotted names like 'transformer.h.5'")
+    return list(dict.fromkeys(layers))
+
+
 # ---------------------------------------------------------------------------------------------------- subjects
 
 

@@ -137,13 +137,14 @@ def persisted_gpt2(tiny_gpt2, tmp_path_factory) -> str:
 
 @pytest.fixture(scope="session")
 def gpt2_fits(tiny_gpt2, gpt2_synthetic):
-    """Reference fits, in this process and without a cache (``fit_subjects_local``), of the tiny GPT-2 on
+    """Reference fits, in this process and without a cache (``fitting.fit_subjects``), of the tiny GPT-2 on
     ``gpt2_synthetic`` for RAY_SUBJECTS with RAY_N_COMPONENTS: what the Ray and corpus results must equal."""
-    from berg_ray.fitting import fit_subjects_local
+    from berg_ray.fitting import fit_subjects
     from berg_ray.neural import load_pereira
     from berg_ray.regression import PLSSettings
+    from berg_ray.request import ModelRequest
 
     assembly = load_pereira(gpt2_synthetic["path"])
     with single_blas_thread():
-        return fit_subjects_local(tiny_gpt2.model_id, assembly, RAY_SUBJECTS, context="sentence",
-                                  settings=PLSSettings(n_components=RAY_N_COMPONENTS), device="cpu")
+        request = ModelRequest.build(tiny_gpt2.model_id, context="sentence", device="cpu")
+        return fit_subjects(request, assembly, RAY_SUBJECTS, settings=PLSSettings(n_components=RAY_N_COMPONENTS))

@@ -79,14 +79,15 @@ def models(tiny_gpt2, other_gpt2, gpt2_fits, gpt2_synthetic, tmp_path_factory):
     Returns a namespace: ``cache`` and, per model id, ``(extractor, fits)`` in ``reference``.
     """
     from berg_ray.features import FeatureExtractor
-    from berg_ray.fitting import fit_subjects_local
+    from berg_ray.fitting import fit_subjects
     from berg_ray.neural import load_pereira
     from berg_ray.regression import PLSSettings
+    from berg_ray.request import ModelRequest
 
     with single_blas_thread():
-        other_fits = fit_subjects_local(other_gpt2.model_id, load_pereira(gpt2_synthetic["path"]), RAY_SUBJECTS,
-                                        context="sentence", settings=PLSSettings(n_components=RAY_N_COMPONENTS),
-                                        device="cpu")
+        other_request = ModelRequest.build(other_gpt2.model_id, context="sentence", device="cpu")
+        other_fits = fit_subjects(other_request, load_pereira(gpt2_synthetic["path"]), RAY_SUBJECTS,
+                                  settings=PLSSettings(n_components=RAY_N_COMPONENTS))
     cache = str(tmp_path_factory.mktemp("resume_cache"))
     store = EncodingModelStore(cache)
     reference = {}

@@ -16,7 +16,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "berg_ray"
 
 #: lowest first. A new module must be placed here (the test fails until it is).
 LAYERS: dict[str, tuple[str, ...]] = {
-    "foundation": ("errors", "options", "validation", "provenance", "quiet", "_environment", "precision", "fsio"),
+    "foundation": ("errors", "options", "validation", "provenance", "quiet", "_environment", "precision", "fsio",
+                   "hashing", "verified_store"),
     "core": ("regression", "scoring", "localizer", "registry", "request", "encoding_model", "features", "layers",
              "synthetic", "offline_models", "reductions", "model_status", "delegated", "code_models"),
     "data": ("corpus_io", "neural", "store", "plots", "corpus_outputs", "ranking", "corpus.inputs",

@@ -18,6 +18,7 @@ from berg_ray import api, distributed, features, fitting, neural, synthetic
 from berg_ray.cli import main as cli_main
 from berg_ray.corpus_io import read_sentences_file
 from berg_ray.errors import DatasetError, InvalidInputError, UnknownSubjectError
+from berg_ray.request import ModelRequest
 
 warnings.filterwarnings("ignore", category=FutureWarning)  # brainscore's xarray subclasses without __slots__
 
@@ -202,7 +203,7 @@ def test_subjects_none_is_an_invalid_input_not_a_type_error(synthetic_file, monk
             fitting.resolve_subjects(assembly, bad)
         assert repr(bad) in str(info.value) or "no subjects given" in str(info.value)
     with pytest.raises(InvalidInputError, match="got None"):
-        fitting.fit_subjects_local(MODEL, assembly, None)
+        fitting.fit_subjects(ModelRequest.build(MODEL), assembly, None)
 
 
 def test_subjects_all_in_a_list_means_every_subject(synthetic_file):

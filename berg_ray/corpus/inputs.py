@@ -4,7 +4,6 @@ paths and automatic sentence ids are relative to, and the fingerprint of a file 
 
 from __future__ import annotations
 
-import hashlib
 import os
 import posixpath
 from typing import Any
@@ -13,6 +12,7 @@ import fsspec
 
 from berg_ray.corpus_io import INPUT_SUFFIXES
 from berg_ray.errors import InvalidInputError
+from berg_ray.hashing import file_sha256
 
 
 def _url_prefix(fs: Any) -> str:
@@ -96,11 +96,7 @@ def file_fingerprint(source: str) -> str:
                 "modified"):
         if info.get(key) is not None:
             return f"size={info['size']};{key}={info[key]}"
-    digest = hashlib.sha256()
-    with fs.open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return f"size={info['size']};sha256={digest.hexdigest()}"
+    return f"size={info['size']};sha256={file_sha256(path, fs=fs)}"
 
 
 def list_inputs(spec: str) -> list[str]:

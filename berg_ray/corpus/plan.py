@@ -8,8 +8,6 @@ rewritten file never takes over the name of a finished part.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,6 +18,7 @@ import pyarrow.parquet as pq
 
 from berg_ray.corpus.inputs import file_fingerprint, relative_path
 from berg_ray.errors import InvalidInputError
+from berg_ray.hashing import json_sha256, running_sha256
 
 #: hex characters of a part id (64 bits: no collision to expect among millions of parts)
 PART_ID_CHARS = 16
@@ -63,8 +62,7 @@ class Part:
 
 def part_id(identity: dict[str, Any]) -> str:
     """Short hex sha256 of a part's canonical identity JSON."""
-    text = json.dumps(identity, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()[:PART_ID_CHARS]
+    return json_sha256(identity)[:PART_ID_CHARS]
 
 
 def _new_part(source: str, path: str, row_start: int, n_rows: int, byte_start: int = -1, byte_end: int = -1,
@@ -114,7 +112,7 @@ def plan_parts(files: Sequence[str], rows_per_part: int, whole_files: bool = Fal
             continue
         # text formats: one pass recording the byte offset where each part starts and a sha256 of its bytes, and
         # (JSON lines) whether any row can name an id: a key "id", or one spelled with a \u escape
-        offset, row, start_byte, start_row, digest = 0, 0, 0, 0, hashlib.sha256()
+        offset, row, start_byte, start_row, digest = 0, 0, 0, 0, running_sha256()
         first, look_for_ids, has_ids = len(parts), suffix == ".jsonl", False
         with fsspec.open(source, "rb") as handle:
             for line in handle:
@@ -126,7 +124,7 @@ def plan_parts(files: Sequence[str], rows_per_part: int, whole_files: bool = Fal
                 if not whole_files and row - start_row == rows_per_part:
                     parts.append(_new_part(source, path, start_row, row - start_row, start_byte, offset,
                                            f"sha256:{digest.hexdigest()}"))
-                    start_byte, start_row, digest = offset, row, hashlib.sha256()
+                    start_byte, start_row, digest = offset, row, running_sha256()
         if row > start_row:
             parts.append(_new_part(source, path, start_row, row - start_row, start_byte, offset,
                                    f"sha256:{digest.hexdigest()}"))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import posixpath
@@ -16,6 +15,7 @@ from berg_ray.corpus.inputs import file_fingerprint
 from berg_ray.corpus.plan import Part
 from berg_ray.corpus_io import parse_lines, parse_records
 from berg_ray.errors import InvalidInputError
+from berg_ray.hashing import bytes_sha256
 
 #: the columns of a bad row (per part in ``_bad_rows/``, gathered into ``bad_rows.parquet``)
 BAD_ROWS_SCHEMA = pa.schema([("source", pa.string()), ("row", pa.int64()), ("sentence_id", pa.string()),
@@ -50,7 +50,7 @@ def read_part(part: Part) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         with fsspec.open(part.source, "rb") as handle:
             handle.seek(part.byte_start)
             data = handle.read(part.byte_end - part.byte_start)
-        if part.fingerprint and f"sha256:{hashlib.sha256(data).hexdigest()}" != part.fingerprint:
+        if part.fingerprint and f"sha256:{bytes_sha256(data)}" != part.fingerprint:
             raise InputChangedError(f"input {part.source} changed after it was planned (bytes {part.byte_start}–"
                                     f"{part.byte_end} no longer have their planned sha256); rerun: changed files "
                                     "are planned afresh")

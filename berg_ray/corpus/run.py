@@ -20,6 +20,7 @@ from berg_ray.corpus.request_identity import check_output, corpus_request, reque
 from berg_ray.corpus_outputs import PartWriter, model_voxel_rois
 from berg_ray.encoding_model import StackedPredictor
 from berg_ray.fsio import FileRoot
+from berg_ray.options import DEFAULT_BATCH_SIZE
 from berg_ray.reductions import DEFAULT_OUTPUTS, DEFAULT_PREDICTION_DTYPE, check_output_options
 from berg_ray.registry import ModelSpec
 from berg_ray.request import ModelRequest
@@ -36,7 +37,8 @@ def encode_corpus(model_id: str | ModelSpec | ModelRequest, input: str, output: 
                   subjects: str | Iterable[str] = "all",
                   dataset: str | PereiraAssembly = "brainscore", cache: str | None = "berg_dir",
                   context: str = "sentence",
-                  batch_size: int = 32, num_extractors: int = 1, num_gpus: float = 0.0, device: str = "auto",
+                  batch_size: int = DEFAULT_BATCH_SIZE, num_extractors: int = 1, num_gpus: float = 0.0,
+                  device: str = "auto",
                   dtype: str | None = None, n_components: int = 25, rows_per_part: int = DEFAULT_ROWS_PER_PART,
                   num_cpus_per_extractor: float | None = None, show_progress: bool = True,
                   overwrite: bool = False, write: str | Iterable[str] = DEFAULT_OUTPUTS,

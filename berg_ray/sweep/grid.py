@@ -8,8 +8,6 @@ forward-pass dtype), so a rerun finds the cells it already scored.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -17,6 +15,7 @@ from typing import Any
 
 from berg_ray import options
 from berg_ray.errors import InvalidInputError, UnknownModelError, UnsupportedModelError
+from berg_ray.hashing import json_sha256
 from berg_ray.request import check_context
 from berg_ray.delegated import delegated_layers, is_delegated
 from berg_ray.layers import LayerChoice, resolve_layers
@@ -119,7 +118,7 @@ def cell_id(request: ModelRequest, subject: str, dataset_sha256: str, scorer: Sc
     fields.pop("pls")
     fields.update(scorer.identity(settings))
     fields.update(protocol=scorer.name, sweep_format=SWEEP_FORMAT_VERSION)
-    digest = hashlib.sha256(json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    digest = json_sha256(fields)
     readable = "__".join(_safe(part) for part in (request.spec.name, request.layer, request.context, subject))
     return f"{readable}__{digest[:12]}"
 

@@ -9,7 +9,6 @@ that the two agree).
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from abc import ABC, abstractmethod
 from collections import OrderedDict
@@ -19,6 +18,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from berg_ray.errors import InvalidInputError
+from berg_ray.hashing import bytes_sha256
 from berg_ray.neural import PereiraAssembly
 from berg_ray.regression import PLSSettings
 from berg_ray.request import ModelRequest
@@ -158,7 +158,7 @@ class BrainscoreRidge(Scorer):
     def all_subjects_split_r(self, features: np.ndarray, assembly: PereiraAssembly) -> np.ndarray:
         """Per-split r of every voxel of ``assembly`` (all subjects, one alpha per split): (n_splits, n_voxels)."""
         features = np.ascontiguousarray(features)
-        key = (hashlib.sha256(features.tobytes() + str((features.shape, features.dtype)).encode()).hexdigest(),
+        key = (bytes_sha256(features.tobytes() + str((features.shape, features.dtype)).encode()),
                assembly.sha256)
         with self._lock:
             if key in self._pooled:

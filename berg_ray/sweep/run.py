@@ -14,7 +14,7 @@ import pandas as pd
 from berg_ray.errors import CacheIntegrityError
 from berg_ray.fitting import resolve_subjects
 from berg_ray.neural import PereiraAssembly, load_pereira
-from berg_ray.options import AUTO_DTYPE
+from berg_ray.options import AUTO_DTYPE, DEFAULT_BATCH_SIZE
 from berg_ray.precision import auto_dtype_for
 from berg_ray.regression import PLSSettings
 from berg_ray.request import check_dtype
@@ -49,7 +49,8 @@ def run_sweep(models: str | Sequence[str], subjects: str | Iterable[str] = "all"
               cache: str | os.PathLike | EncodingModelStore | None = "berg_dir", out: str | os.PathLike = "sweep_out",
               protocol: str = "pls-groupkfold", n_components: int = 25, device: str = "auto", *,
               settings: PLSSettings | None = None, num_gpus: float = 0.0, dtype: str | None = None,
-              batch_size: int = 32, max_extractors: int | None = None, plots: bool = True) -> pd.DataFrame:
+              batch_size: int = DEFAULT_BATCH_SIZE, max_extractors: int | None = None,
+              plots: bool = True) -> pd.DataFrame:
     """Score every (model, layer, context, subject) cell on Ray and write tables, plots and a report to ``out``.
 
     Args:
