@@ -326,8 +326,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"berg-ray {args.command}: error: {error}", file=sys.stderr)
         return 2
     except Exception as error:  # an unreachable S3 endpoint (driver or Ray worker): one line, not a traceback
-        from berg_ray.validation import storage_failure_message
+        from berg_ray.validation import berg_ray_cause, storage_failure_message
 
+        cause = berg_ray_cause(error)  # one of berg-ray's errors, raised in a Ray task or actor
+        if cause is not None:
+            logger.debug("%s failed", args.command, exc_info=True)
+            print(f"berg-ray {args.command}: error: {cause}", file=sys.stderr)
+            return 2
         message = storage_failure_message(error, resumable=args.command == "encode-corpus")
         if message is None:
             raise

@@ -250,14 +250,17 @@ class MaskCache:
         """The cached localization for ``fields``, or None; a damaged entry raises :class:`CacheIntegrityError`."""
         key = mask_key(fields)
         folder, where = self._entry_path(name, key), self.entry_dir(name, key)
-        try:
-            manifest_bytes = self.files.read(posixpath.join(folder, "manifest.json"))
-        except FileNotFoundError:
-            return None
 
         def fail(problem: str) -> CacheIntegrityError:
             return CacheIntegrityError(f"localizer mask entry {where}: {problem}; delete the folder to recompute it",
                                        path=str(where))
+
+        try:
+            manifest_bytes = self.files.read(posixpath.join(folder, "manifest.json"))
+        except FileNotFoundError:
+            return None
+        except IsADirectoryError:
+            raise fail("manifest.json is a folder, not a file") from None
 
         try:
             manifest = json.loads(manifest_bytes)
@@ -275,6 +278,8 @@ class MaskCache:
                 data = self.files.read(posixpath.join(folder, info["name"]))
             except FileNotFoundError:
                 raise fail(f"{info['name']} is missing") from None
+            except IsADirectoryError:
+                raise fail(f"{info['name']} is a folder, not a file") from None
             if hashlib.sha256(data).hexdigest() != info.get("sha256"):
                 raise fail(f"{info['name']} does not match the sha256 in its manifest (modified or corrupted)")
             try:

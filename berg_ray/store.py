@@ -132,6 +132,9 @@ class EncodingModelStore:
             return None
         try:
             manifest = json.loads(self.files.read(manifest_path))
+        except IsADirectoryError:
+            raise CacheIntegrityError(f"cache manifest {manifest_path} is a folder, not a file; delete the entry "
+                                      "folder to refit", path=manifest_path, field="manifest") from None
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
             raise CacheIntegrityError(f"cache manifest {manifest_path} is not valid JSON: {error}",
                                       path=manifest_path, field="manifest") from error
@@ -146,6 +149,10 @@ class EncodingModelStore:
             except FileNotFoundError as error:
                 raise CacheIntegrityError(f"cache entry {folder} lists {info['name']} but it is missing",
                                           path=path, field=f"files.{role}") from error
+            except IsADirectoryError:
+                raise CacheIntegrityError(f"cache entry {folder} lists {info['name']} but it is a folder, not a "
+                                          "file; delete the entry folder to refit", path=path,
+                                          field=f"files.{role}") from None
             if _sha256(data) != info["sha256"]:
                 raise CacheIntegrityError(f"cache file {path} does not match the sha256 in its manifest "
                                           "(modified or corrupted); delete the entry folder to refit",
