@@ -99,7 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "request is refused (naming what changed) unless --overwrite")
     corpus.add_argument("--overwrite", action="store_true",
                         help="delete an existing output in --output (only the files encode-corpus writes: "
-                             "predictions, markers, bad rows, manifest) and encode from scratch")
+                             "predictions, markers, bad rows, manifest; any other file is kept and named in "
+                             "the log, a folder removed only once empty) and encode from scratch")
     corpus.add_argument("--num-extractors", type=int, default=1)
     corpus.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per extractor actor (fractional ok)")
     corpus.add_argument("--address", default=None, help="Ray address (default: $RAY_ADDRESS or a local Ray)")
