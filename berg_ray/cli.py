@@ -24,7 +24,6 @@ from collections.abc import Sequence
 from typing import Any
 
 from berg_ray import options
-from berg_ray.errors import BergRayError
 from berg_ray.quiet import configure_output
 
 logger = logging.getLogger("berg_ray.cli")
@@ -323,15 +322,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     restore_output = configure_output(verbose=args.verbose)
     try:
         return COMMANDS[args.command](args)
-    except BergRayError as error:
-        print(f"berg-ray {args.command}: error: {error}", file=sys.stderr)
-        return 2
-    except Exception as error:  # an unreachable S3 endpoint (driver or Ray worker): one line, not a traceback
+    except Exception as error:  # berg-ray's own errors, also from a Ray task; an unreachable S3 endpoint: one line
         from berg_ray.validation import berg_ray_cause, storage_failure_message
 
-        cause = berg_ray_cause(error)  # one of berg-ray's errors, raised in a Ray task or actor
+        cause = berg_ray_cause(error)  # (a Ray task's error holds the worker's traceback in its text: its cause)
         if cause is not None:
-            logger.debug("%s failed", args.command, exc_info=True)
+            if cause is not error:
+                logger.debug("%s failed", args.command, exc_info=True)
             print(f"berg-ray {args.command}: error: {cause}", file=sys.stderr)
             return 2
         message = storage_failure_message(error, resumable=args.command == "encode-corpus")

@@ -186,3 +186,29 @@ def test_an_input_rewritten_while_the_run_reads_it_is_one_line(setup, tmp_path, 
 
     assert json.loads((output / "_manifest.json").read_text())["sentences_encoded"] == 3
     assert len(read_predictions(str(output), RAY_SUBJECTS[0])) == 3
+
+
+def test_an_input_rewritten_before_the_id_index_reads_it_is_one_line(setup, tmp_path, capsys, monkeypatch):
+    """JSON lines with ids go through the duplicate-id index (Ray tasks): rewritten once planned, the task that reads
+    it refuses, and the command line prints that error alone (not the task's traceback), exit 2."""
+    import berg_ray.corpus.run as corpus_run
+
+    source = tmp_path / "in" / "a.jsonl"
+    source.parent.mkdir()
+    source.write_text("".join(json.dumps({"id": f"s{i}", "sentence": s}) + "\n"
+                              for i, s in enumerate(setup.sentences[:3])))
+    plan = corpus_run.plan_parts
+
+    def plan_then_rewrite(*args, **kwargs):
+        parts = plan(*args, **kwargs)
+        assert all(p.may_carry_ids for p in parts)  # so the index reads the file
+        source.write_text(source.read_text().replace("s0", "t0"))
+        return parts
+
+    monkeypatch.setattr(corpus_run, "plan_parts", plan_then_rewrite)
+    code, errors = cli(setup, tmp_path / "in", tmp_path / "out", capsys)
+    assert not (tmp_path / "out").exists()  # refused while planning: nothing written
+    assert code == 2 and len(errors) == 1, errors
+    assert errors[0] == (f"berg-ray encode-corpus: error: input {source} changed after it was planned (bytes 0–"
+                         f"{source.stat().st_size} no longer have their planned sha256); rerun: changed files are "
+                         "planned afresh"), errors
