@@ -24,7 +24,6 @@ from collections.abc import Sequence
 from typing import Any
 
 from berg_ray import options
-from berg_ray.errors import BergRayError
 from berg_ray.quiet import configure_output
 
 logger = logging.getLogger("berg_ray.cli")
@@ -99,7 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "request is refused (naming what changed) unless --overwrite")
     corpus.add_argument("--overwrite", action="store_true",
                         help="delete an existing output in --output (only the files encode-corpus writes: "
-                             "predictions, markers, bad rows, manifest) and encode from scratch")
+                             "predictions, markers, bad rows, manifest; any other file is kept and named in "
+                             "the log, a folder removed only once empty) and encode from scratch")
     corpus.add_argument("--num-extractors", type=int, default=1)
     corpus.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per extractor actor (fractional ok)")
     corpus.add_argument("--address", default=None, help="Ray address (default: $RAY_ADDRESS or a local Ray)")
@@ -324,12 +324,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     restore_output = configure_output(verbose=args.verbose)
     try:
         return COMMANDS[args.command](args)
-    except BergRayError as error:
-        print(f"berg-ray {args.command}: error: {error}", file=sys.stderr)
-        return 2
-    except Exception as error:  # an unreachable S3 endpoint (driver or Ray worker): one line, not a traceback
-        from berg_ray.validation import storage_failure_message
+    except Exception as error:  # berg-ray's own errors, also from a Ray task; an unreachable S3 endpoint: one line
+        from berg_ray.validation import berg_ray_cause, storage_failure_message
 
+        cause = berg_ray_cause(error)  # (a Ray task's error holds the worker's traceback in its text: its cause)
+        if cause is not None:
+            if cause is not error:
+                logger.debug("%s failed", args.command, exc_info=True)
+            print(f"berg-ray {args.command}: error: {cause}", file=sys.stderr)
+            return 2
         message = storage_failure_message(error, resumable=args.command == "encode-corpus")
         if message is None:
             raise

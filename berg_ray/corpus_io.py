@@ -130,14 +130,36 @@ def _parse_line(row: int, raw: bytes, suffix: str) -> SourceRow:
     return _checked(row, record)
 
 
+def printable(text: str) -> str:
+    """``text`` with every lone surrogate (``"\\ud800"`` in JSON: valid JSON, not valid Unicode) spelled as its
+    escape (``"\\\\ud800"``), so that it can be written as UTF-8 (Parquet, logs)."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def unicode_problem(text: str) -> str | None:
+    """Why ``text`` cannot be written as UTF-8 (a lone surrogate, named with its position), or None."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        return f"is not valid Unicode (lone surrogate U+{ord(text[error.start]):04X} at character {error.start})"
+    return None
+
+
 def _checked(row: int, record: dict[str, Any]) -> SourceRow:
     if "sentence" not in record:
         return SourceRow(row, record, None,
-                         f"no 'sentence' field (fields: {', '.join(map(str, record)) or 'none'})")
+                         f"no 'sentence' field (fields: {', '.join(map(printable, map(str, record))) or 'none'})")
     sentence = record["sentence"]
-    text = None if sentence is None else str(sentence)[:200]
+    text = None if sentence is None else printable(str(sentence)[:200])
     problem = sentence_problem(sentence)
-    return SourceRow(row, record, text, None if problem is None else f"sentence {problem}")
+    if problem is not None:
+        return SourceRow(row, record, text, f"sentence {problem}")
+    for field in ("id", "passage"):  # the other fields that are written or read (the sentence is checked above)
+        value = record.get(field)
+        problem = unicode_problem(value) if isinstance(value, str) else None
+        if problem is not None:
+            return SourceRow(row, record, text, f"{field} {problem}")
+    return SourceRow(row, record, text, None)
 
 
 def read_sentences_file(path: str) -> list[str]:

@@ -48,7 +48,7 @@ import numpy as np
 from berg_ray.errors import CacheIntegrityError, InvalidInputError
 from berg_ray.fsio import FileRoot
 from berg_ray.hashing import json_sha256
-from berg_ray.verified_store import MANIFEST, MISSING, VerifiedStore
+from berg_ray.verified_store import FOLDER, MANIFEST, MISSING, VerifiedStore
 
 logger = logging.getLogger(__name__)
 
@@ -253,18 +253,22 @@ class MaskCache:
         """The cached localization for ``fields``, or None; a damaged entry raises :class:`CacheIntegrityError`."""
         key = mask_key(fields)
         folder, where = self._entry_path(name, key), self.entry_dir(name, key)
-        try:
-            manifest_bytes = self.files.read(posixpath.join(folder, MANIFEST))
-        except FileNotFoundError:
-            return None
 
         def fail(problem: str) -> CacheIntegrityError:
             return CacheIntegrityError(f"localizer mask entry {where}: {problem}; delete the folder to recompute it",
                                        path=str(where))
 
         def file_problem(problem: str, role: str, name: str, path: str) -> CacheIntegrityError:
-            return fail(f"{name} is missing" if problem == MISSING else
-                        f"{name} does not match the sha256 in its manifest (modified or corrupted)")
+            return fail(f"{name} is missing" if problem == MISSING else f"{name} is a folder, not a file"
+                        if problem == FOLDER else f"{name} does not match the sha256 in its manifest (modified or "
+                        "corrupted)")
+
+        try:
+            manifest_bytes = self.files.read(posixpath.join(folder, MANIFEST))
+        except FileNotFoundError:
+            return None
+        except IsADirectoryError:
+            raise fail("manifest.json is a folder, not a file") from None
 
         try:
             manifest = json.loads(manifest_bytes)

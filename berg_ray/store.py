@@ -48,7 +48,7 @@ from berg_ray.fsio import FileRoot
 from berg_ray.regression import PLSFit, PLSSettings
 from berg_ray.request import CACHE_FORMAT_VERSION, cache_key  # noqa: F401  (CACHE_FORMAT_VERSION re-exported)
 from berg_ray.validation import check_path_component
-from berg_ray.verified_store import MISSING, VerifiedStore
+from berg_ray.verified_store import FOLDER, MISSING, VerifiedStore
 
 logger = logging.getLogger(__name__)
 
@@ -129,6 +129,9 @@ class EncodingModelStore:
             return None
         try:
             manifest = json.loads(self.files.read(manifest_path))
+        except IsADirectoryError:
+            raise CacheIntegrityError(f"cache manifest {manifest_path} is a folder, not a file; delete the entry "
+                                      "folder to refit", path=manifest_path, field="manifest") from None
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
             raise CacheIntegrityError(f"cache manifest {manifest_path} is not valid JSON: {error}",
                                       path=manifest_path, field="manifest") from error
@@ -140,6 +143,9 @@ class EncodingModelStore:
             if problem == MISSING:
                 return CacheIntegrityError(f"cache entry {folder} lists {name} but it is missing", path=path,
                                            field=f"files.{role}")
+            if problem == FOLDER:
+                return CacheIntegrityError(f"cache entry {folder} lists {name} but it is a folder, not a file; delete "
+                                           "the entry folder to refit", path=path, field=f"files.{role}")
             return CacheIntegrityError(f"cache file {path} does not match the sha256 in its manifest (modified or "
                                        "corrupted); delete the entry folder to refit", path=path, field=f"files.{role}")
 

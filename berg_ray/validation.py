@@ -14,11 +14,12 @@ from __future__ import annotations
 import numbers
 import os
 import re
+import sys
 import urllib.parse
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from berg_ray.errors import InvalidInputError, UnknownSubjectError, closest
+from berg_ray.errors import BergRayError, InvalidInputError, UnknownSubjectError, closest
 from berg_ray.options import SUBJECTS
 
 #: output formats of ``berg-ray encode --out`` (see :func:`berg_ray.corpus_io.write_encoded`)
@@ -93,7 +94,7 @@ def sentence_problem(sentence: Any) -> str | None:
     except UnicodeEncodeError as error:
         bad = sentence[error.start:error.end]
         return (f"{sentence[:60]!r} cannot be encoded as UTF-8: {error.reason} {bad!r} at character {error.start} "
-                "(a lone surrogate; fix the text or its decoding)")
+                "(a lone surrogate: not valid Unicode; fix the text or its decoding)")
     return None
 
 
@@ -383,6 +384,18 @@ def _chain(error: BaseException) -> list[BaseException]:
         found.append(current)
         todo += [current.__cause__, current.__context__, getattr(current, "cause", None)]
     return found
+
+
+def berg_ray_cause(error: BaseException) -> BergRayError | None:
+    """The :class:`~berg_ray.errors.BergRayError` behind ``error`` (itself, or one raised in a Ray task or actor
+    and carried by Ray's ``RayTaskError`` / ``UserCodeException``), or None. A Ray error that is also an instance
+    of the cause's class (Ray's dual classes) is skipped: its text holds the worker's traceback."""
+    ray_exceptions = sys.modules.get("ray.exceptions")  # (not loaded: no Ray error can be in the chain)
+    ray_error = ray_exceptions.RayError if ray_exceptions is not None else ()
+    for current in _chain(error):
+        if isinstance(current, BergRayError) and not isinstance(current, ray_error):
+            return current
+    return None
 
 
 def storage_failure_message(error: BaseException, *, resumable: bool = False) -> str | None:

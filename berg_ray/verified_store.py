@@ -23,7 +23,7 @@ from berg_ray.hashing import bytes_sha256
 #: the name of every entry's manifest
 MANIFEST = "manifest.json"
 #: what can be wrong with a data file that a manifest lists (see :meth:`VerifiedStore.read_file`)
-MISSING, CORRUPT = "missing", "corrupt"
+MISSING, FOLDER, CORRUPT = "missing", "folder", "corrupt"
 #: ``(problem, role, file name, path) -> exception``: how an entry kind reports a bad data file
 FileProblem = Callable[[str, str, str, str], Exception]
 
@@ -53,7 +53,8 @@ class VerifiedStore:
 
         Raises:
             ``fail(problem, role, name, path)``: the entry kind's own error, for ``problem`` :data:`MISSING` (the
-            file is absent) or :data:`CORRUPT` (its sha256 differs from the manifest's).
+            file is absent), :data:`FOLDER` (a folder stands where the file should)
+            or :data:`CORRUPT` (its sha256 differs from the manifest's).
         """
         name = info["name"]
         path = posixpath.join(folder, name)
@@ -61,6 +62,8 @@ class VerifiedStore:
             data = self.files.read(path)
         except FileNotFoundError as error:
             raise fail(MISSING, role, name, path) from error
+        except IsADirectoryError:
+            raise fail(FOLDER, role, name, path) from None
         if bytes_sha256(data) != info.get("sha256"):
             raise fail(CORRUPT, role, name, path)
         return data

@@ -27,7 +27,8 @@ One module per step:
 * :mod:`~berg_ray.corpus.encoder`: :class:`PartEncoder`, the Ray Data actor that encodes and writes parts;
 * :mod:`~berg_ray.corpus.request_identity`: the request an output folder holds and :func:`check_output` (resume or
   refuse);
-* :mod:`~berg_ray.corpus.output_folder`: the files the pipeline owns in an output folder (overwrite, stale parts);
+* :mod:`~berg_ray.corpus.output_folder`: the files the pipeline owns in an output folder (overwrite, stale parts;
+  every other file is left alone and named in the log);
 * :mod:`~berg_ray.corpus.manifest`: checking every part against disk, ``parts.parquet``, ``bad_rows.parquet``, the
   manifest, and :func:`read_predictions`;
 * :mod:`~berg_ray.corpus.run`: :func:`encode_corpus`, the driver that ties them together.

@@ -12,7 +12,7 @@ import pyarrow as pa
 
 from berg_ray.corpus.output_folder import to_parquet_bytes
 from berg_ray.corpus.plan import Part
-from berg_ray.corpus.read import BAD_ROWS_SCHEMA, read_part
+from berg_ray.corpus.read import BAD_ROWS_SCHEMA, InputChangedError, read_part
 from berg_ray.corpus_outputs import PartWriter
 from berg_ray.encoding_model import StackedPredictor
 from berg_ray.features import make_extractor
@@ -23,8 +23,10 @@ from berg_ray.request import ModelRequest
 class PartEncoder:
     """Ray Data callable class: loads the language model once, then encodes whole parts per call.
 
-    ``__call__`` takes a batch of part descriptors and returns one summary row per part (counts, seconds);
-    predictions go straight to the output folder, never back to the driver. Each part's marker records the
+    ``__call__`` takes a batch of part descriptors and returns one summary row per part (counts, seconds, and
+    ``changed``: why the part was not encoded because its input changed since planning, else ``""``; such a part
+    writes nothing, and the driver reports it in one line once the other parts are done); predictions go straight
+    to the output folder, never back to the driver. Each part's marker records the
     request digest, the part's identity and the size of every file the part wrote.
     """
 
@@ -87,5 +89,9 @@ class PartEncoder:
         summaries = []
         for i in range(len(batch["part_id"])):
             part = Part(**{k: (v[i].item() if hasattr(v[i], "item") else v[i]) for k, v in batch.items()})
-            summaries.append(self.encode_part(part))
+            try:
+                summaries.append({**self.encode_part(part), "changed": ""})
+            except InputChangedError as error:  # reported as data: Ray Data would bury it in a traceback
+                summaries.append({"part_id": part.part_id, "source": part.source, "n_rows": part.n_rows,
+                                  "n_written": 0, "n_bad": 0, "seconds": 0.0, "changed": str(error)})
         return {key: np.array([s[key] for s in summaries]) for key in summaries[0]}

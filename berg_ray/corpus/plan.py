@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import fsspec
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from berg_ray.corpus.inputs import file_fingerprint, relative_path
@@ -92,6 +93,9 @@ def plan_parts(files: Sequence[str], rows_per_part: int, whole_files: bool = Fal
         root: the input root that part paths (and automatic sentence ids) are relative to; default: the deepest
             folder holding every file. :func:`~berg_ray.corpus.encode_corpus` passes
             :func:`~berg_ray.corpus.inputs.input_root` of its input.
+
+    Raises:
+        InvalidInputError: a ``.parquet`` file that is not readable Parquet (named; nothing is planned).
     """
     if not whole_files and (not isinstance(rows_per_part, int) or rows_per_part < 1):
         raise InvalidInputError(f"rows_per_part must be an integer ≥ 1, got {rows_per_part!r}")
@@ -102,9 +106,13 @@ def plan_parts(files: Sequence[str], rows_per_part: int, whole_files: bool = Fal
         suffix = os.path.splitext(source)[1].lower()
         if suffix == ".parquet":
             fingerprint = file_fingerprint(source)
-            with fsspec.open(source, "rb") as handle:
-                parquet = pq.ParquetFile(handle)
-                total, has_ids = parquet.metadata.num_rows, "id" in parquet.schema_arrow.names
+            try:
+                with fsspec.open(source, "rb") as handle:
+                    parquet = pq.ParquetFile(handle)
+                    total, has_ids = parquet.metadata.num_rows, "id" in parquet.schema_arrow.names
+            except pa.ArrowException as error:
+                raise InvalidInputError(f"input {source!r} is not a readable Parquet file "
+                                        f"({str(error).splitlines()[0]}); fix or remove it") from None
             step = max(total, 1) if whole_files else rows_per_part
             for start in range(0, total, step):
                 parts.append(_new_part(source, path, start, min(step, total - start), fingerprint=fingerprint,

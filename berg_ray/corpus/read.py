@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 
 from berg_ray.corpus.inputs import file_fingerprint
 from berg_ray.corpus.plan import Part
-from berg_ray.corpus_io import parse_lines, parse_records
+from berg_ray.corpus_io import parse_lines, parse_records, printable
 from berg_ray.errors import InvalidInputError
 from berg_ray.hashing import bytes_sha256
 
@@ -65,8 +65,9 @@ def read_part(part: Part) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
             sentence_id = str(record["id"])
         problem = parsed.problem or duplicates.get(parsed.row)
         if problem is not None:
-            bad.append({"source": part.source, "row": parsed.row, "sentence_id": sentence_id, "reason": problem,
-                        "value": parsed.text})
+            # (an id that is not valid Unicode is kept spelled with its escapes: bad rows are written as UTF-8)
+            bad.append({"source": part.source, "row": parsed.row, "sentence_id": printable(sentence_id),
+                        "reason": problem, "value": parsed.text})
             continue
         passage = record.get("passage")
         good.append({"row": parsed.row, "sentence_id": sentence_id, "sentence": record["sentence"],

@@ -14,8 +14,16 @@ from berg_ray.corpus.duplicate_ids import mark_duplicate_ids
 from berg_ray.corpus.encoder import PartEncoder
 from berg_ray.corpus.inputs import check_output_outside_input, input_root, list_inputs
 from berg_ray.corpus.manifest import finish_output, write_voxels
-from berg_ray.corpus.output_folder import remove_output, remove_path, unplanned_files
+from berg_ray.corpus.output_folder import (
+    check_output_links,
+    log_foreign,
+    remove_output,
+    remove_path,
+    scan_output,
+    unplanned_files,
+)
 from berg_ray.corpus.plan import plan_parts
+from berg_ray.corpus.read import InputChangedError
 from berg_ray.corpus.request_identity import check_output, corpus_request, request_sha256, whole_file_parts
 from berg_ray.corpus_outputs import PartWriter, model_voxel_rois
 from berg_ray.encoding_model import StackedPredictor
@@ -72,6 +80,12 @@ def encode_corpus(model_id: str | ModelSpec | ModelRequest, input: str, output: 
             a local Ray), started after every check and after the dataset has loaded.
         predictions_dtype: ``"float32"`` or ``"float16"`` (half the voxel output; the manifest's ``rounding``
             records the largest rounding error measured).
+
+    Raises:
+        InputChangedError: an input file changed after it was planned (while the run read it); the other parts are
+            finished, and a rerun plans the changed file afresh.
+        InvalidInputError: a bad argument, an unreadable input file (a ``.parquet`` that is not Parquet: refused
+            before anything is written), or a pipeline folder of the output that is a symbolic link leaving it.
     """
     import ray
     from ray.data import ActorPoolStrategy
@@ -106,7 +120,13 @@ def encode_corpus(model_id: str | ModelSpec | ModelRequest, input: str, output: 
     request = corpus_request(model_request, cache_keys, assembly.sha256, settings.to_dict(), input, rows_per_part,
                              outputs=writes, output_dtype=predictions_dtype)
     out = FileRoot(output)
+    check_output_links(out)
     resuming = check_output(out, request) if not overwrite else False  # refuse before any fitting or writing
+    # planning reads every input (an unreadable one is refused here, before anything is written)
+    parts = plan_parts(files, rows_per_part, whole_files=whole_file_parts(model_request), root=input_root(input))
+    parts = mark_duplicate_ids(parts, files)
+    if not overwrite:
+        log_foreign(out, scan_output(out)[1])  # (overwrite names them as it removes the rest)
     models = fit_subjects(model_request, assembly, list(cache_keys), settings=settings, store=as_store(cache),
                           executor=RayExecutor(resources["num_gpus"]))
     if {s: m.cache_key for s, m in models.items()} != cache_keys:
@@ -118,9 +138,6 @@ def encode_corpus(model_id: str | ModelSpec | ModelRequest, input: str, output: 
         remove_output(out)
     if not resuming:
         out.write(out.path("_request.json"), json.dumps(request, indent=2).encode())
-    root = input_root(input)
-    parts = plan_parts(files, rows_per_part, whole_files=whole_file_parts(model_request), root=root)
-    parts = mark_duplicate_ids(parts, files)
     finished = {name[len("part-"):-len(".json")] for name in out.listdir(out.path("_parts"))
                 if name.endswith(".json")}
     todo = [p for p in parts if p.part_id not in finished]
@@ -149,7 +166,9 @@ def encode_corpus(model_id: str | ModelSpec | ModelRequest, input: str, output: 
             from tqdm.auto import tqdm
 
             rows = tqdm(rows, total=len(todo), desc=f"encode {spec.model_id}", unit="part")
-        for _ in rows:
-            pass
+        changed = sorted({row["changed"] for row in rows if row["changed"]})
+        if changed:  # the other parts are finished; a rerun plans the changed files afresh and encodes them
+            more = f" (and {len(changed) - 1} more part(s))" if len(changed) > 1 else ""
+            raise InputChangedError(f"{changed[0]}{more}; the other parts are finished")
     manifest = finish_output(out, spec, models, parts, assembly, model_request.context, files, input, request, started)
     return manifest
