@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import sys
 from collections.abc import Iterable
 
 
@@ -51,6 +52,15 @@ class CacheIntegrityError(BergRayError):
         self.field = field
 
 
+class StaleModelError(BergRayError):
+    """The weights a model would run now are not the ones a request or encoding model was made for (a local folder
+    retrained in place): the message names both fingerprints."""
+
+
+class ModelNotCachedError(BergRayError):
+    """A hub model that is not in the local Hugging Face cache and cannot be downloaded (offline, or no network)."""
+
+
 class DeviceError(InvalidInputError):
     """A device that is not available on this machine (e.g. ``cuda`` without a GPU)."""
 
@@ -63,3 +73,16 @@ def closest(value: str, allowed: Iterable[str], n: int = 5) -> list[str]:
         lowered = value.lower()
         hits = [a for a in allowed if lowered in a.lower()][:n]
     return hits
+
+
+def remote_cause(error: BaseException) -> BaseException:
+    """The exception a Ray task or actor method raised, for the ``RayTaskError`` Ray wraps it in (followed through
+    nested tasks via ``.cause``); ``error`` itself when it is not such a wrapper. Ray's wrapper prints the worker's
+    whole traceback; its cause prints as the error itself (one line for a berg-ray error)."""
+    exceptions = sys.modules.get("ray.exceptions")  # never imports Ray: a Ray error means Ray is loaded
+    if exceptions is None:
+        return error
+    seen = 0
+    while isinstance(error, exceptions.RayTaskError) and isinstance(error.cause, BaseException) and seen < 16:
+        error, seen = error.cause, seen + 1
+    return error
