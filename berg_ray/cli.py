@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from berg_ray import options
-from berg_ray.errors import BergRayError
+from berg_ray.errors import BergRayError, remote_cause
 from berg_ray.quiet import configure_output
 
 logger = logging.getLogger("berg_ray.cli")
@@ -321,8 +321,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     # results, progress bars and berg-ray's warnings; third-party chatter only with -v (berg_ray.quiet)
     restore_output = configure_output(verbose=args.verbose)
     try:
-        return COMMANDS[args.command](args)
-    except BergRayError as error:
+        try:
+            return COMMANDS[args.command](args)
+        except Exception as error:  # berg-ray's error raised in a Ray task or actor: Ray's wrapper holds it
+            cause = remote_cause(error)
+            if cause is error or not isinstance(cause, BergRayError):
+                raise  # others keep Ray's wrapper: its text holds the worker's whole chain (storage failures)
+            logger.debug("%s failed on Ray", args.command, exc_info=True)
+            raise cause from None
+    except BergRayError as error:  # the same one line whether it was raised here or on a Ray worker
         print(f"berg-ray {args.command}: error: {error}", file=sys.stderr)
         return 2
     except Exception as error:  # an unreachable S3 endpoint (driver or Ray worker): one line, not a traceback
