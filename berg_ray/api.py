@@ -130,6 +130,10 @@ class BERG:
             return_metadata: also return a dict describing the model, voxels, data and versions.
             passages: passage label per sentence, for models trained with ``context="passage"``.
             batch_size: sequences per forward pass (default: the model's request's).
+
+        Raises:
+            StaleModelError: the model's weights (a local folder retrained in place) are not the ones ``model`` was
+                fitted on; the message names both fingerprints.
         """
         if not isinstance(model, EncodingModel):
             raise InvalidInputError(f"model must come from get_encoding_model(), got {type(model).__name__}")
@@ -137,9 +141,11 @@ class BERG:
         request = model.request or ModelRequest.build(model.model_id, layers=model.layer, context=model.context,
                                                       dtype=model.dtype)
         batch_size = check_batch_size(batch_size if batch_size is not None else request.batch_size)
+        # the weights it was fitted on (its cache key's "model"); a folder retrained since is refused, naming both
+        fitted_on = model.key_fields.get("model") or request.fingerprint
         features = extract(request.spec, sentences, [model.layer], context=model.context, passages=passages,
                            device=model.device, batch_size=batch_size, dtype=request.dtype,
-                           show_progress=show_progress)[model.layer]
+                           show_progress=show_progress, fingerprint=fitted_on)[model.layer]
         responses = model.predict(features)
         if not return_metadata:
             return responses

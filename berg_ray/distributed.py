@@ -7,6 +7,7 @@ tasks by reference (an ``ObjectRef``: workers on the same node read them from sh
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import logging
 import os
@@ -17,7 +18,7 @@ import numpy as np
 import torch
 
 from berg_ray.encoding_model import EncodingModel
-from berg_ray.errors import InvalidInputError
+from berg_ray.errors import BergRayError, InvalidInputError
 from berg_ray.features import make_extractor, resolve_dtype
 from berg_ray.fitting import fit_encoding_model
 from berg_ray.fitting import fit_subjects as fit_pipeline
@@ -42,6 +43,19 @@ FORWARDED_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION"
 #: init_ray inherits them (its processes are children of the driver); cluster nodes use their own credential chain
 #: (instance profile, their environment at `ray start`, ~/.aws).
 SECRET_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
+#: names of environment variables that look like a credential (HF_TOKEN, WANDB_API_KEY, DB_PASSWORD, ...): never
+#: accepted in a runtime_env (matched case-insensitively, with fnmatch); the names of FORWARDED_ENV are settings
+#: (TOKENIZERS_PARALLELISM is not a token)
+SECRET_ENV_PATTERNS = ("*TOKEN*", "*SECRET*", "*PASSWORD*", "*PASSWD*", "*_KEY", "*_KEY_ID", "*CREDENTIAL*")
+
+
+def looks_like_secret(name: str) -> bool:
+    """Whether the environment variable ``name`` looks like a credential (:data:`SECRET_ENV`,
+    :data:`SECRET_ENV_PATTERNS`)."""
+    upper = str(name).upper()
+    if upper in FORWARDED_ENV:
+        return False
+    return upper in SECRET_ENV or any(fnmatch.fnmatchcase(upper, pattern) for pattern in SECRET_ENV_PATTERNS)
 
 
 def ray_is_available() -> bool:
@@ -63,18 +77,20 @@ def init_ray(address: str | None = None, **kwargs: Any) -> None:
 
     Driver environment variables in :data:`FORWARDED_ENV` are passed to the workers through the runtime_env; AWS
     credentials (:data:`SECRET_ENV`) never are: a local Ray inherits them from this process, cluster nodes use
-    their own credential chain. A ``runtime_env`` argument that sets a credential is refused.
+    their own credential chain. A ``runtime_env`` argument that sets a variable whose name looks like a credential
+    (:func:`looks_like_secret`: ``HF_TOKEN``, ``*SECRET*``, ``*PASSWORD*``, ``*_KEY``, ...) is refused.
     """
     import ray
 
     runtime_env = kwargs.pop("runtime_env", {}) or {}
-    secrets = sorted(set(runtime_env.get("env_vars") or {}) & set(SECRET_ENV))
-    if secrets:
+    secrets = sorted(name for name in (runtime_env.get("env_vars") or {}) if looks_like_secret(name))
+    if secrets:  # names only, never values
         raise InvalidInputError(
-            f"runtime_env env_vars may not set the AWS credential(s) {', '.join(secrets)}: Ray writes a runtime_env "
-            "in plain text into its logs and worker command lines. Allowed: non-credential variables such as "
-            f"{', '.join(FORWARDED_ENV)}; workers get credentials from their node (instance profile, ~/.aws, or "
-            "the environment of `ray start`; a local Ray inherits the driver's)")
+            f"runtime_env env_vars may not set {', '.join(secrets)}: a name like {' '.join(SECRET_ENV_PATTERNS)} "
+            "looks like a credential, and Ray writes a runtime_env in plain text into its logs and worker command "
+            f"lines. Allowed: non-credential variables such as {', '.join(FORWARDED_ENV[:4])}; workers get "
+            "credentials from their node (instance profile, ~/.aws, ~/.cache/huggingface/token, or the environment "
+            "of `ray start`; a local Ray inherits the driver's)")
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
@@ -197,21 +213,34 @@ def use_assigned_cpus() -> int:
 
 class ExtractorActor:
     """Ray actor around :class:`FeatureExtractor`: the request's model is loaded once, in ``__init__``; torch uses
-    as many threads as the actor holds CPUs."""
+    as many threads as the actor holds CPUs.
+
+    A berg-ray error while loading (a hub model not cached offline, a missing layer) is kept and raised by every
+    call: Ray hands the caller a ``RayTaskError`` whose ``cause`` is that error (an error in ``__init__`` itself
+    would reach it only as the text of an ``ActorDiedError``).
+    """
 
     def __init__(self, request: ModelRequest, device: str):
         use_assigned_cpus()
         self.request = request
-        self.extractor = make_extractor(request.spec, device=device, dtype=request.dtype,
-                                          batch_size=request.batch_size)
+        self.failure: BergRayError | None = None
+        try:
+            self.extractor = make_extractor(request.spec, device=device, dtype=request.dtype,
+                                            batch_size=request.batch_size)
+        except BergRayError as error:
+            self.failure = error
 
     def features(self, sentences: Sequence[str], passages: Sequence[Any] | None = None) -> np.ndarray:
         """(n_sentences, n_units) float32 features of the request's layer under its context."""
+        if self.failure is not None:
+            raise self.failure
         layer = self.request.layer
         return self.extractor.extract(list(sentences), [layer], context=self.request.context,
                                       passages=passages)[layer]
 
     def device(self) -> str:
+        if self.failure is not None:
+            raise self.failure
         lm = getattr(self.extractor, "lm", None)  # a delegated model's subject picks its own device
         return str(lm.device if lm is not None else self.extractor.device)
 

@@ -51,6 +51,15 @@ class CacheIntegrityError(BergRayError):
         self.field = field
 
 
+class StaleModelError(BergRayError):
+    """The weights a model would run now are not the ones a request or encoding model was made for (a local folder
+    retrained in place): the message names both fingerprints."""
+
+
+class ModelNotCachedError(BergRayError):
+    """A hub model that is not in the local Hugging Face cache and cannot be downloaded (offline, or no network)."""
+
+
 class DeviceError(InvalidInputError):
     """A device that is not available on this machine (e.g. ``cuda`` without a GPU)."""
 

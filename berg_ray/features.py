@@ -23,10 +23,12 @@ from __future__ import annotations
 
 import berg_ray._environment  # noqa: F401  (must precede brainscore/transformers imports)
 
+import contextlib
 import logging
+import os
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,11 +36,11 @@ import numpy as np
 import torch
 
 from berg_ray import code_models, options
-from berg_ray.errors import DeviceError, InvalidInputError
+from berg_ray.errors import DeviceError, InvalidInputError, ModelNotCachedError, StaleModelError
 from berg_ray.localizer import LOCALIZED_LAYER, language_mask, mask_key_fields
 from berg_ray.options import DEFAULT_BATCH_SIZE
 from berg_ray.precision import resolve_choice, warn_if_slow
-from berg_ray.registry import ModelSpec, get_spec
+from berg_ray.registry import ModelSpec, get_spec, hf_cache_dir, hf_missing_files
 from berg_ray.request import DEFAULT_DEVICE, check_context, check_dtype, context_groups
 from berg_ray.validation import check_batch_size, check_layers, check_sentences
 
@@ -139,13 +141,14 @@ def load_language_model(model: str | ModelSpec, device: str | torch.device = DEF
     logger.info("loading %s (%s, layer %s) on %s as %s", spec.model_id, spec.source, spec.layer, torch_device,
                 torch_dtype)
     revision = None if spec.is_local else spec.revision
-    if spec.kind == "code":  # a network that brainscore's plugin builds in code: the same build, seeded
-        net = code_models.build_network(spec.builder).to(torch_dtype)
-    else:
-        net = AutoModelForCausalLM.from_pretrained(spec.source, revision=revision, low_cpu_mem_usage=True,
-                                                   dtype=torch_dtype)
+    with _hub_download_errors(spec):
+        if spec.kind == "code":  # a network that brainscore's plugin builds in code: the same build, seeded
+            net = code_models.build_network(spec.builder).to(torch_dtype)
+        else:
+            net = AutoModelForCausalLM.from_pretrained(spec.source, revision=revision, low_cpu_mem_usage=True,
+                                                       dtype=torch_dtype)
+        tokenizer = AutoTokenizer.from_pretrained(spec.source, revision=revision, **spec.tokenizer_kwargs)
     net.to(torch_device).eval()
-    tokenizer = AutoTokenizer.from_pretrained(spec.source, revision=revision, **spec.tokenizer_kwargs)
     limits = [tokenizer.model_max_length]
     for attr in ("n_positions", "max_position_embeddings"):
         value = getattr(net.config, attr, None)
@@ -159,6 +162,35 @@ def load_language_model(model: str | ModelSpec, device: str | torch.device = DEF
     logger.info("%s: max length %d tokens, %s attention", spec.model_id, max_length,
                 "causal" if loaded.causal else "bidirectional")
     return loaded
+
+
+def _offline() -> bool:
+    """Whether this process may not download from the Hugging Face hub (``HF_HUB_OFFLINE``/``TRANSFORMERS_OFFLINE``)."""
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE) or os.environ.get("TRANSFORMERS_OFFLINE", "").upper() in ("1", "ON", "YES",
+                                                                                                  "TRUE")
+
+
+@contextlib.contextmanager
+def _hub_download_errors(spec: ModelSpec) -> Iterator[None]:
+    """Turn transformers' "couldn't connect ... couldn't find them in the cached files" ``OSError`` for a hub model
+    into one line: the id, that it is not cached (which files), and that there is no network."""
+    try:
+        yield
+    except OSError as error:
+        if spec.is_local:
+            raise
+        missing = hf_missing_files(spec.source) if spec.revision is None else ["the files of that revision"]
+        if not missing:
+            raise
+        network = ("this process is offline (HF_HUB_OFFLINE=1), so nothing can be downloaded" if _offline()
+                   else f"the Hugging Face hub could not be reached ({str(error).splitlines()[0]})")
+        raise ModelNotCachedError(
+            f"model {spec.model_id!r} (hub id {spec.source!r}{f', revision {spec.revision!r}' if spec.revision else ''}"
+            f") is not in the local Hugging Face cache {hf_cache_dir()} (missing: {', '.join(missing)}) and {network}; "
+            f"download it where there is network (huggingface-cli download {spec.source}) into that cache, or "
+            "register a local folder") from error
 
 
 def _probe_causal(lm: LanguageModel, modules: dict[str, torch.nn.Module]) -> dict[str, bool]:
@@ -481,19 +513,47 @@ _loaded_lock = threading.Lock()
 _MAX_LOADED = 2
 
 
+def current_fingerprint(spec: ModelSpec) -> str | None:
+    """The fingerprint of the weights a load of ``spec`` would read now (:meth:`ModelSpec.source_fingerprint`; for a
+    local folder a content hash, re-hashed only when a file's size or mtime changed, else a ``stat`` per file);
+    ``None`` for a delegated model (its fingerprint hashes gigabytes of weights: taken when its request is built)."""
+    return None if spec.kind == "delegated" else spec.source_fingerprint()
+
+
+def check_fingerprint(spec: ModelSpec, expected: str | None, current: str | None, what: str = "it") -> None:
+    """Raise :class:`StaleModelError` when the weights of ``spec`` changed since ``expected`` was recorded (naming
+    both fingerprints); nothing to check when either is unknown."""
+    if expected and current and expected != current:
+        raise StaleModelError(
+            f"the weights of model {spec.model_id!r} ({spec.source}) changed since {what} was made: made for "
+            f"fingerprint {expected}, the model now has {current}; refit on the new weights (or restore the old "
+            "ones)")
+
+
 def get_extractor(model: str | ModelSpec, device: str = DEFAULT_DEVICE, dtype: str | None = None,
-                  batch_size: int = DEFAULT_BATCH_SIZE) -> FeatureExtractor:
-    """A process-wide :class:`FeatureExtractor`, loaded once per (model, device, dtype) and reused (LRU of 2)."""
+                  batch_size: int = DEFAULT_BATCH_SIZE, fingerprint: str | None = None) -> FeatureExtractor:
+    """A process-wide :class:`FeatureExtractor`, loaded once per (model spec, weights fingerprint, device, dtype)
+    and reused (LRU of 2): a local folder whose weights changed is loaded again, never read with the old ones.
+
+    Args:
+        fingerprint: the weights the caller expects (a request's :attr:`~berg_ray.request.ModelRequest.fingerprint`);
+            :class:`StaleModelError` if the model's weights are now others.
+    """
     check_batch_size(batch_size)
     spec = get_spec(model)
     torch_device = resolve_device(device)
-    key = (spec.model_id, spec.source, spec.layer, spec.revision, str(torch_device),
-           str(resolve_dtype(dtype, torch_device, warn=False)), spec.localizer_layers, spec.localizer_top_k)
+    current = current_fingerprint(spec)
+    check_fingerprint(spec, fingerprint, current, "the request")
+    # the spec holds everything declared about the model (source, revision, layer, tokenizer settings, builder,
+    # localizer); the fingerprint what is in its files now; device and dtype how it runs
+    key = (spec, current, str(torch_device), str(resolve_dtype(dtype, torch_device, warn=False)))
     with _loaded_lock:
         if key in _loaded:
             _loaded.move_to_end(key)
             extractor = _loaded[key]
         else:
+            for stale in [k for k in _loaded if k[0] == spec and k[1] != current]:
+                del _loaded[stale]  # the same model's old weights: never read again, free their memory now
             extractor = make_extractor(spec, device=device, dtype=dtype, batch_size=batch_size)
             _loaded[key] = extractor
             while len(_loaded) > _MAX_LOADED:
@@ -504,7 +564,7 @@ def get_extractor(model: str | ModelSpec, device: str = DEFAULT_DEVICE, dtype: s
 def extract_features(model_id: str | ModelSpec, sentences: str | Sequence[str], context: str = "sentence",
                      passages: Sequence[Any] | None = None, device: str = DEFAULT_DEVICE,
                      batch_size: int = DEFAULT_BATCH_SIZE, dtype: str | None = None,
-                     show_progress: bool = False) -> np.ndarray:
+                     show_progress: bool = False, fingerprint: str | None = None) -> np.ndarray:
     """Activations of the model's mapped language-system layer, one row per sentence.
 
     Args:
@@ -516,6 +576,7 @@ def extract_features(model_id: str | ModelSpec, sentences: str | Sequence[str], 
         device: ``"cpu"``, ``"cuda"`` or ``"auto"``.
         batch_size: sequences per forward pass.
         dtype: forward-pass precision (``None`` = float32; ``"auto"``: bf16 where the device runs it natively).
+        fingerprint: the weights expected (a request's fingerprint); :class:`StaleModelError` if they changed.
 
     Returns:
         array of shape (n_sentences, n_units), float32: the layer output at each context's last token.
@@ -524,7 +585,7 @@ def extract_features(model_id: str | ModelSpec, sentences: str | Sequence[str], 
     check_context(context)
     check_batch_size(batch_size)
     context_groups(len(sentences), context, passages)  # validate before loading a model
-    extractor = get_extractor(model_id, device=device, dtype=dtype, batch_size=batch_size)
+    extractor = get_extractor(model_id, device=device, dtype=dtype, batch_size=batch_size, fingerprint=fingerprint)
     return extractor(sentences, context=context, passages=passages, show_progress=show_progress,
                      batch_size=batch_size)
 
@@ -532,14 +593,14 @@ def extract_features(model_id: str | ModelSpec, sentences: str | Sequence[str], 
 def extract(model: str | ModelSpec, sentences: str | Sequence[str], layers: str | Sequence[str],
             context: str = "sentence", passages: Sequence[Any] | None = None, device: str = DEFAULT_DEVICE,
             batch_size: int = DEFAULT_BATCH_SIZE, dtype: str | None = None,
-            show_progress: bool = False) -> dict[str, np.ndarray]:
+            show_progress: bool = False, fingerprint: str | None = None) -> dict[str, np.ndarray]:
     """Activations of several layers of a model, one row per sentence, from one forward pass per batch.
 
     Args:
         model: a registered id or :class:`ModelSpec`; its mapped layer need not be among ``layers``.
         sentences: a string or a list of n_sentences non-empty strings.
         layers: a dotted module name or a list of them (``berg_ray.layers.block_layers`` lists a model's blocks).
-        context, passages, device, batch_size, dtype, show_progress: as for :func:`extract_features`.
+        context, passages, device, batch_size, dtype, show_progress, fingerprint: as for :func:`extract_features`.
 
     Returns:
         ``{layer: array of shape (n_sentences, n_units_of_layer) float32}`` in the order of ``layers``; each equals
@@ -550,6 +611,6 @@ def extract(model: str | ModelSpec, sentences: str | Sequence[str], layers: str 
     check_context(context)
     check_batch_size(batch_size)
     context_groups(len(sentences), context, passages)  # validate before loading a model
-    extractor = get_extractor(model, device=device, dtype=dtype, batch_size=batch_size)
+    extractor = get_extractor(model, device=device, dtype=dtype, batch_size=batch_size, fingerprint=fingerprint)
     return extractor.extract(sentences, names, context=context, passages=passages, show_progress=show_progress,
                              batch_size=batch_size)

@@ -47,7 +47,7 @@ def training_features(request: ModelRequest, assembly: PereiraAssembly, show_pro
     """
     return extract(request.spec, list(assembly.sentences), [request.layer], context=request.context,
                    passages=list(assembly.passages), device=request.device, batch_size=request.batch_size,
-                   dtype=request.dtype, show_progress=show_progress)[request.layer]
+                   dtype=request.dtype, show_progress=show_progress, fingerprint=request.fingerprint)[request.layer]
 
 
 def cv_groups(assembly: PereiraAssembly, settings: PLSSettings) -> Sequence[str]:

@@ -14,13 +14,14 @@ CLI, jobs, Ray workers started from the same home — finds them by the same id.
 from __future__ import annotations
 
 import ast
+import contextlib
 import dataclasses
 import functools
 import importlib.util
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -101,6 +102,11 @@ class ModelSpec:
     def is_local(self) -> bool:
         return Path(self.source).expanduser().is_dir()
 
+    def __hash__(self) -> int:
+        # the dataclass hash would hash the dicts (tokenizer_kwargs, builder) and raise TypeError; equal specs have
+        # equal frozen fields, so this agrees with ==
+        return hash(tuple(_frozen(getattr(self, f.name)) for f in dataclasses.fields(self)))
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -118,6 +124,17 @@ class ModelSpec:
         if not self.is_local:
             return f"hub:{self.source}@{self.revision or 'main'}"
         return f"dir:{folder_sha256(Path(self.source).expanduser().resolve())}"  # every file, bytes (hashing.py)
+
+
+def _frozen(value: Any) -> Any:
+    """A hashable stand-in for a JSON-like value: dicts become sorted item tuples, lists and sets tuples."""
+    if isinstance(value, dict):
+        return ("dict", tuple(sorted((str(k), _frozen(v)) for k, v in value.items())))
+    if isinstance(value, (list, tuple)):
+        return tuple(_frozen(v) for v in value)
+    if isinstance(value, (set, frozenset)):
+        return ("set", tuple(sorted(map(repr, value))))
+    return value
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -491,9 +508,33 @@ def _persisted_specs() -> dict[str, ModelSpec]:
     return {e["model_id"]: ModelSpec(**{**e, "origin": "custom"}) for e in entries}
 
 
-def _write_registry(path: Path, entries: dict[str, ModelSpec]) -> None:
+#: seconds a registry change waits for another process's change to the same file
+REGISTRY_LOCK_TIMEOUT = 60.0
+
+
+@contextlib.contextmanager
+def _registry_locked(path: Path) -> Iterator[None]:
+    """Hold the registry file's lock (``<file>.lock``, an OS file lock) across a read-modify-write, so that two
+    processes registering at once (``berg-ray register`` twice) both land, neither overwrites the other."""
+    from filelock import FileLock, Timeout
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    # readers in other processes never see a half-written file
+    lock = FileLock(f"{path}.lock", timeout=REGISTRY_LOCK_TIMEOUT)
+    try:
+        lock.acquire()
+    except Timeout as error:
+        raise InvalidInputError(f"model registry file {path} is being changed by another process (its lock "
+                                f"{lock.lock_file} was held for {REGISTRY_LOCK_TIMEOUT:.0f} s); retry when it is "
+                                "done") from error
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _write_registry(path: Path, entries: dict[str, ModelSpec]) -> None:
+    """Replace the registry file atomically (readers in other processes never see a half-written file); call it under
+    :func:`_registry_locked`, with ``entries`` read under the same lock."""
     atomic_write_bytes(path, json.dumps([s.to_dict() for s in entries.values()], indent=2).encode())
 
 
@@ -621,19 +662,22 @@ def register_model(model_id: str, source: str, layer: str | Sequence[str], *, re
     spec = ModelSpec(model_id, source, layers[0] if top_k is None else LOCALIZED_LAYER, revision=revision,
                      tokenizer_kwargs={**BRAINSCORE_TOKENIZER_KWARGS, **(tokenizer_kwargs or {})}, origin="custom",
                      localizer_layers=() if top_k is None else tuple(layers), localizer_top_k=top_k)
-    persisted = _persisted_specs()
-    for where, existing in (("in this process", _custom.get(model_id)),
-                            (f"in {registry_path()}", persisted.get(model_id))):
-        if existing is not None and existing != spec and not replace:
-            raise InvalidInputError(f"model id {model_id!r} is already registered {where} (source "
-                                    f"{existing.source!r}, layer {existing.layer!r}, revision {existing.revision!r}); "
-                                    "choose another id, or pass replace=True (berg-ray register --replace) to "
-                                    "replace it")
     if local:
         _check_layer(source, layers)
-    _custom[model_id] = spec
-    if persist:
-        _write_registry(registry_path(), {**persisted, model_id: spec})
+    path = registry_path()
+    # persist: the file is read, checked and written under its lock (another process may be registering too)
+    with _registry_locked(path) if persist else contextlib.nullcontext():
+        persisted = _persisted_specs()
+        for where, existing in (("in this process", _custom.get(model_id)),
+                                (f"in {path}", persisted.get(model_id))):
+            if existing is not None and existing != spec and not replace:
+                raise InvalidInputError(f"model id {model_id!r} is already registered {where} (source "
+                                        f"{existing.source!r}, layer {existing.layer!r}, revision "
+                                        f"{existing.revision!r}); choose another id, or pass replace=True "
+                                        "(berg-ray register --replace) to replace it")
+        _custom[model_id] = spec
+        if persist:
+            _write_registry(path, {**persisted, model_id: spec})
     logger.info("registered model %s -> %s (layer %s%s)", model_id, source, ", ".join(layers),
                 "" if top_k is None else f"; localizer top_k {top_k}")
     return spec
@@ -643,10 +687,12 @@ def unregister_model(model_id: str) -> None:
     """Remove a custom registration from this process (and from the registry file if it is there)."""
     _custom.pop(model_id, None)
     path = registry_path()
-    persisted = _persisted_specs()
-    if model_id in persisted:
-        del persisted[model_id]
-        _write_registry(path, persisted)
+    if model_id not in _persisted_specs():
+        return
+    with _registry_locked(path):
+        persisted = _persisted_specs()
+        if persisted.pop(model_id, None) is not None:
+            _write_registry(path, persisted)
 
 
 def all_specs(include_unsupported: bool = False) -> list[ModelSpec]:

@@ -29,6 +29,21 @@ from berg_ray.errors import InvalidInputError
 logger = logging.getLogger(__name__)
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def check_iteration_settings(n_components: Any, max_iter: Any, tol: Any) -> None:
+    """Raise :class:`InvalidInputError` naming the bad value unless ``n_components`` and ``max_iter`` are integers
+    ≥ 1 and ``tol`` is a finite number > 0 (PLS's NIPALS loop needs at least one iteration and a positive tolerance)."""
+    for name, value in (("n_components", n_components), ("max_iter", max_iter)):
+        if not _is_int(value) or value < 1:
+            raise InvalidInputError(f"{name} must be an integer ≥ 1, got {value!r}")
+    if (not isinstance(tol, (int, float, np.integer, np.floating)) or isinstance(tol, (bool, np.bool_))
+            or not np.isfinite(tol) or tol <= 0):
+        raise InvalidInputError(f"tol must be a finite number > 0 (e.g. 1e-06), got {tol!r}")
+
+
 @dataclass(frozen=True)
 class PLSSettings:
     """Everything that changes a fitted encoding model (part of the cache key).
@@ -45,9 +60,12 @@ class PLSSettings:
     cv_group: str = "story"
 
     def __post_init__(self) -> None:
-        if not isinstance(self.n_components, int) or self.n_components < 1:
-            raise InvalidInputError(f"n_components must be a positive integer, got {self.n_components!r}")
-        if not isinstance(self.cv_folds, int) or self.cv_folds < 2:
+        check_iteration_settings(self.n_components, self.max_iter, self.tol)
+        for name, kind in (("n_components", int), ("max_iter", int), ("tol", float)):  # numpy scalars: plain JSON
+            object.__setattr__(self, name, kind(getattr(self, name)))
+        if not isinstance(self.scale, (bool, np.bool_)):
+            raise InvalidInputError(f"scale must be True or False, got {self.scale!r}")
+        if not _is_int(self.cv_folds) or self.cv_folds < 2:
             raise InvalidInputError(f"cv_folds must be an integer ≥ 2, got {self.cv_folds!r}")
         if self.cv_group not in ("story", "passage"):
             raise InvalidInputError(f"cv_group must be 'story' or 'passage', got {self.cv_group!r}")
@@ -101,6 +119,7 @@ def fit_pls(X: np.ndarray, Y: np.ndarray, n_components: int = 25, scale: bool = 
         the fitted map; its predictions equal sklearn's.
     """
     X, Y = _check_xy(X, Y)
+    check_iteration_settings(n_components, max_iter, tol)
     n, p = X.shape
     if n_components > min(n, p):
         raise InvalidInputError(f"n_components={n_components} exceeds min(n_samples, n_features)={min(n, p)}")

@@ -226,7 +226,7 @@ def test_corpus_job_through_init_ray_leaks_no_credential(moto_server, s3_corpus,
         try:
             with CommandLineWatch(needles) as watch:
                 init_ray(num_cpus=2, _temp_dir=temp_dir,
-                         runtime_env={"env_vars": {"BERG_RAY_SECRET_TEST_CANARY": canary}})
+                         runtime_env={"env_vars": {"BERG_RAY_LEAK_SCAN_CANARY": canary}})
                 # the workers have the credentials all the same: inherited from this process, not forwarded
                 def credential_digests() -> dict[str, str | None]:  # nested: Ray ships it by value
                     """sha256 of each credential as a worker sees it (digests: the values never travel back)."""
