@@ -155,3 +155,41 @@ def test_bad_input_is_named():
         fit_pls_many(X, [rng.standard_normal((19, 3))], [None], n_components=2)
     with pytest.raises(InvalidInputError, match="found 2"):
         fit_and_cross_validate(X, [rng.standard_normal((20, 3))], ["a", "b"] * 10, PLSSettings(n_components=2))
+
+
+# ---------------------------------------------------------------------------------------------- wiring
+
+
+def test_fit_encoding_models_fits_every_subject_at_once_equal_to_sklearn(gpt2_synthetic):
+    """berg-ray's fit entry point (``fitting.fit_encoding_models``, what ``fit_subjects`` runs in process) on a
+    Pereira-layout file: each subject's full fit and GroupKFold-by-story CV r equal sklearn's."""
+    from berg_ray.fitting import fit_encoding_model, fit_encoding_models
+    from berg_ray.neural import load_pereira
+    from berg_ray.registry import ModelSpec
+    from berg_ray.request import ModelRequest
+
+    assembly = load_pereira(gpt2_synthetic["path"])
+    features = gpt2_synthetic["features"]
+    request = ModelRequest.build(ModelSpec("test-batched", "test/batched-features", "none", origin="custom"))
+    settings = PLSSettings(n_components=N_COMPONENTS)
+    subjects = ["018", "288"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        models = fit_encoding_models(request, features, assembly, subjects, settings)
+    assert list(models) == subjects
+    X = features.astype(np.float64)
+    stories = np.asarray(assembly.stories)
+    for subject in subjects:
+        Y = np.asarray(assembly.responses(subject), dtype=np.float64)
+        reference = _sklearn(X, Y)
+        model = models[subject]
+        assert model.fit.n_iter == list(reference.n_iter_) and model.subject == subject
+        _close(model.fit.predict(X), reference.predict(X))
+        predicted = cross_val_predict(PLSRegression(N_COMPONENTS, scale=False), X, Y, groups=stories,
+                                      cv=GroupKFold(n_splits=settings.cv_folds))
+        reference_r = pearson_r(Y, predicted)
+        assert np.abs(model.cv_r - reference_r).max() <= TOLERANCE * np.abs(reference_r).max()
+        assert model.cache_key == request.cache_key(subject, assembly.sha256, settings)
+    single = fit_encoding_model(request, features, assembly, "288", settings)
+    # one subject or several: the same numbers, but for the blocking of the shared products (float64 rounding)
+    np.testing.assert_allclose(single.cv_r, models["288"].cv_r, rtol=0, atol=1e-12)
