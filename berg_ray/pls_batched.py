@@ -127,14 +127,18 @@ class _Problems:
 
 
 def fit_pls_many(X: np.ndarray, Ys: Sequence[np.ndarray], train_sets: Sequence[np.ndarray | None],
-                 n_components: int = 25, scale: bool = False, max_iter: int = 500, tol: float = 1e-06
-                 ) -> list[list[LowRankPLS]]:
+                 n_components: int = 25, scale: bool = False, max_iter: int = 500, tol: float = 1e-06,
+                 workers: int | None = None) -> list[list[LowRankPLS]]:
     """Fit ``PLSRegression(n_components, scale)`` for every (response matrix, training row set) pair at once.
 
     Args:
         X: features, (n, p), shared by all problems.
         Ys: one response matrix per subject, each (n, q_s) (q_s may differ).
         train_sets: training row indices (into ``X``'s rows) per fit; ``None`` = all rows.
+        workers: threads, each running the engine on its share of the subjects with one BLAS thread (the cost
+            per subject hardly depends on how many are batched together, so this scales with the cores).
+            Default: the BLAS thread count of this process (1 inside a ``num_cpus=1`` Ray task), at most one
+            per subject.
 
     Returns:
         ``result[s][f]``: the fit of ``Ys[s]`` on rows ``train_sets[f]``; its predictions, coefficients and
@@ -159,7 +163,7 @@ def fit_pls_many(X: np.ndarray, Ys: Sequence[np.ndarray], train_sets: Sequence[n
     batched = [s for s, Y in enumerate(Ys) if Y.shape[1] > 1 and not scale]
     fallback += [(s, f) for s in range(len(Ys)) if s not in batched for f in range(len(sets))]
     if batched:
-        fallback += _run_batched(X, Ys, batched, sets, n_components, max_iter, tol, results)
+        fallback += _run_parallel(X, Ys, batched, sets, n_components, max_iter, tol, results, workers)
     for s, f in fallback:  # exact, one at a time
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # counted below, reported by the caller
@@ -168,6 +172,30 @@ def fit_pls_many(X: np.ndarray, Ys: Sequence[np.ndarray], train_sets: Sequence[n
         model.unconverged = sum(n_iter == max_iter for n_iter in fit.n_iter)
         results[s][f] = model
     return results
+
+
+def _blas_threads() -> int:
+    from threadpoolctl import threadpool_info
+
+    return max([info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas"], default=1)
+
+
+def _run_parallel(X: np.ndarray, Ys: list[np.ndarray], subjects: list[int], sets: list[np.ndarray],
+                  n_components: int, max_iter: int, tol: float, results: list[list[Any]], workers: int | None
+                  ) -> list[tuple[int, int]]:
+    """:func:`_run_batched` over ``workers`` groups of subjects in threads (numpy and BLAS release the GIL)."""
+    workers = max(1, min(len(subjects), _blas_threads() if workers is None else workers))
+    if workers == 1:
+        return _run_batched(X, Ys, subjects, sets, n_components, max_iter, tol, results)
+    from concurrent.futures import ThreadPoolExecutor
+
+    from threadpoolctl import threadpool_limits
+
+    groups = [[int(s) for s in group] for group in np.array_split(np.asarray(subjects), workers)]
+    with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = [pool.submit(_run_batched, X, Ys, group, sets, n_components, max_iter, tol, results)
+                   for group in groups]
+        return [problem for future in futures for problem in future.result()]
 
 
 def _run_batched(X: np.ndarray, Ys: list[np.ndarray], subjects: list[int], sets: list[np.ndarray],

@@ -193,3 +193,27 @@ def test_fit_encoding_models_fits_every_subject_at_once_equal_to_sklearn(gpt2_sy
     single = fit_encoding_model(request, features, assembly, "288", settings)
     # one subject or several: the same numbers, but for the blocking of the shared products (float64 rounding)
     np.testing.assert_allclose(single.cv_r, models["288"].cv_r, rtol=0, atol=1e-12)
+
+
+def test_ray_fit_tasks_take_one_group_of_subjects_per_cluster_cpu():
+    from berg_ray.fitting import subject_groups as fit_groups  # what distributed.RayExecutor splits by
+
+    subjects = [f"{i:03d}" for i in range(9)]
+    assert fit_groups(subjects, 2.0) == [subjects[:5], subjects[5:]]  # 2 CPUs: two batched passes, 5 + 4
+    assert fit_groups(subjects, 1.0) == [subjects]
+    assert fit_groups(subjects[:3], 16.0) == [[s] for s in subjects[:3]]  # never more tasks than subjects
+    assert fit_groups(subjects, 0.5) == [subjects]  # a fractional-CPU cluster still gets one task
+
+
+def test_subjects_split_over_threads_give_the_same_fits(problems):
+    X, Ys, _, folds, X_new = problems
+    sets = [None, folds[0][0], folds[1][0]]
+    one = fit_pls_many(X, Ys, sets, N_COMPONENTS, workers=1)
+    threaded = fit_pls_many(X, Ys, sets, N_COMPONENTS, workers=2)
+    for s in range(len(Ys)):
+        for f in range(len(sets)):
+            assert threaded[s][f].n_iter == one[s][f].n_iter
+            # the same arithmetic per problem; only the products' blocking may differ (float64 rounding)
+            expected = one[s][f].predict(X_new)
+            np.testing.assert_allclose(threaded[s][f].predict(X_new), expected, rtol=0,
+                                       atol=1e-12 * np.abs(expected).max())
