@@ -335,6 +335,9 @@ def engine_bench(features: np.ndarray, assembly, subjects: list[str], repeats: i
         cpu_s = sum(CPU[label]) if key != "E" else median(CPU[label])
         print(f"| {name} | {runs} | {value:.2f} | {a / value:.2f} | {pair} | {cpu_s:.1f} |")
     print()
+    print(f"- CPU seconds (all threads of this process; less sensitive to other users' load than wall time): "
+          f"A / E = {sum(CPU['A sklearn']) / median(CPU['E engine']):.2f}×, P / E = "
+          f"{sum(CPU['P previous']) / median(CPU['E engine']):.2f}×")
     print(f"- E vs P (previous berg-ray path): {total['P'] / e:.2f}× (paired per round "
           f"{median([pp for pp in paired['P']]):.2f}×); E vs E1: {total['E1'] / e:.2f}×")
     print(f"- engine vs sklearn: predictions on {held_out.shape[0]:,} held-out rows max |Δ| / max |prediction| = "
