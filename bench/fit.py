@@ -1,4 +1,4 @@
-"""Benchmark: the nine per-subject PLS fits on Ray vs sequential sklearn, and stacked prediction vs nine predicts.
+"""Benchmark: the nine-subject PLS fit + CV (batched engine, Ray) vs sequential sklearn, and stacked prediction.
 
 Data: standard normal features (384 × 768, distilgpt2's width, float32, seed 0) planted into a synthetic
 Pereira-shaped file with :func:`berg_ray.synthetic.write_synthetic_pereira` (rank-10 map, noise 1: 384 × 12,155
@@ -7,6 +7,25 @@ would be. Every variant does the same work per subject: one PLS fit on all 384 s
 ``scale=False``) plus the ten refits of a 10-fold GroupKFold by story for the cross-validated r.
 
 Measured (same machine, same process, one run):
+
+Engine (issue 18; the target configuration: nine subjects, 384 × 768 features, 25 components, 10-fold GroupKFold
+by story), in interleaved rounds, each variant in this process:
+
+E. berg-ray now: :func:`berg_ray.fitting.fit_encoding_models` on all subjects at once (what
+   ``BERG.fit(request, "all", use_ray=False)`` runs after extraction): every subject × (full fit + 10 folds) in
+   one batched NIPALS pass (:mod:`berg_ray.pls_batched`).
+E1. the same engine one subject at a time (a subject's 11 problems together: what one sweep cell or one Ray task
+   per subject runs).
+P. the previous berg-ray path: per subject ``fit_pls`` (sample-space kernel NIPALS) + ``cross_validated_r``
+   (10 more ``fit_pls``), one fit after another.
+A. sklearn (below), on the same features.
+
+Round *r* runs A, P and E1 on the *r*-th chunk of the subjects (their totals are sums over rounds) and E on all
+subjects. Sweep line: cells/s of a 6-layer × 9-subject sweep with features already extracted — after: E on
+``--sweep-layers`` distinct feature matrices (one batched pass per layer); before: one ``fit_pls`` +
+``cross_validated_r`` per cell (P's per-subject time), both in one process.
+
+Ray and prediction (``--engine-only`` skips them):
 
 A. sklearn, sequential, in this process: ``PLSRegression(25, scale=False)`` fit + 10 CV refits per subject
    (BLAS with this process's default threads). A1: the same with BLAS limited to 1 thread (one subject per round).
@@ -34,6 +53,7 @@ Usage::
 
     python bench/fit.py              # full run (~25–35 min on 2 busy cores)
     python bench/fit.py --quick      # seconds: 64 features, 5 components, 2 subjects, 1 round, 500 prediction rows
+    python bench/fit.py --engine-only --sweep-layers 2   # the engine table only (~10 min on 2 busy cores)
 """
 
 from __future__ import annotations
@@ -70,6 +90,7 @@ QUICK_UNITS, QUICK_COMPONENTS = 64, 5
 CV_FOLDS = 10
 TOLERANCE = 1e-4
 TARGET_FIT_RATIO = 3.0
+TARGET_ENGINE_RATIO = 10.0
 TARGET_PREDICT_RATIO = 5.0
 
 
@@ -195,6 +216,146 @@ def run_local(features: np.ndarray, assembly, subjects: list[str]) -> dict[str, 
     return {s: fit_encoding_model(spec, features, assembly, s, settings) for s in subjects}
 
 
+def run_engine(features: np.ndarray, assembly, subjects: list[str]) -> dict[str, Any]:
+    """E: every subject × (full fit + CV folds) in one batched pass."""
+    from berg_ray.fitting import fit_encoding_models
+    from berg_ray.regression import PLSSettings
+
+    settings = PLSSettings(n_components=N_COMPONENTS, cv_folds=CV_FOLDS)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # max_iter ConvergenceWarnings: same behaviour in every variant
+        return fit_encoding_models(bench_spec(), features, assembly, subjects, settings)
+
+
+def run_engine_per_subject(features: np.ndarray, assembly, subjects: list[str]) -> dict[str, Any]:
+    """E1: the engine one subject at a time (a sweep cell, a Ray task per subject)."""
+    out: dict[str, Any] = {}
+    for subject in subjects:
+        out.update(run_engine(features, assembly, [subject]))
+    return out
+
+
+def run_previous(features: np.ndarray, assembly, subjects: list[str]) -> dict[str, tuple[Any, np.ndarray]]:
+    """P: berg-ray before the batched engine: per subject ``fit_pls`` + ``cross_validated_r`` (11 fits in turn)."""
+    from berg_ray.regression import PLSSettings, cross_validated_r, fit_pls
+
+    settings = PLSSettings(n_components=N_COMPONENTS, cv_folds=CV_FOLDS)
+    groups = np.asarray(assembly.stories)
+    out = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for subject in subjects:
+            responses = assembly.responses(subject)
+            out[subject] = (fit_pls(features, responses, N_COMPONENTS), cross_validated_r(features, responses,
+                                                                                          groups, settings))
+    return out
+
+
+def engine_bench(features: np.ndarray, assembly, subjects: list[str], repeats: int, sweep_layers: int
+                 ) -> tuple[dict[str, tuple[Any, np.ndarray]], bool]:
+    """The engine table (E, E1, P, A in interleaved rounds) and the sweep line; returns sklearn's results (reused
+    by the Ray section's checks) and whether the target was met."""
+    chunks = [list(c) for c in np.array_split(np.asarray(subjects, dtype=object), repeats) if len(c)]
+    sk: dict[str, tuple[Any, np.ndarray]] = {}
+    chunk_times: dict[str, list[float]] = {"A": [], "P": [], "E1": []}
+    e_times: list[float] = []
+    engine: dict[str, Any] = {}
+    previous: dict[str, tuple[Any, np.ndarray]] = {}
+    for r, chunk in enumerate(chunks):
+        steps = ["A", "P", "E", "E1"]
+        for step in steps if r % 2 == 0 else steps[::-1]:
+            if step == "A":
+                (seconds,), part = timed(lambda chunk=chunk: run_sklearn(features, assembly, chunk), 1, "A sklearn")
+                sk.update(part)
+            elif step == "P":
+                (seconds,), part = timed(lambda chunk=chunk: run_previous(features, assembly, chunk), 1,
+                                         "P previous")
+                previous.update(part)
+            elif step == "E1":
+                (seconds,), _ = timed(lambda chunk=chunk: run_engine_per_subject(features, assembly, chunk), 1,
+                                      "E1 engine per subject")
+            else:
+                (seconds,), engine = timed(lambda: run_engine(features, assembly, subjects), 1, "E engine")
+                e_times.append(seconds)
+                continue
+            chunk_times[step].append(seconds)
+    total = {k: sum(v) for k, v in chunk_times.items()}
+    e = median(e_times)
+    # per round: a chunk's time scaled to all subjects, over the same round's E
+    paired = {k: [t * len(subjects) / len(c) / et for t, c, et in zip(v, chunks, e_times)]
+              for k, v in chunk_times.items()}
+    # equality with sklearn: predictions on held-out rows, CV r, iteration counts
+    held_out = np.random.default_rng(3).standard_normal((1000, features.shape[1])).astype(np.float32)
+    pred_rel = cv_diff = prev_pred_rel = 0.0
+    same_iterations = True
+    for s in subjects:
+        sk_model, sk_r = sk[s]
+        ref = sk_model.predict(held_out)
+        pred_rel = max(pred_rel, float(np.abs(engine[s].fit.predict(held_out) - ref).max() / np.abs(ref).max()))
+        prev_pred_rel = max(prev_pred_rel, float(np.abs(previous[s][0].predict(held_out) - ref).max()
+                                                 / np.abs(ref).max()))
+        cv_diff = max(cv_diff, float(np.nanmax(np.abs(engine[s].cv_r - sk_r))))
+        same_iterations &= engine[s].fit.n_iter == list(sk_model.n_iter_)
+    iterations = [sum(engine[s].fit.n_iter) for s in subjects]
+    # sweep: after = one batched pass per layer (distinct feature matrices), before = P per cell
+    sweep_seconds = []
+    for layer in range(sweep_layers):
+        layer_features = np.random.default_rng(100 + layer).standard_normal(features.shape).astype(np.float32)
+        (seconds,), _ = timed(lambda f=layer_features: run_engine(f, assembly, subjects), 1, "sweep layer")
+        sweep_seconds.append(seconds)
+    p_per_cell = total["P"] / len(subjects)
+
+    print()
+    print(f"## Engine: {len(subjects)} subject(s) × (fit on 384 + {CV_FOLDS} CV refits), features 384 × "
+          f"{features.shape[1]}, {N_COMPONENTS} components, GroupKFold by story; in process, {len(chunks)} "
+          "interleaved round(s)")
+    print()
+    print(f"machine: {os.cpu_count()} CPUs; BLAS threads: {blas_threads()}; load avg now "
+          f"{os.getloadavg()[0]:.1f}")
+    print()
+    print("| variant | runs | wall s (all subjects) | A / variant | paired per round A / variant | CPU s |")
+    print("|---|---:|---:|---:|---:|---:|")
+    a = total["A"]
+    rows = [
+        ("A sklearn PLSRegression, sequential (sum of the rounds' chunks)", len(chunks), a, None, "A sklearn"),
+        ("P berg-ray before: fit_pls + cross_validated_r per subject (sum of chunks)", len(chunks), total["P"],
+         "P", "P previous"),
+        ("E1 engine, one subject at a time (sum of chunks)", len(chunks), total["E1"], "E1",
+         "E1 engine per subject"),
+        ("E engine, all subjects in one pass: fit_encoding_models (median)", len(e_times), e, "E", "E engine"),
+    ]
+    paired_e = [pa for pa in paired["A"]]
+    for name, runs, value, key, label in rows:
+        if key is None:
+            pair = "1.00"
+        elif key == "E":
+            pair = f"{median(paired_e):.2f} ({', '.join(f'{x:.1f}' for x in paired_e)})"
+        else:
+            pair = f"{median([pa / pk for pa, pk in zip(paired['A'], paired[key])]):.2f}"
+        cpu_s = sum(CPU[label]) if key != "E" else median(CPU[label])
+        print(f"| {name} | {runs} | {value:.2f} | {a / value:.2f} | {pair} | {cpu_s:.1f} |")
+    print()
+    print(f"- CPU seconds (all threads of this process; less sensitive to other users' load than wall time): "
+          f"A / E = {sum(CPU['A sklearn']) / median(CPU['E engine']):.2f}×, P / E = "
+          f"{sum(CPU['P previous']) / median(CPU['E engine']):.2f}×")
+    print(f"- E vs P (previous berg-ray path): {total['P'] / e:.2f}× (paired per round "
+          f"{median([pp for pp in paired['P']]):.2f}×); E vs E1: {total['E1'] / e:.2f}×")
+    print(f"- engine vs sklearn: predictions on {held_out.shape[0]:,} held-out rows max |Δ| / max |prediction| = "
+          f"{pred_rel:.1e} (previous path {prev_pred_rel:.1e}); CV r max |Δ| = {cv_diff:.1e}; iteration counts "
+          f"per component equal: {same_iterations}")
+    print(f"- NIPALS iterations per subject (full fit, {N_COMPONENTS} components): {iterations}")
+    if sweep_seconds:
+        cells = len(subjects)
+        print(f"- sweep, {sweep_layers} layer(s) × {cells} subjects, features extracted: after (one batched pass "
+              f"per layer) {cells * sweep_layers / sum(sweep_seconds):.3f} cells/s "
+              f"(layers {[round(x, 1) for x in sweep_seconds]} s); before (fit_pls + cross_validated_r per cell, "
+              f"P) {1 / p_per_cell:.3f} cells/s; ×{p_per_cell * cells * sweep_layers / sum(sweep_seconds):.1f}")
+    ok = a / e >= TARGET_ENGINE_RATIO and pred_rel <= 1e-6 and cv_diff <= 1e-6 and same_iterations
+    print(f"- {status(ok)}: engine ≥ {TARGET_ENGINE_RATIO:g}× sequential sklearn with predictions and CV r ≤ 1e-6 — "
+          f"{a / e:.2f}× (paired median {median(paired_e):.2f}×)")
+    return sk, ok
+
+
 def cpu_timed_fit(*args: Any) -> tuple[Any, float]:
     """:func:`berg_ray.fitting.fit_encoding_model` plus the CPU seconds its worker process spent on it."""
     from berg_ray.fitting import fit_encoding_model
@@ -261,6 +422,9 @@ def main() -> int:
                              "the subjects")
     parser.add_argument("--predict-rows", type=int, default=None, help="default 10,000 (quick 500)")
     parser.add_argument("--predict-repeats", type=int, default=None, help="default 5 (quick 2)")
+    parser.add_argument("--engine-only", action="store_true", help="the engine table only (no Ray, no predict)")
+    parser.add_argument("--sweep-layers", type=int, default=None,
+                        help="layers of the sweep line (default 6; quick 1; 0 skips)")
     parser.add_argument("--one-thread-subjects", type=int, default=None,
                         help="subjects for A1 (sklearn with BLAS limited to 1 thread; default 2, quick 1); 0 skips")
     args = parser.parse_args()
@@ -283,6 +447,10 @@ def main() -> int:
     subjects = list(assembly.subjects)[:n_subjects]
     n_voxels = {s: assembly.n_voxels[s] for s in subjects}
     logger.info("subjects %s, voxels %s", subjects, n_voxels)
+    sweep_layers = args.sweep_layers if args.sweep_layers is not None else (1 if args.quick else 6)
+    engine_bench(features, assembly, subjects, repeats, sweep_layers)
+    if args.engine_only:
+        return 0
 
     # The machine is shared: run the variants in interleaved rounds so that load drift hits them alike.
     # Round r: A on the r-th third of the subjects (A's total = sum over rounds), A1 (sklearn, 1 BLAS thread) on

@@ -20,7 +20,7 @@ import torch
 from berg_ray.encoding_model import EncodingModel
 from berg_ray.errors import BergRayError, InvalidInputError
 from berg_ray.features import make_extractor, resolve_dtype
-from berg_ray.fitting import fit_encoding_model
+from berg_ray.fitting import fit_encoding_models, subject_groups
 from berg_ray.fitting import fit_subjects as fit_pipeline
 from berg_ray.neural import PereiraAssembly, load_pereira
 from berg_ray.options import AUTO_DTYPE, DEFAULT_BATCH_SIZE
@@ -256,19 +256,22 @@ def task_cache_url(store: EncodingModelStore | None) -> str | None:
     return store.url if store is not None and not store.files.local else None
 
 
-def fit_task(request: ModelRequest, features: np.ndarray, assembly: PereiraAssembly, subject: str,
-             settings: PLSSettings, cache_url: str | None) -> EncodingModel:
-    """One subject: PLS fit + CV r, written to the cache ``cache_url`` (if any; see :func:`task_cache_url`) by the
-    task itself."""
-    model = fit_encoding_model(request, features, assembly, subject, settings)
+def fit_task(request: ModelRequest, features: np.ndarray, assembly: PereiraAssembly, subjects: list[str],
+             settings: PLSSettings, cache_url: str | None) -> list[EncodingModel]:
+    """A group of subjects in one batched PLS pass (fit + CV r each), each model written to the cache ``cache_url``
+    (if any; see :func:`task_cache_url`) by the task itself."""
+    models = list(fit_encoding_models(request, features, assembly, subjects, settings).values())
     if cache_url is not None:
-        EncodingModelStore(cache_url).save(model, request.spec.name)
-    return model
+        store = EncodingModelStore(cache_url)
+        for model in models:
+            store.save(model, request.spec.name)
+    return models
 
 
 class RayExecutor:
     """The Ray executor of :func:`berg_ray.fitting.fit_subjects`: features once on an extractor actor (on a GPU with
-    ``num_gpus > 0``), shared by reference with one fit task per subject.
+    ``num_gpus > 0``), shared by reference with the fit tasks (one per cluster CPU, each fitting its group of
+    subjects in one batched pass: :func:`~berg_ray.fitting.subject_groups`).
 
     Args:
         num_gpus: GPUs for the extractor actor (fractions allowed); 0 runs it on CPU (``device`` permitting).
@@ -294,11 +297,13 @@ class RayExecutor:
             ray.kill(actor)
         assembly_ref = ray.put(assembly)
         task = ray.remote(fit_task).options(num_cpus=1)
+        groups = subject_groups(subjects, ray.cluster_resources().get("CPU", 1))
         cache_url = task_cache_url(store)
-        refs = {task.remote(request, features_ref, assembly_ref, s, settings, cache_url): s for s in subjects}
+        refs = {task.remote(request, features_ref, assembly_ref, group, settings, cache_url): group
+                for group in groups}
         # a local cache: each fit is written here, on the driver, as it arrives (finished ones survive an interrupt)
         save = (lambda model: store.save(model, request.spec.name)) if store and cache_url is None else None
-        return _gather(refs, show_progress, f"fit PLS {request.model_id}", save)
+        return _gather(refs, len(subjects), show_progress, f"fit PLS {request.model_id}", save)
 
 
 def as_store(cache: str | os.PathLike | EncodingModelStore | None) -> EncodingModelStore | None:
@@ -346,29 +351,30 @@ def fit_subjects(model_id: str | ModelSpec | ModelRequest, subjects: str | Itera
                         executor=RayExecutor(num_gpus), show_progress=show_progress)
 
 
-def _gather(refs: dict, show_progress: bool, description: str,
+def _gather(refs: dict, total: int, show_progress: bool, description: str,
             save: Callable[[EncodingModel], Any] | None = None) -> dict[str, EncodingModel]:
-    """``{subject: model}`` of the fit tasks ``refs`` (ref -> subject), each passed to ``save`` as it arrives."""
+    """``{ref: subjects}`` of fit tasks (each returns its subjects' models) -> ``{subject: model}``, each model
+    passed to ``save`` as it arrives."""
     import ray
 
     bar = None
     if show_progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(refs), desc=description, unit="subject")
+        bar = tqdm(total=total, desc=description, unit="subject")
     done: dict[str, EncodingModel] = {}
     pending = list(refs)
     while pending:
         ready, pending = ray.wait(pending, num_returns=1)
         for ref in ready:
-            model = ray.get(ref)
-            if save is not None:
-                save(model)
-            done[refs[ref]] = model
-            logger.info("%s subject %s: median CV r %.3f (%.1f s)", model.model_id, model.subject,
-                        np.nanmedian(model.cv_r), model.fit_seconds)
-            if bar is not None:
-                bar.update(1)
+            for model in ray.get(ref):
+                if save is not None:
+                    save(model)
+                done[model.subject] = model
+                logger.info("%s subject %s: median CV r %.3f (%.1f s, its share of the task)", model.model_id,
+                            model.subject, np.nanmedian(model.cv_r), model.fit_seconds)
+                if bar is not None:
+                    bar.update(1)
     if bar is not None:
         bar.close()
     return done

@@ -121,7 +121,7 @@ def test_second_get_encoding_model_hits_the_cache(gpt2_berg, gpt2_synthetic, tin
     def refuse(*args, **kwargs):
         raise AssertionError("refitted although the encoding model is cached")
 
-    for name in ("fit_pls", "cross_validated_r", "training_features"):
+    for name in ("fit_and_cross_validate", "training_features"):
         monkeypatch.setattr(fitting, name, refuse)
     fresh = BERG(gpt2_berg["berg_dir"], dataset=gpt2_synthetic["path"])  # a new object: the cache is on disk
     cached = fresh.get_encoding_model(tiny_gpt2.model_id, "018", device="cpu")
@@ -218,7 +218,7 @@ def test_cli_fit(cli_fit):
 
 
 def test_cli_encode_parquet(cli_fit, tmp_path, monkeypatch):
-    monkeypatch.setattr(fitting, "fit_pls", lambda *a, **k: pytest.fail("refitted"))
+    monkeypatch.setattr(fitting, "fit_and_cross_validate", lambda *a, **k: pytest.fail("refitted"))
     out = tmp_path / "predictions.parquet"
     assert cli_main(_encode_args(cli_fit, "--text", *NEW_SENTENCES, "--out", str(out))) == 0
     table = pq.read_table(out)

@@ -19,7 +19,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "foundation": ("errors", "options", "validation", "provenance", "quiet", "_environment", "precision", "fsio",
                    "hashing", "verified_store"),
     "core": ("regression", "scoring", "localizer", "registry", "request", "encoding_model", "features", "layers",
-             "synthetic", "offline_models", "reductions", "model_status", "delegated", "code_models"),
+             "synthetic", "offline_models", "reductions", "model_status", "delegated", "code_models", "pls_batched"),
     "data": ("corpus_io", "neural", "store", "plots", "corpus_outputs", "ranking", "corpus.inputs",
              "corpus.plan", "corpus.read", "corpus.output_folder", "corpus.request_identity", "corpus.manifest"),
     "compute": ("fitting",),
