@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from support import REPO_ROOT, ray_temp_dir, remove_tree, stop_ray_processes, subprocess_env
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.own_ray]  # own_ray: starts its own Ray (conftest.py runs it first)
 
 BENCH = Path(REPO_ROOT) / "bench"
 SCRIPTS = ("extract.py", "fit.py", "corpus.py", "gpu.py")
