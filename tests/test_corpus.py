@@ -1,7 +1,7 @@
 """berg_ray.corpus: planning and reading parts, the Ray Data pipeline (local and S3), bad rows, output layout and
 resuming after the driver is killed.
 
-The pipeline runs on one local Ray instance per module (``init_ray``, 2 CPUs, its own temp dir); the resume test
+The pipeline runs on the session's shared local Ray (conftest's ``ray_session``: 2 CPUs); the resume test
 runs ``python -m berg_ray.cli encode-corpus`` in a subprocess that starts its own Ray. Predictions are compared
 row by row with the in-process path (``BERG.encode``, or the same core functions).
 """

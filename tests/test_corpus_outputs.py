@@ -1,7 +1,7 @@
 """Corpus reductions and drive/suppress ranking (berg_ray.reductions, berg_ray.corpus_outputs, berg_ray.ranking).
 
 One small corpus (a text file and a jsonl file, ~200 sentences with a few bad rows, parts of 32 rows) is encoded
-three times on one local Ray instance (2 CPUs, its own temp dir, ``support.clean_ray``) with the tiny GPT-2's
+three times on the session's shared local Ray (conftest's ``ray_session``, 2 CPUs) with the tiny GPT-2's
 reference fits of two subjects in the cache: voxels + ROIs (float32), ROIs alone, voxels alone in float16. Every ROI
 mean is checked against a pandas groupby of the voxel output over ``voxels.parquet``'s ``roi`` column, and every
 ranking against a pandas sort of scores computed from the voxel output (ties by input order).

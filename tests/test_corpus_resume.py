@@ -7,7 +7,7 @@ carry the path relative to the input root, and a repeated explicit id is a bad r
 
 Every output is checked row by row against an in-process reference computed with the core functions
 (``FeatureExtractor`` + each subject's fitted ``EncodingModel.predict``), and against what a plain Parquet reader of
-the predictions folder sees. One local Ray instance for the module (2 CPUs, its own temp dir), as tests/test_corpus.py.
+the predictions folder sees. On the session's shared local Ray (``ray_session``), as tests/test_corpus.py.
 """
 
 from __future__ import annotations

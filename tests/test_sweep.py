@@ -460,6 +460,9 @@ def test_cli_sweep_in_bfloat16_scores_bfloat16_features(grid, tmp_path):
 OASM, RANDOM_EMBEDDING = "brainscore_language-oasm-sigma1.0", "brainscore_language-randomembedding-100"
 
 
+# slow tier: three models' sweep on Ray, the default run's most expensive test; the default run keeps the sweep on Ray
+# (the grid above) and control models through brainscore's own subjects on Ray actors (test_delegated.py)
+@pytest.mark.slow
 def test_controls_are_scored_beside_a_language_model_and_reported(ray_session, tiny_gpt2, gpt2_synthetic, tmp_path):
     """A sweep over one language model and two control models (run through brainscore's own subjects on the
     extractor actors) scores all three alike and writes the Controls section and ``controls.csv``."""
