@@ -2,7 +2,7 @@
 
 bf16 runs fast only where the hardware multiplies it natively: GPUs, and CPUs with AVX512-BF16 or AMX. On a CPU
 without either (AVX2 only) torch 2.13's bf16 matmul runs at ~1 GFLOP/s against 110–160 GFLOP/s in float32, so a bf16
-forward pass is ~100× slower there (measured, /work/shared/DESIGN.md). Hence:
+forward pass is ~100× slower there (measure it with ``python bench/extract.py --diagnose``: its bf16 row). Hence:
 
 * ``dtype="auto"`` is bfloat16 on a GPU and on a CPU with native bf16, float32 elsewhere (:func:`auto_dtype`);
 * an explicit bfloat16 on a CPU without native bf16 runs as asked, with one warning per process that names the
@@ -28,7 +28,7 @@ logger = logging.getLogger(__name__)
 CPUINFO_PATH = "/proc/cpuinfo"
 #: CPU flags of native bf16 arithmetic (x86: AVX512-BF16 dot products, AMX bf16 tiles)
 NATIVE_BF16_FLAGS: tuple[str, ...] = ("avx512_bf16", "amx_bf16")
-#: bf16 matmul speed relative to float32 on an AVX2-only CPU (torch 2.13: ~1 vs 110–160 GFLOP/s; DESIGN.md)
+#: bf16 matmul speed relative to float32 on an AVX2-only CPU (torch 2.13: ~1 vs 110–160 GFLOP/s; bench/extract.py)
 EMULATED_BF16_SLOWDOWN = 100
 
 _warned: set[str] = set()

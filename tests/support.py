@@ -377,6 +377,54 @@ def local_ray(num_cpus: int = 2, **env: str | None) -> Iterator[str]:
             remove_tree(temp_dir)
 
 
+class SessionRay:
+    """The test session's one local Ray instance (:func:`local_ray`: 2 CPUs, its own temp dir and token), with
+    ``env`` (the AWS variables of the session's moto server) set while it runs. Started on first use (conftest's
+    ``ray_session`` fixture), stopped at the end of the session, or earlier (:meth:`stop`) before a module marked
+    ``own_ray`` starts a Ray instance or cluster of its own (conftest orders those modules first, so normally the
+    shared instance starts once, after them)."""
+
+    def __init__(self, **env: str | None):
+        self.env = env
+        self.temp_dir: str | None = None
+        self._stack: contextlib.ExitStack | None = None
+        self._environment: dict[str, str] = {}
+
+    @property
+    def running(self) -> bool:
+        return self._stack is not None
+
+    def start(self) -> str:
+        """Start the instance unless it runs; returns its temp dir."""
+        if self._stack is None:
+            stack = contextlib.ExitStack()
+            self.temp_dir = stack.enter_context(local_ray(**self.env))
+            self._stack, self._environment = stack, ray_environment()
+        return self.temp_dir
+
+    def stop(self) -> None:
+        """Shut it down and stop its processes (back to a clean Ray state: :func:`clean_ray` asserts it)."""
+        stack, self._stack, self.temp_dir = self._stack, None, None
+        if stack is not None:
+            stack.close()
+
+    def assert_intact(self) -> None:
+        """What a test module must leave behind while the shared instance runs: this process still connected to it,
+        the Ray variables it started with, and Ray's process-wide auth mode equal to the one they ask for."""
+        import ray
+        from ray._private import worker
+
+        assert ray.is_initialized(), "a test shut down the session's shared Ray (use an own_ray module for that)"
+        assert worker._global_node is not None and self.temp_dir is not None
+        assert worker._global_node.get_temp_dir_path().startswith(self.temp_dir), (
+            "this process is connected to another Ray instance than the session's shared one")
+        now = ray_environment()
+        changed = sorted(name for name in {*now, *self._environment} if now.get(name) != self._environment.get(name))
+        assert not changed, f"Ray variables differ from those the session's shared Ray started with: {changed}"
+        held, wanted = ray_auth_modes()
+        assert held == wanted, f"Ray's process-wide auth mode is {held!r} but RAY_AUTH_MODE asks for {wanted!r}"
+
+
 def plant_unlike_cpu(folder: Path, monkeypatch: Any) -> str:
     """Make this process read a planted ``/proc/cpuinfo`` (``berg_ray.precision.CPUINFO_PATH``, a file in ``folder``)
     of the other kind than this machine's: without native bf16 where this CPU has it, with it where it has not.

@@ -164,8 +164,8 @@ def test_unknown_model_in_api(gpt2_berg):
     assert "brainscore_language-gpt2" in str(info.value)
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
-def test_cuda_without_gpu_is_a_device_error(gpt2_berg, tiny_gpt2):
+def test_cuda_without_gpu_is_a_device_error(gpt2_berg, tiny_gpt2, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a machine without a GPU, on any machine
     with pytest.raises(DeviceError) as info:
         gpt2_berg["berg"].get_encoding_model(tiny_gpt2.model_id, "018", device="cuda")
     assert "'cuda'" in str(info.value)

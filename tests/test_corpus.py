@@ -1,7 +1,7 @@
 """berg_ray.corpus: planning and reading parts, the Ray Data pipeline (local and S3), bad rows, output layout and
 resuming after the driver is killed.
 
-The pipeline runs on one local Ray instance per module (``init_ray``, 2 CPUs, its own temp dir); the resume test
+The pipeline runs on the session's shared local Ray (conftest's ``ray_session``: 2 CPUs); the resume test
 runs ``python -m berg_ray.cli encode-corpus`` in a subprocess that starts its own Ray. Predictions are compared
 row by row with the in-process path (``BERG.encode``, or the same core functions).
 """
@@ -25,7 +25,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from support import local_ray as support_local_ray
 from support import (
     RAY_N_COMPONENTS,
     RAY_SUBJECTS,
@@ -34,7 +33,6 @@ from support import (
     descendants,
     ray_temp_dir,
     remove_tree,
-    s3_environment,
     stop_ray_processes,
     subprocess_env,
 )
@@ -236,14 +234,6 @@ def test_stacked_predictor_equals_each_subjects_model(gpt2_fits, gpt2_synthetic)
 # ------------------------------------------------------------------------------------------------ on Ray (local)
 
 
-@pytest.fixture(scope="module")
-def local_ray(moto_server):
-    """A local Ray instance for this module (2 CPUs, own temp dir, own auth token, from and back to a clean Ray
-    state: ``clean_ray``); AWS variables point at moto."""
-    with support_local_ray(**s3_environment(moto_server)) as temp_dir:
-        yield temp_dir
-
-
 def save_models(cache: str, models: dict) -> None:
     """Put the reference fits into a cache (so the pipeline loads them instead of fitting)."""
     store = EncodingModelStore(cache)
@@ -262,7 +252,7 @@ def run_corpus(model_id: str, input: str, output: str, dataset: str, cache: str,
 
 
 @pytest.fixture(scope="module")
-def local_run(local_ray, tiny_gpt2, gpt2_synthetic, gpt2_fits, corpus, tmp_path_factory):
+def local_run(ray_session, tiny_gpt2, gpt2_synthetic, gpt2_fits, corpus, tmp_path_factory):
     """The corpus folder encoded once into a local output folder, with the reference fits in the cache."""
     root = tmp_path_factory.mktemp("local_run")
     cache, output = str(root / "cache"), str(root / "out")
@@ -373,7 +363,7 @@ def test_rerun_skips_finished_parts_and_duplicates_nothing(local_run, tiny_gpt2,
 
 
 @pytest.mark.slow
-def test_gpu_request_fails_before_the_pipeline_starts(local_ray, tiny_gpt2, gpt2_synthetic, corpus, tmp_path):
+def test_gpu_request_fails_before_the_pipeline_starts(ray_session, tiny_gpt2, gpt2_synthetic, corpus, tmp_path):
     started = time.monotonic()
     with pytest.raises(InvalidInputError, match="no GPUs"):
         run_corpus(tiny_gpt2.model_id, str(corpus.folder), str(tmp_path / "out"), gpt2_synthetic["path"],
@@ -386,7 +376,7 @@ def test_gpu_request_fails_before_the_pipeline_starts(local_ray, tiny_gpt2, gpt2
 
 
 @pytest.mark.slow
-def test_corpus_from_s3_to_s3_with_an_s3_cache(local_ray, tiny_gpt2, gpt2_synthetic, gpt2_fits, corpus,
+def test_corpus_from_s3_to_s3_with_an_s3_cache(ray_session, tiny_gpt2, gpt2_synthetic, gpt2_fits, corpus,
                                                moto_server, tmp_path):
     import boto3
 
@@ -418,7 +408,7 @@ def test_corpus_from_s3_to_s3_with_an_s3_cache(local_ray, tiny_gpt2, gpt2_synthe
 
 
 @pytest.mark.slow
-def test_resume_after_the_driver_is_killed(local_ray, tiny_gpt2, persisted_gpt2, gpt2_synthetic, gpt2_fits,
+def test_resume_after_the_driver_is_killed(ray_session, tiny_gpt2, persisted_gpt2, gpt2_synthetic, gpt2_fits,
                                            tmp_path, caplog):
     """``berg-ray encode-corpus`` (a subprocess with its own local Ray) is SIGKILLed once some parts are done; a
     second run (here, on this module's Ray) encodes only the remaining parts, and the output is complete, exact and

@@ -1,7 +1,7 @@
 """Corpus reductions and drive/suppress ranking (berg_ray.reductions, berg_ray.corpus_outputs, berg_ray.ranking).
 
 One small corpus (a text file and a jsonl file, ~200 sentences with a few bad rows, parts of 32 rows) is encoded
-three times on one local Ray instance (2 CPUs, its own temp dir, ``support.clean_ray``) with the tiny GPT-2's
+three times on the session's shared local Ray (conftest's ``ray_session``, 2 CPUs) with the tiny GPT-2's
 reference fits of two subjects in the cache: voxels + ROIs (float32), ROIs alone, voxels alone in float16. Every ROI
 mean is checked against a pandas groupby of the voxel output over ``voxels.parquet``'s ``roi`` column, and every
 ranking against a pandas sort of scores computed from the voxel output (ties by input order).
@@ -20,13 +20,11 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from support import local_ray as support_local_ray
 from support import (
     RAY_N_COMPONENTS,
     RAY_SUBJECTS,
     create_bucket,
     s3_client,
-    s3_environment,
 )
 
 from berg_ray.corpus import CorpusOutputConflictError, read_predictions
@@ -121,13 +119,6 @@ def test_streaming_histogram_counts_equal_numpy_on_its_final_edges():
 
 
 @pytest.fixture(scope="module")
-def local_ray(moto_server):
-    """A local Ray instance for this module (2 CPUs, own temp dir and token: ``clean_ray``); AWS points at moto."""
-    with support_local_ray(**s3_environment(moto_server)) as temp_dir:
-        yield temp_dir
-
-
-@pytest.fixture(scope="module")
 def corpus(gpt2_synthetic, tmp_path_factory) -> SimpleNamespace:
     """a.txt (130 rows, 2 blank) and b.jsonl (70 rows with ids, 1 without a sentence); ``good``: id -> sentence in
     input order."""
@@ -164,7 +155,7 @@ def encode(model_id: str, corpus: SimpleNamespace, output: Path, dataset: str, c
 
 
 @pytest.fixture(scope="module")
-def runs(local_ray, tiny_gpt2, gpt2_synthetic, gpt2_fits, corpus, tmp_path_factory) -> SimpleNamespace:
+def runs(ray_session, tiny_gpt2, gpt2_synthetic, gpt2_fits, corpus, tmp_path_factory) -> SimpleNamespace:
     """The corpus encoded three ways: ``both`` (voxels + rois), ``rois`` (rois alone), ``half`` (float16 voxels)."""
     root = tmp_path_factory.mktemp("reduce_runs")
     cache = str(root / "cache")

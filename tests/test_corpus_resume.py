@@ -7,7 +7,7 @@ carry the path relative to the input root, and a repeated explicit id is a bad r
 
 Every output is checked row by row against an in-process reference computed with the core functions
 (``FeatureExtractor`` + each subject's fitted ``EncodingModel.predict``), and against what a plain Parquet reader of
-the predictions folder sees. One local Ray instance for the module (2 CPUs, its own temp dir), as tests/test_corpus.py.
+the predictions folder sees. On the session's shared local Ray (``ray_session``), as tests/test_corpus.py.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from support import local_ray as local_ray_instance
 from support import (
     RAY_N_COMPONENTS,
     RAY_SUBJECTS,
@@ -51,13 +50,6 @@ OTHER_GPT2_ID = "test-tiny-gpt2-seed1"
 
 
 # ----------------------------------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    """A local Ray instance for this module (2 CPUs, own temp dir, from and back to a clean Ray state)."""
-    with local_ray_instance() as temp_dir:
-        yield temp_dir
 
 
 @pytest.fixture(scope="module")
@@ -163,7 +155,7 @@ def assert_complete(models, model_id: str, output: Path, texts: dict[str, str],
 
 
 @pytest.mark.slow
-def test_more_subjects_are_refused_naming_them_and_overwrite_rebuilds(local_ray, models, tiny_gpt2,
+def test_more_subjects_are_refused_naming_them_and_overwrite_rebuilds(ray_session, models, tiny_gpt2,
                                                                        gpt2_synthetic, tmp_path, capsys):
     from berg_ray.cli import main
 
@@ -197,7 +189,7 @@ def test_more_subjects_are_refused_naming_them_and_overwrite_rebuilds(local_ray,
 
 
 @pytest.mark.slow
-def test_another_model_is_refused_and_overwrite_rebuilds_with_its_rows(local_ray, models, tiny_gpt2, other_gpt2,
+def test_another_model_is_refused_and_overwrite_rebuilds_with_its_rows(ray_session, models, tiny_gpt2, other_gpt2,
                                                                        gpt2_synthetic, tmp_path):
     texts = sentences_from(gpt2_synthetic, "model", 12)
     inputs, output = tmp_path / "in", tmp_path / "out"
@@ -223,7 +215,7 @@ def test_another_model_is_refused_and_overwrite_rebuilds_with_its_rows(local_ray
 
 
 @pytest.mark.slow
-def test_an_output_without_a_request_record_is_refused(local_ray, models, tiny_gpt2, gpt2_synthetic, tmp_path):
+def test_an_output_without_a_request_record_is_refused(ray_session, models, tiny_gpt2, gpt2_synthetic, tmp_path):
     """An output folder written by the old code (markers named by position, no _request.json) is not resumed."""
     inputs, output = tmp_path / "in", tmp_path / "out"
     write_lines(inputs / "a.txt", sentences_from(gpt2_synthetic, "legacy", 4))
@@ -238,7 +230,7 @@ def test_an_output_without_a_request_record_is_refused(local_ray, models, tiny_g
 
 
 @pytest.mark.slow
-def test_rows_appended_and_a_rewritten_file_are_encoded_and_stale_parts_removed(local_ray, models, tiny_gpt2,
+def test_rows_appended_and_a_rewritten_file_are_encoded_and_stale_parts_removed(ray_session, models, tiny_gpt2,
                                                                               gpt2_synthetic, tmp_path, caplog):
     inputs, output = tmp_path / "in", tmp_path / "out"
     a = sentences_from(gpt2_synthetic, "a", 26)
@@ -271,7 +263,7 @@ def test_rows_appended_and_a_rewritten_file_are_encoded_and_stale_parts_removed(
 
 
 @pytest.mark.slow
-def test_a_new_file_that_sorts_first_is_encoded_and_nothing_counts_twice(local_ray, models, tiny_gpt2,
+def test_a_new_file_that_sorts_first_is_encoded_and_nothing_counts_twice(ray_session, models, tiny_gpt2,
                                                                         gpt2_synthetic, tmp_path, caplog):
     """The new files: ``a.jsonl`` (sorts before ``m.txt``; its first id spells ``m.txt``'s automatic id of row 3,
     so that row becomes a duplicate) and ``sub/m.txt`` (same name as ``m.txt``, in a sub-folder)."""
@@ -333,7 +325,7 @@ def write_duplicates_corpus(folder: Path, sentences: list[str]) -> tuple[dict[st
 
 
 @pytest.mark.slow
-def test_repeated_ids_are_bad_rows_after_their_first_occurrence(local_ray, models, tiny_gpt2, gpt2_synthetic,
+def test_repeated_ids_are_bad_rows_after_their_first_occurrence(ray_session, models, tiny_gpt2, gpt2_synthetic,
                                                                tmp_path, monkeypatch):
     inputs, output = tmp_path / "in", tmp_path / "out"
     good, duplicates = write_duplicates_corpus(inputs, sentences_from(gpt2_synthetic, "dup", 18))

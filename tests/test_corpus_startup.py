@@ -9,7 +9,6 @@ import json
 
 import pandas as pd
 import pytest
-from support import local_ray as local_ray_instance
 
 from berg_ray.corpus import list_inputs, mark_duplicate_ids, plan_parts, read_part
 
@@ -40,27 +39,23 @@ def test_planning_notes_which_files_can_carry_ids(tmp_path):
     assert [r["sentence_id"] for r in read_part(escaped)[0]] == ["y"]  # the reader does decode it as an id
 
 
-def test_a_corpus_without_ids_needs_no_index_and_no_ray(tmp_path):
+def test_a_corpus_without_ids_needs_no_index_and_no_ray(tmp_path, monkeypatch):
     import ray
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a Ray task, object or instance was asked for")
 
     write_lines(tmp_path / "a.txt", ["One.", "Two.", "Three."])
     write_lines(tmp_path / "b.jsonl", [json.dumps({"sentence": f"Sentence {i}."}) for i in range(7)])
     files = list_inputs(str(tmp_path))
     parts = plan_parts(files, 3)
-    assert not ray.is_initialized()
-    assert mark_duplicate_ids(parts, files) == parts  # returned before any Ray task (none could be started here)
-    assert not ray.is_initialized()
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    """A local Ray with 2 CPUs (own temp dir and token; from and back to a clean Ray state)."""
-    with local_ray_instance() as temp_dir:
-        yield temp_dir
+    for name in ("init", "remote", "put", "get"):  # whether or not the session's shared Ray runs
+        monkeypatch.setattr(ray, name, refuse)
+    assert mark_duplicate_ids(parts, files) == parts  # returned before any Ray task
 
 
 @pytest.mark.parametrize(("num_cpus", "threads"), [(2, 2), (1, 1), (0.5, 1)])
-def test_actor_torch_threads_follow_the_cpus_it_holds(local_ray, num_cpus, threads):
+def test_actor_torch_threads_follow_the_cpus_it_holds(ray_session, num_cpus, threads):
     """What PartEncoder and ExtractorActor call first. Ray sets OMP_NUM_THREADS only for some shapes; a fractional
     CPU still runs one thread."""
     import ray

@@ -240,17 +240,14 @@ def test_encode_with_a_control_model_warns_and_says_so(gpt2_synthetic, tmp_path,
 
 
 
-def test_stateful_model_through_ray_fits_and_the_corpus_pipeline(gpt2_synthetic, tmp_path):
+def test_stateful_model_through_ray_fits_and_the_corpus_pipeline(ray_session, gpt2_synthetic, tmp_path):
     """OASM on Ray: its fit runs on an extractor actor, and in ``encode_corpus`` every input file is one part (even
     with ``rows_per_part=2`` and two extractors), so each file's predictions are those of one extraction over the
     whole file in this process, whichever actor encoded it."""
     import pandas as pd
-    import ray
-    from support import clean_ray, ray_temp_dir, remove_tree, stop_ray_processes
 
     from berg_ray.api import BERG
     from berg_ray.corpus import encode_corpus, read_predictions, whole_file_parts
-    from berg_ray.distributed import init_ray
     from berg_ray.fitting import fit_encoding_model
     from berg_ray.neural import load_pereira
     from berg_ray.regression import PLSSettings
@@ -264,17 +261,9 @@ def test_stateful_model_through_ray_fits_and_the_corpus_pipeline(gpt2_synthetic,
         (folder / name).write_text("\n".join(rows) + "\n")
     assert whole_file_parts(ModelRequest.build(model_id, context="sentence"))
     assert not whole_file_parts(ModelRequest.build("randomembedding-100", context="sentence"))
-    temp_dir = ray_temp_dir()
-    with clean_ray():
-        try:
-            init_ray(num_cpus=2, _temp_dir=temp_dir)
-            encode_corpus(model_id, str(folder), str(out), subjects=[subject], dataset=gpt2_synthetic["path"],
-                          cache=str(cache), n_components=5, rows_per_part=2, num_extractors=2,
-                          num_cpus_per_extractor=0.5, device="cpu", show_progress=False)
-        finally:
-            ray.shutdown()
-            stop_ray_processes(temp_dir)
-            remove_tree(temp_dir)
+    encode_corpus(model_id, str(folder), str(out), subjects=[subject], dataset=gpt2_synthetic["path"],
+                  cache=str(cache), n_components=5, rows_per_part=2, num_extractors=2, num_cpus_per_extractor=0.5,
+                  device="cpu", show_progress=False)
     parts = pd.read_parquet(out / "parts.parquet")
     assert len(parts) == 2 and sorted(parts["n_rows"]) == [4, 5]  # one part per file despite rows_per_part=2
 

@@ -49,7 +49,7 @@ from berg_ray.registry import get_spec
 from berg_ray.regression import PLSSettings
 from berg_ray.store import EncodingModelStore
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.own_ray]  # own_ray: starts its own Ray (conftest.py runs it first)
 
 SETTINGS = PLSSettings(n_components=RAY_N_COMPONENTS)
 

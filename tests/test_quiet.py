@@ -24,7 +24,7 @@ from support import ray_temp_dir, remove_tree, stop_ray_processes, subprocess_en
 
 from berg_ray import quiet
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.own_ray]  # own_ray: starts its own Ray (conftest.py runs it first)
 
 #: third-party lines that a default (quiet) run must not print: what each looked like before, and a regex for it
 THIRD_PARTY_NOISE = {

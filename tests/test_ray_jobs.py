@@ -38,7 +38,7 @@ from berg_ray.corpus import read_predictions
 from berg_ray.registry import get_spec
 from berg_ray.store import EncodingModelStore
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.own_ray]  # own_ray: starts its own Ray (conftest.py runs it first)
 
 RAY = str(Path(sys.executable).with_name("ray"))
 PORT_FLAGS = ("port", "dashboard-port", "ray-client-server-port", "node-manager-port", "object-manager-port",

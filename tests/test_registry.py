@@ -23,7 +23,7 @@ warnings.filterwarnings("ignore", category=FutureWarning)
 
 REPO = Path(__file__).resolve().parents[1]
 
-#: DESIGN.md: the layer mappings brainscore-language declares for these models
+#: the layer mappings brainscore-language 2.3.0 declares for these models (its plugins' region_layer_mapping)
 DESIGN_MAPPINGS = {
     "brainscore_language-distilgpt2": ("distilgpt2", "transformer.h.5"),
     "brainscore_language-gpt2": ("gpt2", "transformer.h.11"),

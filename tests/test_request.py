@@ -16,7 +16,6 @@ import pytest
 import torch
 
 from support import plant_unlike_cpu
-from support import local_ray as local_ray_instance
 from support import RAY_N_COMPONENTS
 
 from berg_ray.api import BERG
@@ -26,13 +25,6 @@ from berg_ray.request import ModelRequest
 
 SENTENCES = ["The committee approved the new budget.", "A heron waited in the reeds.",
              "She had never seen snow before that winter.", "Prices rose again."]
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    """A local Ray instance for this module (own temp dir and token; from and back to a clean Ray state)."""
-    with local_ray_instance() as temp_dir:
-        yield temp_dir
 
 
 @pytest.fixture()
@@ -68,7 +60,7 @@ def test_request_is_checked_once_at_the_front_door(tiny_gpt2):
 
 
 def test_bfloat16_reaches_fit_cache_and_encode_in_process_and_on_ray(tiny_gpt2, gpt2_synthetic, tmp_path,
-                                                                      local_ray, one_torch_thread):
+                                                                      ray_session, one_torch_thread):
     local = BERG(tmp_path / "local", dataset=gpt2_synthetic["path"], n_components=RAY_N_COMPONENTS)
     on_ray = BERG(tmp_path / "ray", dataset=gpt2_synthetic["path"], n_components=RAY_N_COMPONENTS)
     request = local.request(tiny_gpt2.model_id, device="cpu", dtype="bfloat16")
@@ -111,7 +103,7 @@ def test_bfloat16_reaches_fit_cache_and_encode_in_process_and_on_ray(tiny_gpt2, 
     np.testing.assert_array_equal(again.encode(cached, SENTENCES), responses)
 
 
-def test_bfloat16_reaches_the_corpus_actors(tiny_gpt2, gpt2_synthetic, tmp_path, local_ray, one_torch_thread):
+def test_bfloat16_reaches_the_corpus_actors(tiny_gpt2, gpt2_synthetic, tmp_path, ray_session, one_torch_thread):
     from berg_ray.corpus import encode_corpus, read_predictions
 
     corpus = tmp_path / "corpus.txt"
@@ -132,7 +124,7 @@ def test_bfloat16_reaches_the_corpus_actors(tiny_gpt2, gpt2_synthetic, tmp_path,
 
 
 def test_auto_on_ray_is_resolved_where_the_extractor_runs_not_on_the_driver(tiny_gpt2, gpt2_synthetic, tmp_path,
-                                                                             local_ray, one_torch_thread,
+                                                                             ray_session, one_torch_thread,
                                                                              monkeypatch):
     """``BERG.fit(use_ray=True)`` of a ``dtype="auto"`` request: the precision (and so the cache key) is the one a
     probe task reports from where the extractor actor runs, not the one the driver resolved. The driver is planted

@@ -16,7 +16,6 @@ import numpy as np
 import pandas as pd
 import pytest
 from support import plant_unlike_cpu
-from support import clean_ray, ray_temp_dir, remove_tree, stop_ray_processes
 
 from berg_ray.errors import InvalidInputError, UnknownSubjectError
 from berg_ray.regression import PLSSettings
@@ -28,23 +27,6 @@ SETTINGS = PLSSettings(n_components=5, cv_folds=5)
 CONTEXTS = ("sentence", "passage")
 SUBJECTS = ("018", "199", "288", "289", "296", "343", "366", "407", "426")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-@pytest.fixture(scope="module")
-def ray_local():
-    """A local Ray instance of this module's own (2 CPUs, private temp dir, own auth token), stopped by pid afterwards,
-    from and back to a clean Ray state (``clean_ray``)."""
-    import ray
-
-    temp_dir = ray_temp_dir()
-    with clean_ray():
-        try:
-            ray.init(address="local", num_cpus=2, include_dashboard=False, _temp_dir=temp_dir)
-            yield temp_dir
-        finally:
-            ray.shutdown()
-            stop_ray_processes(temp_dir)
-            remove_tree(temp_dir)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -68,7 +50,7 @@ KILLED_AFTER = 30
 
 
 @pytest.fixture(scope="module")
-def grid(ray_local, tiny_gpt2, tiny_bert, gpt2_synthetic, tmp_path_factory) -> dict:
+def grid(ray_session, tiny_gpt2, tiny_bert, gpt2_synthetic, tmp_path_factory) -> dict:
     """The issue's grid, run as a user would after a crash: a first run is killed after KILLED_AFTER cells (with
     fit tasks in flight), then the same call is run again and finishes. Returns the finished table, the output and
     cache folders, the models, and what the killed run left (``killed``: {cell file: mtime_ns})."""
@@ -478,7 +460,10 @@ def test_cli_sweep_in_bfloat16_scores_bfloat16_features(grid, tmp_path):
 OASM, RANDOM_EMBEDDING = "brainscore_language-oasm-sigma1.0", "brainscore_language-randomembedding-100"
 
 
-def test_controls_are_scored_beside_a_language_model_and_reported(ray_local, tiny_gpt2, gpt2_synthetic, tmp_path):
+# slow tier: three models' sweep on Ray, the default run's most expensive test; the default run keeps the sweep on Ray
+# (the grid above) and control models through brainscore's own subjects on Ray actors (test_delegated.py)
+@pytest.mark.slow
+def test_controls_are_scored_beside_a_language_model_and_reported(ray_session, tiny_gpt2, gpt2_synthetic, tmp_path):
     """A sweep over one language model and two control models (run through brainscore's own subjects on the
     extractor actors) scores all three alike and writes the Controls section and ``controls.csv``."""
     from berg_ray.features import extract_features
@@ -527,7 +512,7 @@ def test_controls_are_scored_beside_a_language_model_and_reported(ray_local, tin
     assert "not gamed" in verdicts[0]  # OASM stays below half the language model's score (the verdict's threshold)
 
 
-def test_ridge_protocol_cells_are_brainscores_ridge_of_all_subjects(ray_local, tiny_gpt2, gpt2_synthetic, tmp_path):
+def test_ridge_protocol_cells_are_brainscores_ridge_of_all_subjects(ray_session, tiny_gpt2, gpt2_synthetic, tmp_path):
     """``protocol="brainscore-ridge"``: each subject's cell holds its voxels' r from the ridge fitted to every
     subject's voxels at once (one alpha per split, as the benchmark), so the pooled score of all nine cells is
     brainscore's raw ``Pereira2018.384sentences-ridge`` score (parity with brainscore's metric: test_ridge.py)."""
@@ -561,7 +546,7 @@ def test_ridge_protocol_cells_are_brainscores_ridge_of_all_subjects(ray_local, t
 
 
 
-def test_the_sweep_actor_runs_torch_on_the_cpus_it_holds(ray_local, tiny_gpt2):
+def test_the_sweep_actor_runs_torch_on_the_cpus_it_holds(ray_session, tiny_gpt2):
     """As PartEncoder and ExtractorActor: a 1-CPU LayerFeaturesActor runs torch on one thread, even where its
     environment asks for more (Ray sets OMP_NUM_THREADS only where it is unset: without use_assigned_cpus the actor
     ran 2 threads on this 2-core machine)."""

@@ -47,32 +47,37 @@ Output folder::
     _bad_rows/part-<id>.parquet                 per-part bad rows (gathered into bad_rows.parquet)
 """
 
-from berg_ray.corpus.duplicate_ids import (
-    ID_INDEX_MAX_BUCKETS,
-    ID_INDEX_ROWS_PER_BUCKET,
-    ID_INDEX_ROWS_PER_TASK,
-    mark_duplicate_ids,
-)
-from berg_ray.corpus.encoder import PartEncoder
-from berg_ray.corpus.inputs import file_fingerprint, input_root, list_inputs, normalize_input, relative_path
-from berg_ray.corpus.manifest import read_predictions
-from berg_ray.corpus.output_folder import OUTPUT_NAMES, remove_output
-from berg_ray.corpus.plan import PART_ID_CHARS, Part, part_id, plan_parts
-from berg_ray.corpus.read import BAD_ROWS_SCHEMA, InputChangedError, read_part
-from berg_ray.corpus.request_identity import (
-    CORPUS_FORMAT_VERSION,
-    CorpusOutputConflictError,
-    check_output,
-    corpus_request,
-    request_changes,
-    request_sha256,
-    whole_file_parts,
-)
-from berg_ray.corpus.run import DEFAULT_ROWS_PER_PART, encode_corpus
+from __future__ import annotations
 
-__all__ = ["BAD_ROWS_SCHEMA", "CORPUS_FORMAT_VERSION", "DEFAULT_ROWS_PER_PART", "ID_INDEX_MAX_BUCKETS",
-           "ID_INDEX_ROWS_PER_BUCKET", "ID_INDEX_ROWS_PER_TASK", "OUTPUT_NAMES", "PART_ID_CHARS",
-           "CorpusOutputConflictError", "InputChangedError", "Part", "PartEncoder", "check_output", "corpus_request",
-           "encode_corpus", "file_fingerprint", "input_root", "list_inputs", "mark_duplicate_ids", "normalize_input",
-           "part_id", "plan_parts", "read_part", "read_predictions", "relative_path", "remove_output",
-           "request_changes", "request_sha256", "whole_file_parts"]
+import importlib
+from typing import Any
+
+#: public name -> the submodule that defines it. Imported on first use (PEP 562), so that importing a data-layer
+#: step (``berg_ray.corpus.plan``, ``.read``, ...) runs this package's ``__init__`` without loading the Ray steps
+#: (``encoder``, ``duplicate_ids``, ``run``) and with them torch and Ray (tests/test_imports.py checks it).
+_EXPORTS = {
+    **dict.fromkeys(("ID_INDEX_MAX_BUCKETS", "ID_INDEX_ROWS_PER_BUCKET", "ID_INDEX_ROWS_PER_TASK",
+                     "mark_duplicate_ids"), "berg_ray.corpus.duplicate_ids"),
+    "PartEncoder": "berg_ray.corpus.encoder",
+    **dict.fromkeys(("file_fingerprint", "input_root", "list_inputs", "normalize_input", "relative_path"),
+                    "berg_ray.corpus.inputs"),
+    "read_predictions": "berg_ray.corpus.manifest",
+    **dict.fromkeys(("OUTPUT_NAMES", "remove_output"), "berg_ray.corpus.output_folder"),
+    **dict.fromkeys(("PART_ID_CHARS", "Part", "part_id", "plan_parts"), "berg_ray.corpus.plan"),
+    **dict.fromkeys(("BAD_ROWS_SCHEMA", "InputChangedError", "read_part"), "berg_ray.corpus.read"),
+    **dict.fromkeys(("CORPUS_FORMAT_VERSION", "CorpusOutputConflictError", "check_output", "corpus_request",
+                     "request_changes", "request_sha256", "whole_file_parts"), "berg_ray.corpus.request_identity"),
+    **dict.fromkeys(("DEFAULT_ROWS_PER_PART", "encode_corpus"), "berg_ray.corpus.run"),
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'berg_ray.corpus' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})
