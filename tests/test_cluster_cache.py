@@ -25,7 +25,7 @@ from berg_ray.regression import PLSSettings
 from berg_ray.request import ModelRequest
 from berg_ray.store import EncodingModelStore
 
-pytestmark = pytest.mark.slow  # a two-node cluster, a model loaded on it twice: about 40 s
+pytestmark = [pytest.mark.slow, pytest.mark.own_ray]  # a two-node cluster, a model loaded on it twice: about 40 s
 
 SETTINGS = PLSSettings(n_components=RAY_N_COMPONENTS)
 

@@ -16,7 +16,6 @@ from types import SimpleNamespace
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from support import local_ray as local_ray_instance
 from support import RAY_N_COMPONENTS, RAY_SUBJECTS
 
 from berg_ray.errors import CacheIntegrityError, InvalidInputError
@@ -65,14 +64,7 @@ def test_a_mask_cache_manifest_that_is_a_folder_is_a_cache_integrity_error(tmp_p
 
 
 @pytest.fixture(scope="module")
-def local_ray():
-    """A local Ray instance for this module (2 CPUs, own temp dir, from and back to a clean Ray state)."""
-    with local_ray_instance() as temp_dir:
-        yield temp_dir
-
-
-@pytest.fixture(scope="module")
-def setup(local_ray, tiny_gpt2, gpt2_synthetic, gpt2_fits, tmp_path_factory):
+def setup(ray_session, tiny_gpt2, gpt2_synthetic, gpt2_fits, tmp_path_factory):
     """A cache holding the reference fits (nothing is fitted), and the command line's common arguments."""
     cache = tmp_path_factory.mktemp("bad_inputs_cache")
     store = EncodingModelStore(cache)

@@ -18,7 +18,6 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from support import local_ray as local_ray_instance
 from support import RAY_N_COMPONENTS, RAY_SUBJECTS
 
 from berg_ray.corpus import read_predictions, remove_output
@@ -44,13 +43,6 @@ OURS_STALE = ["sentences/part-0123456789abcdef.parquet.tmp-" + "ab" * 16,
               "predictions/subject-199/part-fedcba9876543210.parquet"]
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    """A local Ray instance for this module (2 CPUs, own temp dir, from and back to a clean Ray state)."""
-    with local_ray_instance() as temp_dir:
-        yield temp_dir
-
-
 def run(setup: SimpleNamespace, output: Path, **options) -> dict:
     from berg_ray.corpus import encode_corpus
 
@@ -63,7 +55,7 @@ def run(setup: SimpleNamespace, output: Path, **options) -> dict:
 
 
 @pytest.fixture(scope="module")
-def finished(local_ray, tiny_gpt2, gpt2_synthetic, gpt2_fits, tmp_path_factory):
+def finished(ray_session, tiny_gpt2, gpt2_synthetic, gpt2_fits, tmp_path_factory):
     """One finished output (7 sentences in parts of 4: two parts), and what made it."""
     root = tmp_path_factory.mktemp("foreign")
     cache = root / "cache"

@@ -19,6 +19,8 @@ from support import local_ray, subprocess_env
 
 from berg_ray.errors import BergRayError, InvalidInputError
 
+pytestmark = pytest.mark.own_ray  # one test starts a Ray whose workers run offline (HF_HUB_OFFLINE=1)
+
 SENTENCES = ["The cat sat on the mat.", "A storm rolled in over the hills.", "She read the letter twice."]
 LAYER = "transformer.h.1"
 #: a hub id that is in no Hugging Face cache (the hub itself never names a repo this way)
