@@ -23,6 +23,7 @@ from berg_ray.registry.spec import BRAINSCORE_PREFIX, BRAINSCORE_TOKENIZER_KWARG
 
 logger = logging.getLogger(__name__)
 
+#: the registrations made in this process (persisted or not), by id
 _custom: dict[str, ModelSpec] = {}
 
 
@@ -71,7 +72,6 @@ def _write_registry(path: Path, entries: dict[str, ModelSpec]) -> None:
     """Replace the registry file atomically (readers in other processes never see a half-written file); call it under
     :func:`_registry_locked`, with ``entries`` read under the same lock."""
     atomic_write_bytes(path, json.dumps([s.to_dict() for s in entries.values()], indent=2).encode())
-
 
 
 def register_model(model_id: str, source: str, layer: str | Sequence[str], *, revision: str | None = None,

@@ -23,7 +23,6 @@ def literal(node: ast.AST, names: dict[str, Any]) -> Any:
         return None
 
 
-
 class NotCachedError(Exception):
     """A hub file that a plugin reads at import time is not in the local Hugging Face cache."""
 
@@ -46,7 +45,6 @@ class _HubConfig:
         if attr not in config:
             raise UnreadableError(f"config.json of {self.repo} has no {attr!r}")
         return config[attr]
-
 
 
 def plugin_value(node: ast.AST, assigned: dict[str, ast.AST], scope: dict[str, Any]) -> Any:

@@ -35,7 +35,6 @@ def hf_missing_files(repo: str) -> list[str]:
     return missing
 
 
-
 def hf_missing_tokenizer_files(repo: str) -> list[str]:
     """The tokenizer files of hub repo ``repo`` that the local Hugging Face cache lacks (empty: it can load)."""
     missing = [] if hf_cached_file(repo, "tokenizer_config.json") else ["tokenizer_config.json"]

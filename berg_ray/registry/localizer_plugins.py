@@ -73,7 +73,6 @@ def localizer_plugin_spec(model_id: str, kwargs: dict[str, ast.AST], names: dict
                      localizer_top_k=top_k)
 
 
-
 def _code_built_spec(model_id: str, kwargs: dict[str, ast.AST], tree: ast.Module, value: Any,
                      layers: tuple[str, ...], top_k: float | int, unsupported: Any) -> ModelSpec:
     """A localizer registration whose network is built in code (``model=Net(config=NetConfig(...))`` with classes
