@@ -36,33 +36,29 @@ Usage::
 
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("BS_INSTALL_DEPENDENCIES", "no")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
 import argparse
 import glob
-import json
 import logging
-import posixpath
+import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
+import bench  # noqa: E402,F401  (sets the offline environment before any berg_ray import)
 import berg_ray  # noqa: E402,F401  (its import sets BS_INSTALL_DEPENDENCIES=no before any brainscore import)
+from bench.children import one_thread_env, print_result, read_result, run_children  # noqa: E402
+from bench.parts import compare_outputs, part_timeline  # noqa: E402
+from bench.plain_loop import plain_loop  # noqa: E402
+from bench.report import median, status  # noqa: E402
+from bench.sampling import Sampler, status_kb  # noqa: E402
+from bench.workload import build_model, fit_cache, prepare, split_corpus, write_corpus  # noqa: E402
 
 logger = logging.getLogger("bench.corpus")
 
@@ -79,270 +75,10 @@ TARGET_STARTUP_S = 5.0
 #: Ray runs its workers at niceness 15 by default; the plain loops run at 0 (see --ray-niceness)
 DEFAULT_RAY_NICENESS = 0
 TARGET_GROWTH = 0.10
-RESULT_PREFIX = "RESULT "
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Inputs
-
-
-_SUBJ = ["The old farmer", "A young doctor", "The small village", "My neighbour", "The river", "A famous painter",
-         "The museum", "Our teacher", "The red train", "A careful student", "The ancient castle", "The city council",
-         "A tired musician", "The northern forest", "The quiet library", "A local baker"]
-_VERB = ["visited", "described", "repaired", "painted", "ignored", "protected", "crossed", "discovered",
-         "welcomed", "studied", "remembered", "photographed"]
-_OBJ = ["the broken bridge", "a letter from abroad", "the crowded market", "an unusual bird", "the wooden boat",
-        "a map of the coast", "the empty station", "a box of old tools", "the garden behind the school",
-        "a song about the sea"]
-_TAIL = ["last summer", "before the storm arrived", "with great care", "early in the morning",
-         "after a long journey", "during the winter festival", "for the first time in years",
-         "while everyone else was asleep", "near the harbour", "in the afternoon"]
-
-
-def write_corpus(path: Path, n: int, seed: int = 0) -> Path:
-    """``n`` English sentences of 6–14 words, one per line (deterministic; repeats allowed beyond 16,000)."""
-    rng = np.random.default_rng(seed)
-    picks = [rng.integers(len(words), size=n) for words in (_SUBJ, _VERB, _OBJ, _TAIL)]
-    with open(path, "w", encoding="utf-8") as handle:
-        for i in range(n):
-            handle.write(f"{_SUBJ[picks[0][i]]} {_VERB[picks[1][i]]} {_OBJ[picks[2][i]]} {_TAIL[picks[3][i]]}.\n")
-    return path
-
-
-def build_model(folder: Path, dims: dict[str, int]):
-    """A random-init GPT-2 in ``folder`` (built once) and its ModelSpec, read at the last block."""
-    from berg_ray.offline_models import build_gpt2
-    from berg_ray.registry import ModelSpec
-
-    if not (folder / "config.json").exists():
-        corpus = [f"{s} {v} {o} {t}." for s in _SUBJ for v in _VERB[:3] for o in _OBJ[:3] for t in _TAIL[:2]]
-        build_gpt2(folder, corpus=corpus, seed=0, **dims)
-    return ModelSpec(f"bench-gpt2-{dims['n_layer']}x{dims['n_embd']}", str(folder), f"transformer.h.{dims['n_layer'] - 1}")
-
-
-def prepare(work: Path) -> dict[str, Any]:
-    """Synthetic dataset (random planted features), the two models, and their cached encoding models."""
-    from berg_ray.synthetic import write_synthetic_pereira
-
-    dataset = work / "synthetic_pereira.nc"
-    if not dataset.exists():
-        features = np.random.default_rng(0).standard_normal((384, 64)).astype(np.float32)
-        write_synthetic_pereira(dataset, features, seed=0, planted_model="random-normal-64")
-    return {"dataset": str(dataset), "cache": str(work / "cache"),
-            "speed_model": str(work / "model-speed"), "memory_model": str(work / "model-memory")}
-
-
-def fit_cache(spec, dataset: str, cache: str, subjects: Any) -> float:
-    """Fit (or find) the encoding models of ``spec`` in ``cache`` with berg_ray's Ray path; returns seconds."""
-    from berg_ray.distributed import fit_subjects
-
-    started = time.perf_counter()
-    fit_subjects(spec, subjects, dataset=dataset, cache=cache, device="cpu")
-    return time.perf_counter() - started
-
-
-# --------------------------------------------------------------------------------------------------------------
-# The plain loop (one process, same core calls)
-
-
-def plain_loop(spec, input_path: str, output: str, dataset: str, cache: str, rows_per_part: int,
-               batch_size: int = 32, subjects: Any = "all") -> dict[str, Any]:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from berg_ray.encoding_model import StackedPredictor
-    from berg_ray.features import FeatureExtractor
-    from berg_ray.fitting import load_cached, resolve_subjects
-    from berg_ray.neural import load_pereira
-    from berg_ray.regression import PLSSettings
-    from berg_ray.request import ModelRequest
-    from berg_ray.store import EncodingModelStore
-
-    started = time.perf_counter()
-    assembly = load_pereira(dataset)
-    store = EncodingModelStore(cache)
-    request = ModelRequest.build(spec, batch_size=batch_size, device="cpu")
-    models = {s: load_cached(store, request, assembly, s, PLSSettings())
-              for s in resolve_subjects(assembly, subjects)}
-    missing = [s for s, m in models.items() if m is None]
-    if missing:
-        raise RuntimeError(f"encoding models not cached for {missing}")
-    predictor = StackedPredictor.from_models(models)
-    extractor = FeatureExtractor(spec, device="cpu", batch_size=batch_size)
-    extractor(["A sentence to warm up with."])  # as a PartEncoder does in its set-up (imports brainscore's helpers)
-    setup_seconds = time.perf_counter() - started
-    loop_cpu = time.process_time()
-    name = posixpath.basename(input_path)
-    written = 0
-
-    def flush(chunk: list[str], start_row: int, index: int) -> None:
-        features = extractor(chunk, context="sentence")
-        predicted = predictor.predict(features)
-        ids = pa.array([f"{name}:{start_row + i}" for i in range(len(chunk))], type=pa.string())
-        for subject, (lo, hi) in predictor.slices.items():
-            block = np.ascontiguousarray(predicted[:, lo:hi])
-            table = pa.table({
-                "sentence_id": ids,
-                "subject": pa.array([subject] * len(chunk), type=pa.string()),
-                "responses": pa.FixedSizeListArray.from_arrays(pa.array(block.reshape(-1)), hi - lo),
-            })
-            folder = os.path.join(output, "predictions", f"subject-{subject}")
-            os.makedirs(folder, exist_ok=True)
-            pq.write_table(table, os.path.join(folder, f"part-00000-{index:06d}.parquet"))
-
-    chunk: list[str] = []
-    start_row = index = 0
-    with open(input_path, encoding="utf-8") as handle:
-        for line in handle:
-            chunk.append(line.rstrip("\n"))
-            if len(chunk) == rows_per_part:
-                flush(chunk, start_row, index)
-                written += len(chunk)
-                start_row, index, chunk = start_row + len(chunk), index + 1, []
-    if chunk:
-        flush(chunk, start_row, index)
-        written += len(chunk)
-    return {"sentences": written, "subjects": list(models), "setup_seconds": setup_seconds,
-            "loop_cpu_seconds": time.process_time() - loop_cpu}
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Memory sampling
-
-
-def _status_kb(pid: int, field: str) -> int | None:
-    try:
-        with open(f"/proc/{pid}/status") as handle:
-            for line in handle:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
-        return None
-    return None
-
-
-def _kind(cmdline: str) -> str:
-    """actor (PartEncoder), fit, worker (other ray:: processes), or the program's name (raylet, gcs_server, ...)."""
-    if "PartEncoder" in cmdline or "MapWorker" in cmdline:
-        return "actor"
-    if "ExtractorActor" in cmdline or "fit_task" in cmdline:  # Ray names a task's worker after its function
-        return "fit"
-    if cmdline.startswith("ray::"):
-        return "worker"
-    args = cmdline.split()
-    if not args:
-        return "other"
-    scripts = [a for a in args[1:3] if a.endswith(".py")]
-    return posixpath.basename(scripts[0] if scripts else args[0])
-
-
-def _descendants(root: int) -> dict[int, str]:
-    """pid -> command line of every live descendant of ``root`` (from /proc; no psutil needed)."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as handle:
-                stat = handle.read()
-        except OSError:
-            continue
-        ppid = int(stat[stat.rindex(")") + 2:].split()[1])  # fields after "(comm)": state, ppid, ...
-        children.setdefault(ppid, []).append(int(entry))
-    found: dict[int, str] = {}
-    stack = list(children.get(root, []))
-    while stack:
-        pid = stack.pop()
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as handle:
-                found[pid] = handle.read().replace(b"\0", b" ").decode("utf-8", "replace").strip()
-        except OSError:
-            continue
-        stack.extend(children.get(pid, []))
-    return found
-
-
-def _cpu_seconds(pid: int) -> float | None:
-    """User + system CPU seconds of process ``pid`` so far (all its threads), from /proc/<pid>/stat."""
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            stat = handle.read()
-    except OSError:
-        return None
-    fields = stat[stat.rindex(")") + 2:].split()  # state is field 3; utime, stime are fields 14, 15
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-class Sampler(threading.Thread):
-    """Every ``interval`` s: VmHWM (peak RSS, kB) and CPU seconds of this process and each of its descendants
-    (the local Ray's raylet, GCS, workers and actors), kept per pid."""
-
-    def __init__(self, interval: float = 0.2):
-        super().__init__(daemon=True)
-        self.interval = interval
-        self.stop_event = threading.Event()
-        self.peaks: dict[int, int] = {}
-        self.kinds: dict[int, str] = {}
-        self.names: dict[int, str] = {}
-        self.cpu: dict[int, list[tuple[float, float]]] = {}  # pid -> [(time.time(), CPU seconds)]
-
-    def sample(self) -> None:
-        now = time.time()
-        for pid in [os.getpid(), *_descendants(os.getpid())]:
-            cpu = _cpu_seconds(pid)
-            if cpu is not None:
-                self.cpu.setdefault(pid, []).append((now, cpu))
-        for pid, cmd in _descendants(os.getpid()).items():
-            hwm = _status_kb(pid, "VmHWM")
-            if hwm is None:
-                continue
-            self.peaks[pid] = max(self.peaks.get(pid, 0), hwm)
-            kind = _kind(cmd)
-            if kind != "worker" or pid not in self.kinds:  # keep the most specific name seen
-                self.kinds[pid] = kind
-                self.names[pid] = cmd[:60]
-
-    def run(self) -> None:
-        while not self.stop_event.is_set():
-            self.sample()
-            self.stop_event.wait(self.interval)
-
-    def stop(self) -> None:
-        self.stop_event.set()
-        self.join()
-        self.sample()
-
-    def cpu_between(self, t0: float, t1: float) -> dict[str, float]:
-        """CPU seconds used from ``t0`` to ``t1`` (``time.time()``) by kind of process ("driver" is this one; a
-        process's value at a time is its last sample before it)."""
-        used: dict[str, float] = {}
-        def at(series: list[tuple[float, float]], t: float) -> float:
-            before = [cpu for when, cpu in series if when <= t]
-            return before[-1] if before else 0.0  # not started yet
-
-        for pid, series in self.cpu.items():
-            kind = "driver" if pid == os.getpid() else self.kinds.get(pid, "other")
-            used[kind] = used.get(kind, 0.0) + max(at(series, t1) - at(series, t0), 0.0)
-        return used
-
-
-def probe_threads(num_cpus: float) -> str:
-    """torch threads and niceness inside a Ray actor with ``num_cpus``, set up as a PartEncoder sets itself up."""
-    import ray
-
-    @ray.remote(num_cpus=num_cpus)
-    class Probe:
-        def threads(self) -> str:
-            from berg_ray.distributed import use_assigned_cpus
-
-            threads = use_assigned_cpus()
-            return f"{threads} (OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}, nice {os.nice(0)})"
-
-    actor = Probe.remote()
-    try:
-        return ray.get(actor.threads.remote())
-    finally:
-        ray.kill(actor)
+# Memory runs (one encode_corpus per size, each in a fresh process)
 
 
 def memory_child(args: argparse.Namespace) -> int:
@@ -376,13 +112,13 @@ def memory_child(args: argparse.Namespace) -> int:
     result = {
         "sentences": manifest["sentences_encoded"], "parts": manifest["n_parts"], "seconds": seconds,
         "timeline": timeline,
-        "driver_hwm_kb": _status_kb(os.getpid(), "VmHWM"),
+        "driver_hwm_kb": status_kb(os.getpid(), "VmHWM"),
         "by_kind": {k: sorted(v, reverse=True) for k, v in by_kind.items()},
         "ray_total_kb": sum(sampler.peaks.values()),
         "processes": sorted(((sampler.kinds[p], sampler.names[p], k) for p, k in sampler.peaks.items()),
                             key=lambda x: -x[2]),
     }
-    print(RESULT_PREFIX + json.dumps(result), flush=True)
+    print_result(result)
     return 0
 
 
@@ -402,10 +138,9 @@ def run_memory(size: int, work: Path, paths: dict[str, Any], spec, subjects: str
     wall = time.perf_counter() - started
     disk = sum(os.path.getsize(p) for p in glob.glob(str(output / "predictions" / "*" / "*.parquet")))
     shutil.rmtree(output, ignore_errors=True)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
-    if proc.returncode != 0 or not lines:
+    result = read_result(proc.stdout)
+    if proc.returncode != 0 or result is None:
         raise RuntimeError(f"memory run at {size} failed (rc {proc.returncode}):\n{proc.stderr[-4000:]}")
-    result = json.loads(lines[-1][len(RESULT_PREFIX):])
     result.update(size=size, process_wall=wall, output_mb=disk / 2**20)
     logger.info("memory %d: %.1f s, driver %.0f MB, actors %s", size, result["seconds"],
                 result["driver_hwm_kb"] / 1024, [round(v / 1024) for v in result["by_kind"].get("actor", [])])
@@ -415,55 +150,7 @@ def run_memory(size: int, work: Path, paths: dict[str, Any], spec, subjects: str
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Main
-
-
-def median(values: list[float]) -> float:
-    return float(statistics.median(values)) if values else float("nan")
-
-
-def status(ok: bool) -> str:
-    return "PASS" if ok else "MISS"
-
-
-def compare_outputs(pipeline_out: str, plain_out: str, subject: str) -> float:
-    import pyarrow.parquet as pq
-
-    from berg_ray.corpus import read_predictions
-
-    a = read_predictions(pipeline_out, subject)
-    b = pq.read_table(os.path.join(plain_out, "predictions", f"subject-{subject}")).to_pandas()
-    if list(a["sentence_id"]) != list(b["sentence_id"]):
-        return float("inf")
-    return float(np.abs(np.stack(a["responses"].to_numpy()) - np.stack(b["responses"].to_numpy())).max())
-
-
-def part_timeline(output: str, t0: float, t1: float, n_actors: int) -> dict[str, float]:
-    """From the part markers (written last by each part; mtime = end, minus its ``seconds`` = start).
-
-    Steady state: from the first moment ``n_actors`` parts run at once to the last such moment (every actor has
-    loaded its model and has work); ``steady`` = sentences/s in that window, counting each part's rows spread
-    evenly over its own seconds (gaps between an actor's parts count as time). Start-up stagger and the tail,
-    where fewer actors have work, fall outside it; the end-to-end rate includes them.
-    """
-    parts = []
-    for path in glob.glob(os.path.join(output, "_parts", "*.json")):
-        marker = json.loads(Path(path).read_text())
-        end = os.path.getmtime(path)
-        parts.append((end - marker["seconds"], end, marker["n_rows"]))
-    first_start = min(start for start, _, _ in parts)
-    last_end = max(end for _, end, _ in parts)
-    times = sorted({t for start, end, _ in parts for t in (start, end)})
-    full = [(a, b) for a, b in zip(times, times[1:])
-            if sum(1 for start, end, _ in parts if start <= a and end >= b) >= n_actors]
-    steady_start, steady_end = (full[0][0], full[-1][1]) if full else (first_start, last_end)
-    rows = sum(n * max(0.0, min(end, steady_end) - max(start, steady_start)) / max(end - start, 1e-9)
-               for start, end, n in parts)
-    busy = sum(end - start for start, end, _ in parts)
-    return {"busy": busy, "before": first_start - t0, "span": last_end - first_start, "after": t1 - last_end,
-            "steady": rows / max(steady_end - steady_start, 1e-9), "steady_rows": rows,
-            "steady_start": steady_start, "steady_end": steady_end, "steady_window": steady_end - steady_start,
-            "per_actor_busy_rate": sum(n for _, _, n in parts) / max(busy, 1e-9)}
+# Overhead: the pipeline vs the plain loop (children: a model load, a plain loop)
 
 
 def child_command(mode: str, spec, **options: Any) -> list[str]:
@@ -473,26 +160,6 @@ def child_command(mode: str, spec, **options: Any) -> list[str]:
     for name, value in options.items():
         command += [f"--{name.replace('_', '-')}", str(value)]
     return command
-
-
-def one_thread_env() -> dict[str, str]:
-    """A child's environment with one torch and one BLAS thread (what Ray gives a num_cpus=1 actor)."""
-    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
-
-
-def run_children(commands: list[list[str]], env: dict[str, str] | None = None) -> list[dict[str, Any]]:
-    """Run ``commands`` at the same time; their RESULT lines, each with ``wall`` (its process's wall seconds)."""
-    started = time.perf_counter()
-    procs = [subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-             for c in commands]
-    results = []
-    for proc in procs:
-        out, err = proc.communicate()
-        lines = [line for line in out.splitlines() if line.startswith(RESULT_PREFIX)]
-        if proc.returncode != 0 or not lines:
-            raise RuntimeError(f"child {proc.args[2]} failed (rc {proc.returncode}):\n{err[-4000:]}")
-        results.append({**json.loads(lines[-1][len(RESULT_PREFIX):]), "wall": time.perf_counter() - started})
-    return results
 
 
 def load_child(args: argparse.Namespace) -> int:
@@ -505,7 +172,7 @@ def load_child(args: argparse.Namespace) -> int:
 
     extractor = FeatureExtractor(ModelSpec(args.model_id, args.model, args.layer), device="cpu")
     extractor.extract(["A sentence to warm up with."], [args.layer])
-    print(RESULT_PREFIX + json.dumps({"seconds": time.perf_counter() - started}), flush=True)
+    print_result({"seconds": time.perf_counter() - started})
     return 0
 
 
@@ -518,22 +185,28 @@ def plain_child(args: argparse.Namespace) -> int:
     info = plain_loop(spec, args.input, args.output, args.dataset, args.cache, int(args.rows_per_part),
                       subjects=args.subjects if args.subjects == "all" else args.subjects.split(","))
     seconds = time.perf_counter() - started
-    print(RESULT_PREFIX + json.dumps({"sentences": info["sentences"], "seconds": seconds,
-                                      "setup_seconds": info["setup_seconds"],
-                                      "loop_cpu_seconds": info["loop_cpu_seconds"]}), flush=True)
+    print_result({"sentences": info["sentences"], "seconds": seconds, "setup_seconds": info["setup_seconds"],
+                  "loop_cpu_seconds": info["loop_cpu_seconds"]})
     return 0
 
 
-def split_corpus(path: Path, n: int) -> list[Path]:
-    """``path`` cut into ``n`` consecutive files of (nearly) equal line counts."""
-    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
-    step = -(-len(lines) // n)
-    pieces = []
-    for k in range(n):
-        piece = path.with_name(f"{path.stem}-{k + 1}of{n}{path.suffix}")
-        piece.write_text("".join(lines[k * step:(k + 1) * step]), encoding="utf-8")
-        pieces.append(piece)
-    return pieces
+def probe_threads(num_cpus: float) -> str:
+    """torch threads and niceness inside a Ray actor with ``num_cpus``, set up as a PartEncoder sets itself up."""
+    import ray
+
+    @ray.remote(num_cpus=num_cpus)
+    class Probe:
+        def threads(self) -> str:
+            from berg_ray.distributed import use_assigned_cpus
+
+            threads = use_assigned_cpus()
+            return f"{threads} (OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}, nice {os.nice(0)})"
+
+    actor = Probe.remote()
+    try:
+        return ray.get(actor.threads.remote())
+    finally:
+        ray.kill(actor)
 
 
 def speed(args: argparse.Namespace, work: Path, paths: dict[str, Any]) -> dict[str, Any]:
@@ -644,6 +317,10 @@ def speed(args: argparse.Namespace, work: Path, paths: dict[str, Any]) -> dict[s
     return {"times": times, "steady": steady, "cpu": cpu, "cpu_split": cpu_split, "timelines": timelines, "loads": loads, "steps": steps,
             "setups": setups, "diff": diff, "compared": compared, "threads_default": threads_default,
             "actor_threads": actor_threads, "fit_seconds": fit_s, "model": spec, "load_avgs": load_avgs}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Main
 
 
 def main() -> int:

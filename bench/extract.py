@@ -26,16 +26,11 @@ Usage::
 
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("BS_INSTALL_DEPENDENCIES", "no")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
 import argparse
 import contextlib
 import io
 import logging
+import os
 import statistics
 import sys
 import tempfile
@@ -49,6 +44,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
+import bench  # noqa: E402,F401  (sets the offline environment before any berg_ray import)
 import berg_ray  # noqa: E402,F401  (its import sets BS_INSTALL_DEPENDENCIES=no before any brainscore import)
 import torch  # noqa: E402
 

@@ -58,15 +58,9 @@ Usage::
 
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("BS_INSTALL_DEPENDENCIES", "no")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
 import argparse
 import logging
-import statistics
+import os
 import sys
 import tempfile
 import time
@@ -79,7 +73,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
+import bench  # noqa: E402,F401  (sets the offline environment before any berg_ray import)
 import berg_ray  # noqa: E402,F401  (its import sets BS_INSTALL_DEPENDENCIES=no before any brainscore import)
+from bench.report import median, status  # noqa: E402
 
 logger = logging.getLogger("bench.fit")
 
@@ -96,10 +92,6 @@ TARGET_PREDICT_RATIO = 5.0
 
 # --------------------------------------------------------------------------------------------------------------
 # Helpers
-
-
-def median(values: list[float]) -> float:
-    return float(statistics.median(values)) if values else float("nan")
 
 
 CPU: dict[str, list[float]] = {}  # label -> CPU seconds of this process per repeat (all its threads)
@@ -405,10 +397,6 @@ def dense_predict(features: np.ndarray, dense: tuple[np.ndarray, np.ndarray]) ->
 
 # --------------------------------------------------------------------------------------------------------------
 # Main
-
-
-def status(ok: bool) -> str:
-    return "PASS" if ok else "MISS"
 
 
 def main() -> int:

@@ -1,7 +1,7 @@
 """Benchmark: berg-ray on one CUDA GPU — forward throughput by model size, precision and batch size, and the corpus
 pipeline end to end with one and two actors per GPU.
 
-1. Forward (``--sentences``, default 16,384 short English sentences of bench/corpus.py, context "sentence"):
+1. Forward (``--sentences``, default 16,384 short English sentences of bench/workload.py, context "sentence"):
    sentences/s of ``FeatureExtractor.extract`` (tokenize, plan, forward pass up to the read layer, read-out copied
    back to the CPU) for random-init GPT-2s of distilgpt2's and gpt2's sizes (6 and 12 blocks × 768, 12 heads,
    1,024 positions, 50,257-token embedding; ``berg_ray.offline_models.build_gpt2``), read at their last block, in
@@ -31,14 +31,9 @@ variants that would start after S seconds are skipped and reported), ``--workdir
 
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("BS_INSTALL_DEPENDENCIES", "no")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
 import argparse
 import logging
+import os
 import shutil
 import statistics
 import sys
@@ -52,8 +47,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
+import bench  # noqa: E402,F401  (sets the offline environment before any berg_ray import)
 import berg_ray  # noqa: E402,F401  (its import sets BS_INSTALL_DEPENDENCIES=no before any brainscore import)
-from bench.corpus import build_model, part_timeline, prepare, write_corpus  # noqa: E402
+from bench.parts import part_timeline  # noqa: E402
+from bench.workload import build_model, prepare, write_corpus  # noqa: E402
 
 logger = logging.getLogger("bench.gpu")
 

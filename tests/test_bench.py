@@ -20,6 +20,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.own_ray]  # own_ray: starts its own 
 
 BENCH = Path(REPO_ROOT) / "bench"
 SCRIPTS = ("extract.py", "fit.py", "corpus.py", "gpu.py")
+#: the modules the scripts share
+HELPERS = ("children.py", "parts.py", "plain_loop.py", "report.py", "sampling.py", "workload.py")
 #: generous: --quick took 1-2 min per script on a 2-core machine under a load average of 10-20 (Ray start-ups)
 TIMEOUT_S = 1500
 
@@ -99,7 +101,7 @@ def test_gpu_without_a_gpu_says_so_and_exits_cleanly(tmp_path):
     assert "nothing was measured" in run.stdout and "## Forward" not in run.stdout
 
 
-@pytest.mark.parametrize("script", SCRIPTS)
+@pytest.mark.parametrize("script", SCRIPTS + HELPERS)
 def test_bench_scripts_use_only_public_berg_ray_names(script):
     """No ``berg_ray._module`` or ``_name`` import and no ``obj._attribute`` access (berg-ray's or any other)."""
     tree = ast.parse((BENCH / script).read_text())

@@ -106,7 +106,7 @@ def test_cli_register_refuses_bad_localizer_arguments(tiny_gpt2, registry_file, 
     flags, fragments = BAD[case]
     built = []
     if case != "missing-layer":  # everything else is refused before the registry builds the model from its config
-        monkeypatch.setattr(registry, "weightless_model", lambda *args, **kwargs: built.append(args))
+        monkeypatch.setattr(registry.sources, "weightless_model", lambda *args, **kwargs: built.append(args))
     assert cli_main(["register", f"bad-{case}", "--source", tiny_gpt2.folder, *flags]) == 2
     captured = capsys.readouterr()
     lines = captured.err.strip().splitlines()

@@ -415,7 +415,7 @@ def test_reregistering_an_id_needs_replace(tiny_gpt2, isolated_registry_file):
         assert "replace=True" in str(info.value)
         assert get_spec(custom_id) == first
         # registered only in the file (as by another process): still refused, naming the file
-        registry._custom.pop(custom_id)
+        registry.custom._custom.pop(custom_id)
         with pytest.raises(InvalidInputError) as info:
             register_model(custom_id, tiny_gpt2.folder, "transformer.h.0", persist=True)
         assert str(isolated_registry_file) in str(info.value)
