@@ -19,9 +19,10 @@ import torch
 
 from berg_ray.encoding_model import EncodingModel
 from berg_ray.errors import BergRayError, InvalidInputError
-from berg_ray.features import make_extractor, resolve_dtype
+from berg_ray.features import make_extractor
 from berg_ray.fitting import fit_encoding_model
 from berg_ray.fitting import fit_subjects as fit_pipeline
+from berg_ray.model_loading import resolve_dtype
 from berg_ray.neural import PereiraAssembly, load_pereira
 from berg_ray.options import AUTO_DTYPE, DEFAULT_BATCH_SIZE
 from berg_ray.precision import auto_dtype_for, bf16_support
@@ -225,8 +226,7 @@ class ExtractorActor:
         self.request = request
         self.failure: BergRayError | None = None
         try:
-            self.extractor = make_extractor(request.spec, device=device, dtype=request.dtype,
-                                            batch_size=request.batch_size)
+            self.extractor = make_extractor(request, device=device)
         except BergRayError as error:
             self.failure = error
 

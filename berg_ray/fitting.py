@@ -17,7 +17,7 @@ import numpy as np
 
 from berg_ray.encoding_model import EncodingModel
 from berg_ray.errors import InvalidInputError
-from berg_ray.features import extract
+from berg_ray.features import extract_request
 from berg_ray.neural import PereiraAssembly, check_subject
 from berg_ray.regression import PLSSettings, cross_validated_r, fit_pls
 from berg_ray.request import CACHE_FORMAT_VERSION, FEATURES_VERSION, ModelRequest  # noqa: F401  (re-exported)
@@ -45,9 +45,8 @@ def training_features(request: ModelRequest, assembly: PereiraAssembly, show_pro
     ``passage`` uses the dataset's passage labels (as the BrainScore benchmark); ``running`` runs one context over
     all 384 sentences in file order (as BERG).
     """
-    return extract(request.spec, list(assembly.sentences), [request.layer], context=request.context,
-                   passages=list(assembly.passages), device=request.device, batch_size=request.batch_size,
-                   dtype=request.dtype, show_progress=show_progress, fingerprint=request.fingerprint)[request.layer]
+    return extract_request(request, list(assembly.sentences), list(assembly.passages),
+                           show_progress=show_progress)[request.layer]
 
 
 def cv_groups(assembly: PereiraAssembly, settings: PLSSettings) -> Sequence[str]:

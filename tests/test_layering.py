@@ -18,8 +18,9 @@ PACKAGE = Path(__file__).resolve().parents[1] / "berg_ray"
 LAYERS: dict[str, tuple[str, ...]] = {
     "foundation": ("errors", "options", "validation", "provenance", "quiet", "_environment", "precision", "fsio",
                    "hashing", "verified_store"),
-    "core": ("regression", "scoring", "localizer", "registry", "request", "encoding_model", "features", "layers",
-             "synthetic", "offline_models", "reductions", "model_status", "delegated", "code_models"),
+    "core": ("regression", "scoring", "localizer", "registry", "request", "encoding_model", "model_loading",
+             "features", "layers", "synthetic", "offline_models", "reductions", "model_status", "delegated",
+             "code_models"),
     "data": ("corpus_io", "neural", "store", "plots", "corpus_outputs", "ranking", "corpus.inputs",
              "corpus.plan", "corpus.read", "corpus.output_folder", "corpus.request_identity", "corpus.manifest"),
     "compute": ("fitting",),
