@@ -139,8 +139,9 @@ class BERG:
         if not isinstance(model, EncodingModel):
             raise InvalidInputError(f"model must come from get_encoding_model(), got {type(model).__name__}")
         sentences = check_sentences(stimulus)
-        request = model.request or ModelRequest.build(model.model_id, layers=model.layer, context=model.context,
-                                                      dtype=model.dtype)
+        request = model.request
+        if request.is_recorded:  # an entry read on its own: run the model as registered, as the entry was fitted
+            request = ModelRequest.build(model.model_id, layers=model.layer, context=model.context, dtype=model.dtype)
         batch_size = check_batch_size(batch_size if batch_size is not None else request.batch_size)
         # the weights it was fitted on (its cache key's "model"); a folder retrained since is refused, naming both
         fitted_on = model.key_fields.get("model") or request.fingerprint
@@ -167,5 +168,5 @@ def encode_metadata(model: EncodingModel, n_sentences: int) -> dict[str, Any]:
         "device": model.device,
         "dtype": model.dtype,
         # a control model (OASM, random embedding) encodes no linguistic content: say so beside its predictions
-        "control_model": control_note(model.request.spec) if model.request is not None else None,
+        "control_model": control_note(model.request.spec),
     }

@@ -16,6 +16,10 @@ pass stops as soon as the deepest requested layer has run. For causal models, co
 longer context are read from that one forward pass at their own last token (the causal mask makes the outputs
 equal).
 
+A :class:`~berg_ray.request.ModelRequest` is carried to the forward pass: :func:`extract_request` is the one extract
+function, :meth:`FeatureExtractor.from_request` / :func:`make_extractor` the one way to build an extractor (the Ray
+actors pass their device). Loading a model (device, precision, weights) is :mod:`berg_ray.model_loading`.
+
 No Ray and no storage here: this module is the numeric core that Ray actors wrap.
 """
 
@@ -379,8 +383,9 @@ class FeatureExtractor:
 def loading_spec(request: ModelRequest) -> ModelSpec:
     """The spec an extractor of ``request`` loads: the request's own, or, when the request does not read the model's
     mapped layer, the spec with the last layer it reads as its layer (the mapped layer need not exist, e.g. a
-    sweep's ``layers="all"``). Numbers do not depend on it: every layer is read by the same hook."""
-    if request.spec.layer in request.layers:
+    sweep's ``layers="all"``). Numbers do not depend on it: every layer is read by the same hook. A delegated model
+    has one readout, its own layer: its spec is kept (its extractor refuses any other layer)."""
+    if request.spec.layer in request.layers or request.spec.kind == "delegated":
         return request.spec
     return dataclasses.replace(request.spec, layer=request.layers[-1])
 
@@ -398,7 +403,7 @@ def make_extractor(request: ModelRequest, device: str | None = None) -> Any:
     if request.spec.kind == "delegated":
         from berg_ray.delegated import DelegatedExtractor
 
-        return DelegatedExtractor(loading_spec(request), device=device or request.device, dtype=request.dtype,
+        return DelegatedExtractor(request.spec, device=device or request.device, dtype=request.dtype,
                                   batch_size=request.batch_size)
     return FeatureExtractor.from_request(request, device=device)
 

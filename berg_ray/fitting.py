@@ -68,7 +68,7 @@ def fit_encoding_model(request: ModelRequest, features: np.ndarray, assembly: Pe
     cv_r = cross_validated_r(features, responses, cv_groups(assembly, settings), settings)
     fields = request.key_fields(subject, assembly.sha256, settings)
     return EncodingModel(
-        model_id=request.model_id, source=request.spec.source, layer=request.layer, context=request.context,
+        model_id=request.model_id, source=request.spec.source,
         subject=subject, fit=fit, cv_r=cv_r, settings=settings, dataset_sha256=assembly.sha256,
         synthetic=assembly.synthetic, voxels=assembly.voxels(subject).reset_index(drop=True),
         cache_key=request.cache_key(subject, assembly.sha256, settings), key_fields=fields,

@@ -46,10 +46,11 @@ def make_model(subject: str = "018", context: str = "sentence", settings: PLSSet
         "col_to_coord_1": np.arange(30) % 5 + 1, "col_to_coord_2": 3, "col_to_coord_3": np.arange(30) // 5 + 1,
     })
     fields = key_fields(SPEC, subject, context, dataset_sha256, settings)
-    return EncodingModel(model_id=SPEC.model_id, source=SPEC.source, layer=SPEC.layer, context=context,
+    return EncodingModel(model_id=SPEC.model_id, source=SPEC.source,
                          subject=subject, fit=fit, cv_r=rng.uniform(-0.1, 0.6, 30), settings=settings,
                          dataset_sha256=dataset_sha256, synthetic=synthetic, voxels=voxels,
-                         cache_key=cache_key(fields), key_fields=fields, fit_seconds=0.25)
+                         cache_key=cache_key(fields), key_fields=fields, fit_seconds=0.25,
+                         request=ModelRequest.build(SPEC, context=context))
 
 
 def assert_same_model(loaded: EncodingModel, original: EncodingModel) -> None:
