@@ -77,6 +77,10 @@ def saved(tmp_path):
 
 def test_roundtrip(saved):
     store, model, folder = saved
+    loaded = store.load(NAME, model.subject, model.cache_key, model.synthetic)
+    assert loaded.request.is_recorded and not model.request.is_recorded  # read on its own: the recorded request
+    assert (loaded.layer, loaded.context, loaded.dtype) == (model.layer, model.context, model.dtype)
+    assert loaded.request.key_fields(model.subject, model.dataset_sha256, model.settings) == model.key_fields
     assert folder.is_dir() and folder.is_relative_to(Path(store.root))
     assert "train_dataset-synthetic" in str(folder) and f"model-{NAME}" in str(folder)
     loaded = store.load(NAME, model.subject, model.cache_key, model.synthetic)
