@@ -16,8 +16,9 @@ import numpy as np
 from berg_ray.delegated import control_note
 from berg_ray.encoding_model import EncodingModel
 from berg_ray.errors import InvalidInputError
-from berg_ray.features import extract, resolve_device
+from berg_ray.features import extract_request
 from berg_ray.fitting import fit_subjects
+from berg_ray.model_loading import resolve_device
 from berg_ray.neural import PereiraAssembly, dataset_cache_dir, load_pereira
 from berg_ray.options import DEFAULT_BATCH_SIZE
 from berg_ray.provenance import package_versions
@@ -138,14 +139,15 @@ class BERG:
         if not isinstance(model, EncodingModel):
             raise InvalidInputError(f"model must come from get_encoding_model(), got {type(model).__name__}")
         sentences = check_sentences(stimulus)
-        request = model.request or ModelRequest.build(model.model_id, layers=model.layer, context=model.context,
-                                                      dtype=model.dtype)
+        request = model.request
+        if request.is_recorded:  # an entry read on its own: run the model as registered, as the entry was fitted
+            request = ModelRequest.build(model.model_id, layers=model.layer, context=model.context, dtype=model.dtype)
         batch_size = check_batch_size(batch_size if batch_size is not None else request.batch_size)
         # the weights it was fitted on (its cache key's "model"); a folder retrained since is refused, naming both
         fitted_on = model.key_fields.get("model") or request.fingerprint
-        features = extract(request.spec, sentences, [model.layer], context=model.context, passages=passages,
-                           device=model.device, batch_size=batch_size, dtype=request.dtype,
-                           show_progress=show_progress, fingerprint=fitted_on)[model.layer]
+        here = request.replace(device=model.device, batch_size=batch_size)  # where this process runs it
+        features = extract_request(here, sentences, passages, fingerprint=fitted_on,
+                                   show_progress=show_progress)[request.layer]
         responses = model.predict(features)
         if not return_metadata:
             return responses
@@ -166,5 +168,5 @@ def encode_metadata(model: EncodingModel, n_sentences: int) -> dict[str, Any]:
         "device": model.device,
         "dtype": model.dtype,
         # a control model (OASM, random embedding) encodes no linguistic content: say so beside its predictions
-        "control_model": control_note(model.request.spec) if model.request is not None else None,
+        "control_model": control_note(model.request.spec),
     }

@@ -84,7 +84,7 @@ def run_demo(model_id: str = "minilm-l6", dataset: str = "synthetic", berg_dir: 
     if assembly.synthetic:
         logger.warning("using SYNTHETIC Pereira-shaped data with a planted linear map: the scores below measure "
                        "recovery of that map, not how well %s predicts the brain", model_id)
-    from berg_ray.features import resolve_device
+    from berg_ray.model_loading import resolve_device
 
     request = berg.request(model_id, device=device)
     device_name = str(resolve_device(request.device))

@@ -19,12 +19,13 @@ import torch
 
 from berg_ray.encoding_model import EncodingModel
 from berg_ray.errors import BergRayError, InvalidInputError
-from berg_ray.features import make_extractor, resolve_dtype
+from berg_ray.features import make_extractor
 from berg_ray.fitting import fit_encoding_models, subject_groups
 from berg_ray.fitting import fit_subjects as fit_pipeline
+from berg_ray.model_loading import resolve_dtype
 from berg_ray.neural import PereiraAssembly, load_pereira
 from berg_ray.options import AUTO_DTYPE, DEFAULT_BATCH_SIZE
-from berg_ray.precision import auto_dtype_for, bf16_support
+from berg_ray.precision import bf16_support, resolve_for
 from berg_ray.registry import ModelSpec
 from berg_ray.regression import PLSSettings
 from berg_ray.request import ModelRequest
@@ -186,15 +187,27 @@ def request_for_actors(request: ModelRequest, dtype: str | None = None, num_gpus
     """
     if not (request.dtype_auto or dtype == AUTO_DTYPE):
         return request
-    resources, device = actor_resources(num_gpus, num_cpus, device=request.device)
+    chosen = actors_dtype(AUTO_DTYPE, request.device, num_gpus, num_cpus)
+    if chosen != request.dtype:
+        logger.info("dtype 'auto' on the Ray actors: %s (this driver resolved %s)", chosen, request.dtype)
+    return request.replace(dtype=chosen)
+
+
+def actors_dtype(dtype: str, device: str = "auto", num_gpus: float = 0.0, num_cpus: float | None = None) -> str:
+    """The precision ``dtype`` (checked) names where extractor actors with these resources run: a concrete name as
+    it is; ``"auto"`` (:func:`berg_ray.precision.resolve_for`) from a probe task with the actors' resources
+    (:func:`probe_precision`), or this machine's answer without a Ray connection (where :func:`init_ray` would start
+    a local Ray). Used by :func:`request_for_actors` and the sweeps, before any cache key or cell id."""
+    if dtype != AUTO_DTYPE:
+        return resolve_for(dtype, False)
     import ray
 
-    device_type, native = probe_precision(resources, device) if ray.is_initialized() else bf16_support(device)
-    chosen = auto_dtype_for(native)
-    if chosen != request.dtype:
-        logger.info("dtype 'auto' on the Ray actors' %s: %s (this driver resolved %s)", device_type, chosen,
-                    request.dtype)
-    return request.replace(dtype=chosen)
+    resources, torch_device = actor_resources(num_gpus, num_cpus, device=device)
+    device_type, native = (probe_precision(resources, torch_device) if ray.is_initialized()
+                           else bf16_support(torch_device))
+    chosen = resolve_for(dtype, native)
+    logger.info("dtype 'auto' on the extractor actors' %s: %s", device_type, chosen)
+    return chosen
 
 
 def use_assigned_cpus() -> int:
@@ -225,8 +238,7 @@ class ExtractorActor:
         self.request = request
         self.failure: BergRayError | None = None
         try:
-            self.extractor = make_extractor(request.spec, device=device, dtype=request.dtype,
-                                            batch_size=request.batch_size)
+            self.extractor = make_extractor(request, device=device)
         except BergRayError as error:
             self.failure = error
 

@@ -21,11 +21,11 @@ if TYPE_CHECKING:
 class EncodingModel:
     """Maps features of ``model_id``'s ``layer`` to one subject's voxel responses.
 
+    Its layer, context and dtype are its request's (:attr:`layer`, :attr:`context`, :attr:`dtype`).
+
     Attributes:
         model_id: registered model id (``berg_ray.list_models()``).
         source: hub id or local folder the weights came from.
-        layer: module whose output is read.
-        context: context policy used for training (and to be used for prediction).
         subject: Pereira subject id, e.g. ``"018"``.
         fit: the PLS map (``coef`` of shape (n_voxels, n_units)).
         cv_r: (n_voxels,) Pearson r of GroupKFold out-of-fold predictions, per voxel.
@@ -33,17 +33,16 @@ class EncodingModel:
         dataset_sha256: sha256 of the Pereira ``.nc`` file it was trained on.
         synthetic: True when trained on synthetic data.
         voxels: one row per voxel (neuroid_id, roi, voxel coordinates), in prediction column order.
+        request: the request it was fitted (or loaded) for: model, layer, context, dtype, batch size; ``encode``
+            extracts with it, so features are read exactly as in training. An entry read from the cache on its own
+            carries the request its key fields record (:meth:`ModelRequest.recorded`).
         cache_key: the content key of its cache entry.
         key_fields: what the key was hashed from.
         device: where ``BERG.encode`` extracts features for it (not part of the fit).
-        request: the request it was fitted (or loaded) for: model, layer, context, dtype, batch size; ``encode``
-            extracts with it, so features are read exactly as in training.
     """
 
     model_id: str
     source: str
-    layer: str
-    context: str
     subject: str
     fit: PLSFit
     cv_r: np.ndarray
@@ -51,18 +50,26 @@ class EncodingModel:
     dataset_sha256: str
     synthetic: bool
     voxels: pd.DataFrame
+    request: ModelRequest
     cache_key: str = ""
     key_fields: dict[str, Any] = field(default_factory=dict)
     fit_seconds: float = float("nan")
     device: str = "auto"
-    request: ModelRequest | None = None
+
+    @property
+    def layer(self) -> str:
+        """The module whose output is read (its request's one layer)."""
+        return self.request.layer
+
+    @property
+    def context(self) -> str:
+        """Context policy of training (and so of every prediction): ``"sentence"``, ``"passage"`` or ``"running"``."""
+        return self.request.context
 
     @property
     def dtype(self) -> str:
         """Forward-pass precision of the training features (and so of every prediction's features)."""
-        if self.request is not None:
-            return self.request.dtype
-        return str(self.key_fields.get("dtype", "float32"))
+        return self.request.dtype
 
     @property
     def n_voxels(self) -> int:
@@ -98,7 +105,7 @@ class EncodingModel:
             "pls": self.settings.to_dict(), "cv": self.cv_summary(),
             "dataset_sha256": self.dataset_sha256, "synthetic": self.synthetic,
             "cache_key": self.cache_key, "fit_seconds": self.fit_seconds,
-            "request": self.request.to_dict() if self.request is not None else None,
+            "request": self.request.to_dict(),
         }
 
     def replace(self, **changes: Any) -> EncodingModel:

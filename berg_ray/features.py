@@ -16,6 +16,10 @@ pass stops as soon as the deepest requested layer has run. For causal models, co
 longer context are read from that one forward pass at their own last token (the causal mask makes the outputs
 equal).
 
+A :class:`~berg_ray.request.ModelRequest` is carried to the forward pass: :func:`extract_request` is the one extract
+function, :meth:`FeatureExtractor.from_request` / :func:`make_extractor` the one way to build an extractor (the Ray
+actors pass their device). Loading a model (device, precision, weights) is :mod:`berg_ray.model_loading`.
+
 No Ray and no storage here: this module is the numeric core that Ray actors wrap.
 """
 
@@ -23,31 +27,30 @@ from __future__ import annotations
 
 import berg_ray._environment  # noqa: F401  (must precede brainscore/transformers imports)
 
-import contextlib
+import dataclasses
 import logging
-import os
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from berg_ray import code_models, options
-from berg_ray.errors import DeviceError, InvalidInputError, ModelNotCachedError, StaleModelError
+from berg_ray import options
+from berg_ray.errors import InvalidInputError
 from berg_ray.localizer import LOCALIZED_LAYER, language_mask, mask_key_fields
+from berg_ray.model_loading import (LanguageModel, check_fingerprint, current_fingerprint, get_module,
+                                    load_language_model, resolve_device, resolve_dtype)
 from berg_ray.options import DEFAULT_BATCH_SIZE
-from berg_ray.precision import resolve_choice, warn_if_slow
-from berg_ray.registry import ModelSpec, get_spec, hf_cache_dir, hf_missing_files
-from berg_ray.request import DEFAULT_DEVICE, check_context, check_dtype, context_groups
+from berg_ray.registry import ModelSpec
+from berg_ray.request import DEFAULT_DEVICE, ModelRequest, check_context, context_groups
 from berg_ray.validation import check_batch_size, check_layers, check_sentences
 
 logger = logging.getLogger(__name__)
 
 CONTEXTS: tuple[str, ...] = options.CONTEXTS
-DTYPES: dict[str, torch.dtype] = {name: getattr(torch, name) for name in options.DTYPES}
 
 
 def prepare_context(parts: Sequence[str]) -> str:
@@ -59,138 +62,11 @@ def prepare_context(parts: Sequence[str]) -> str:
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Devices and model loading
-
-
-def resolve_device(device: str | torch.device = DEFAULT_DEVICE) -> torch.device:
-    """``"cpu"``, ``"cuda"``/``"cuda:N"`` or ``"auto"`` (CUDA if available, else CPU) -> a usable torch device."""
-    name = str(device)
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cpu":
-        return torch.device("cpu")
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise DeviceError(f"device {name!r} was asked for but this machine has no CUDA GPU; "
-                              "use device='cpu' or device='auto'")
-        return torch.device(name)
-    raise DeviceError(f"unknown device {name!r}; allowed: 'cpu', 'cuda', 'cuda:N', 'auto'")
-
-
-def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device, warn: bool = True) -> torch.dtype:
-    """fp32 unless asked otherwise; half precision only where it runs (bf16 on CPU and GPU, fp16 on GPU);
-    ``"auto"``: bf16 on a GPU or a CPU with native bf16, else fp32 (:func:`berg_ray.precision.auto_dtype`).
-
-    Call it where the model runs: with ``warn``, bf16 on a CPU without native bf16 (~100× slower than fp32 there)
-    logs a WARNING once per process (:func:`berg_ray.precision.warn_if_slow`).
-    """
-    dtype = resolve_choice(check_dtype(dtype), device.type)
-    if dtype == "float16" and device.type == "cpu":
-        raise InvalidInputError("dtype 'float16' needs a GPU; on CPU use 'float32' or 'bfloat16'")
-    if warn:
-        warn_if_slow(dtype, device.type)
-    return DTYPES[dtype]
+# The readout hook
 
 
 class _StopForward(Exception):
     """Raised by the readout hook once every requested layer has run: nothing after the deepest one needs to run."""
-
-
-@dataclass
-class LanguageModel:
-    """A loaded model with its tokenizer, readout module and the facts the extractor needs."""
-
-    spec: ModelSpec
-    model: torch.nn.Module
-    tokenizer: Any
-    layer: torch.nn.Module
-    device: torch.device
-    dtype: torch.dtype
-    max_length: int
-    causal: bool
-    #: how many times each read module runs in one forward pass (probed by its first full pass; brainscore's hook
-    #: keeps the last run's output, e.g. suma's blocks run ``num_cycles`` times)
-    calls: dict[str, int] = field(default_factory=dict)
-
-
-def _get_module(model: torch.nn.Module, name: str) -> torch.nn.Module:
-    module = model
-    for part in name.split("."):
-        child = module._modules.get(part)
-        if child is None:
-            blocks = [n for n, _ in model.named_modules() if n.count(".") <= name.count(".")]
-            hint = [n for n in blocks if n.split(".")[:-1] == name.split(".")[:-1]][:8] or blocks[:8]
-            raise InvalidInputError(f"layer {name!r} does not exist in this model (no submodule {part!r}); "
-                                    f"modules at that depth include: {', '.join(hint)}")
-        module = child
-    return module
-
-
-def load_language_model(model: str | ModelSpec, device: str | torch.device = DEFAULT_DEVICE,
-                        dtype: str | torch.dtype | None = None) -> LanguageModel:
-    """Load a registered model the way brainscore's ``HuggingfaceSubject`` does.
-
-    ``AutoModelForCausalLM.from_pretrained(source)`` (so module names match brainscore's layer mapping) and
-    ``AutoTokenizer.from_pretrained(source, truncation_side='left')``.
-    """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    spec = get_spec(model)
-    torch_device = resolve_device(device)
-    torch_dtype = resolve_dtype(dtype, torch_device)
-    logger.info("loading %s (%s, layer %s) on %s as %s", spec.model_id, spec.source, spec.layer, torch_device,
-                torch_dtype)
-    revision = None if spec.is_local else spec.revision
-    with _hub_download_errors(spec):
-        if spec.kind == "code":  # a network that brainscore's plugin builds in code: the same build, seeded
-            net = code_models.build_network(spec.builder).to(torch_dtype)
-        else:
-            net = AutoModelForCausalLM.from_pretrained(spec.source, revision=revision, low_cpu_mem_usage=True,
-                                                       dtype=torch_dtype)
-        tokenizer = AutoTokenizer.from_pretrained(spec.source, revision=revision, **spec.tokenizer_kwargs)
-    net.to(torch_device).eval()
-    limits = [tokenizer.model_max_length]
-    for attr in ("n_positions", "max_position_embeddings"):
-        value = getattr(net.config, attr, None)
-        if isinstance(value, int) and value > 0:
-            limits.append(value)
-    max_length = int(min(limits))
-    anchor = spec.hooked_layers[-1]  # a localizer model's spec.layer is the pseudo-layer LOCALIZED_LAYER
-    loaded = LanguageModel(spec, net, tokenizer, _get_module(net, anchor), torch_device, torch_dtype,
-                           max_length, causal=False)
-    loaded.causal = _probe_causal(loaded, {anchor: loaded.layer})[anchor]
-    logger.info("%s: max length %d tokens, %s attention", spec.model_id, max_length,
-                "causal" if loaded.causal else "bidirectional")
-    return loaded
-
-
-def _offline() -> bool:
-    """Whether this process may not download from the Hugging Face hub (``HF_HUB_OFFLINE``/``TRANSFORMERS_OFFLINE``)."""
-    from huggingface_hub import constants
-
-    return bool(constants.HF_HUB_OFFLINE) or os.environ.get("TRANSFORMERS_OFFLINE", "").upper() in ("1", "ON", "YES",
-                                                                                                  "TRUE")
-
-
-@contextlib.contextmanager
-def _hub_download_errors(spec: ModelSpec) -> Iterator[None]:
-    """Turn transformers' "couldn't connect ... couldn't find them in the cached files" ``OSError`` for a hub model
-    into one line: the id, that it is not cached (which files), and that there is no network."""
-    try:
-        yield
-    except OSError as error:
-        if spec.is_local:
-            raise
-        missing = hf_missing_files(spec.source) if spec.revision is None else ["the files of that revision"]
-        if not missing:
-            raise
-        network = ("this process is offline (HF_HUB_OFFLINE=1), so nothing can be downloaded" if _offline()
-                   else f"the Hugging Face hub could not be reached ({str(error).splitlines()[0]})")
-        raise ModelNotCachedError(
-            f"model {spec.model_id!r} (hub id {spec.source!r}{f', revision {spec.revision!r}' if spec.revision else ''}"
-            f") is not in the local Hugging Face cache {hf_cache_dir()} (missing: {', '.join(missing)}) and {network}; "
-            f"download it where there is network (huggingface-cli download {spec.source}) into that cache, or "
-            "register a local folder") from error
 
 
 def _probe_causal(lm: LanguageModel, modules: dict[str, torch.nn.Module]) -> dict[str, bool]:
@@ -318,8 +194,18 @@ class FeatureExtractor:
         self._lock = threading.RLock()  # re-entered when extract() computes the localizer mask
         anchor = self.spec.hooked_layers[-1]
         self._modules: dict[str, torch.nn.Module] = {anchor: self.lm.layer}
-        self._causal: dict[str, bool] = {anchor: self.lm.causal}  # per layer, probed once
+        self._causal: dict[str, bool] = _probe_causal(self.lm, {anchor: self.lm.layer})  # per layer, probed once
         self._mask: np.ndarray | None = None
+        logger.info("%s: max length %d tokens, %s attention", self.spec.model_id, self.lm.max_length,
+                    "causal" if self._causal[anchor] else "bidirectional")
+
+    @classmethod
+    def from_request(cls, request: ModelRequest, device: str | None = None) -> FeatureExtractor:
+        """The extractor of ``request``: its model in its dtype and batch size, on ``device`` (default: the
+        request's; an actor passes the device it was given), loaded with a layer it reads as its own
+        (:func:`loading_spec`)."""
+        return cls(loading_spec(request), device=device or request.device, dtype=request.dtype,
+                   batch_size=request.batch_size)
 
     @property
     def spec(self) -> ModelSpec:
@@ -353,7 +239,7 @@ class FeatureExtractor:
     def _plan(self, sentences: list[str], groups: list[list[int]], causal: bool | None = None) -> list[_Sequence]:
         """Tokenized contexts, one per sentence, merged where one is a causal prefix of the next (``causal``:
         whether every layer to be read is causal; default: the mapped layer's)."""
-        causal = self.lm.causal if causal is None else causal
+        causal = self._causal[self.spec.hooked_layers[-1]] if causal is None else causal
         contexts: list[str] = []
         owners: list[int] = []
         boundaries: list[bool] = []  # True where a new context group starts
@@ -381,7 +267,7 @@ class FeatureExtractor:
         """The modules of ``layers`` and whether all of them are causal (probed once per layer; call under lock)."""
         for name in layers:
             if name not in self._modules:
-                self._modules[name] = _get_module(self.lm.model, name)
+                self._modules[name] = get_module(self.lm.model, name)
         modules = {name: self._modules[name] for name in layers}
         unknown = {name: module for name, module in modules.items() if name not in self._causal}
         if unknown:
@@ -494,59 +380,59 @@ class FeatureExtractor:
                             show_progress=show_progress, batch_size=batch_size)[self.spec.layer]
 
 
-def make_extractor(model: str | ModelSpec, device: str = DEFAULT_DEVICE, dtype: str | None = None,
-                   batch_size: int = DEFAULT_BATCH_SIZE) -> Any:
-    """The extractor of a model (what actors, fits, the corpus pipeline and sweeps construct): a
-    :class:`FeatureExtractor` for a transformers model, a :class:`berg_ray.delegated.DelegatedExtractor` for a model
-    run through brainscore's own subject (``spec.kind == "delegated"``). Both have ``extract(sentences, layers,
-    context, passages)`` and ``__call__``."""
-    spec = get_spec(model)
-    if spec.kind == "delegated":
+def loading_spec(request: ModelRequest) -> ModelSpec:
+    """The spec an extractor of ``request`` loads: the request's own, or, when the request does not read the model's
+    mapped layer, the spec with the last layer it reads as its layer (the mapped layer need not exist, e.g. a
+    sweep's ``layers="all"``). Numbers do not depend on it: every layer is read by the same hook. A delegated model
+    has one readout, its own layer: its spec is kept (its extractor refuses any other layer)."""
+    if request.spec.layer in request.layers or request.spec.kind == "delegated":
+        return request.spec
+    return dataclasses.replace(request.spec, layer=request.layers[-1])
+
+
+def make_extractor(request: ModelRequest, device: str | None = None) -> Any:
+    """A new extractor of ``request`` (what the Ray actors construct, each once): a :class:`FeatureExtractor` for a
+    transformers model, a :class:`berg_ray.delegated.DelegatedExtractor` for a model run through brainscore's own
+    subject (``spec.kind == "delegated"``). Both have ``extract(sentences, layers, context, passages)`` and
+    ``__call__``.
+
+    Args:
+        request: model, dtype and batch size (``"auto"`` already resolved where it runs).
+        device: where it runs (an actor's assigned ``"cpu"``/``"cuda"``); default: ``request.device``.
+    """
+    if request.spec.kind == "delegated":
         from berg_ray.delegated import DelegatedExtractor
 
-        return DelegatedExtractor(spec, device=device, dtype=dtype, batch_size=batch_size)
-    return FeatureExtractor(spec, device=device, dtype=dtype, batch_size=batch_size)
+        return DelegatedExtractor(request.spec, device=device or request.device, dtype=request.dtype,
+                                  batch_size=request.batch_size)
+    return FeatureExtractor.from_request(request, device=device)
 
 
-_loaded: OrderedDict[tuple, FeatureExtractor] = OrderedDict()
+_loaded: OrderedDict[tuple, Any] = OrderedDict()
 _loaded_lock = threading.Lock()
 _MAX_LOADED = 2
 
 
-def current_fingerprint(spec: ModelSpec) -> str | None:
-    """The fingerprint of the weights a load of ``spec`` would read now (:meth:`ModelSpec.source_fingerprint`; for a
-    local folder a content hash, re-hashed only when a file's size or mtime changed, else a ``stat`` per file);
-    ``None`` for a delegated model (its fingerprint hashes gigabytes of weights: taken when its request is built)."""
-    return None if spec.kind == "delegated" else spec.source_fingerprint()
-
-
-def check_fingerprint(spec: ModelSpec, expected: str | None, current: str | None, what: str = "it") -> None:
-    """Raise :class:`StaleModelError` when the weights of ``spec`` changed since ``expected`` was recorded (naming
-    both fingerprints); nothing to check when either is unknown."""
-    if expected and current and expected != current:
-        raise StaleModelError(
-            f"the weights of model {spec.model_id!r} ({spec.source}) changed since {what} was made: made for "
-            f"fingerprint {expected}, the model now has {current}; refit on the new weights (or restore the old "
-            "ones)")
-
-
-def get_extractor(model: str | ModelSpec, device: str = DEFAULT_DEVICE, dtype: str | None = None,
-                  batch_size: int = DEFAULT_BATCH_SIZE, fingerprint: str | None = None) -> FeatureExtractor:
-    """A process-wide :class:`FeatureExtractor`, loaded once per (model spec, weights fingerprint, device, dtype)
-    and reused (LRU of 2): a local folder whose weights changed is loaded again, never read with the old ones.
+def get_extractor(model: str | ModelSpec | ModelRequest, device: str = DEFAULT_DEVICE, dtype: str | None = None,
+                  batch_size: int = DEFAULT_BATCH_SIZE, fingerprint: str | None = None) -> Any:
+    """A process-wide extractor (:func:`make_extractor`), loaded once per (model spec, weights fingerprint, device,
+    dtype) and reused (LRU of 2): a local folder whose weights changed is loaded again, never read with the old ones.
 
     Args:
+        model: a :class:`ModelRequest` (then ``device``, ``dtype`` and ``batch_size`` are its own), or a registered
+            id or spec (a request of its mapped layer is built from it and the other arguments).
         fingerprint: the weights the caller expects (a request's :attr:`~berg_ray.request.ModelRequest.fingerprint`);
             :class:`StaleModelError` if the model's weights are now others.
     """
-    check_batch_size(batch_size)
-    spec = get_spec(model)
-    torch_device = resolve_device(device)
+    request = model if isinstance(model, ModelRequest) else ModelRequest.build(
+        model, dtype=dtype, batch_size=batch_size, device=device)
+    spec = loading_spec(request)
+    torch_device = resolve_device(request.device)
     current = current_fingerprint(spec)
     check_fingerprint(spec, fingerprint, current, "the request")
     # the spec holds everything declared about the model (source, revision, layer, tokenizer settings, builder,
     # localizer); the fingerprint what is in its files now; device and dtype how it runs
-    key = (spec, current, str(torch_device), str(resolve_dtype(dtype, torch_device, warn=False)))
+    key = (spec, current, str(torch_device), str(resolve_dtype(request.dtype, torch_device, warn=False)))
     with _loaded_lock:
         if key in _loaded:
             _loaded.move_to_end(key)
@@ -554,11 +440,34 @@ def get_extractor(model: str | ModelSpec, device: str = DEFAULT_DEVICE, dtype: s
         else:
             for stale in [k for k in _loaded if k[0] == spec and k[1] != current]:
                 del _loaded[stale]  # the same model's old weights: never read again, free their memory now
-            extractor = make_extractor(spec, device=device, dtype=dtype, batch_size=batch_size)
+            extractor = make_extractor(request)
             _loaded[key] = extractor
             while len(_loaded) > _MAX_LOADED:
                 _loaded.popitem(last=False)
     return extractor
+
+
+def extract_request(request: ModelRequest, sentences: str | Sequence[str], passages: Sequence[Any] | None = None,
+                    *, fingerprint: str | None = None, show_progress: bool = False) -> dict[str, np.ndarray]:
+    """Features of every layer of ``request`` under its context, dtype, batch size and device: the one extract
+    function (fits, ``BERG.encode`` and the id-based :func:`extract` / :func:`extract_features` end here).
+
+    Args:
+        request: built once at the front door (:meth:`ModelRequest.build`).
+        sentences: a string or a list of n_sentences non-empty strings.
+        passages: one label per sentence; required for ``context="passage"``.
+        fingerprint: the weights expected (default: the request's); :class:`StaleModelError` if they changed.
+        show_progress: a progress bar over batches.
+
+    Returns:
+        ``{layer: array of shape (n_sentences, n_units_of_layer) float32}`` in the order of ``request.layers``, rows
+        in input order: each layer's output at each context's last token.
+    """
+    sentences = check_sentences(sentences)
+    context_groups(len(sentences), request.context, passages)  # validate before loading a model
+    extractor = get_extractor(request, fingerprint=request.fingerprint if fingerprint is None else fingerprint)
+    return extractor.extract(sentences, list(request.layers), context=request.context, passages=passages,
+                             show_progress=show_progress, batch_size=request.batch_size)
 
 
 def extract_features(model_id: str | ModelSpec, sentences: str | Sequence[str], context: str = "sentence",
@@ -582,12 +491,10 @@ def extract_features(model_id: str | ModelSpec, sentences: str | Sequence[str], 
         array of shape (n_sentences, n_units), float32: the layer output at each context's last token.
     """
     sentences = check_sentences(sentences)
-    check_context(context)
-    check_batch_size(batch_size)
-    context_groups(len(sentences), context, passages)  # validate before loading a model
-    extractor = get_extractor(model_id, device=device, dtype=dtype, batch_size=batch_size, fingerprint=fingerprint)
-    return extractor(sentences, context=context, passages=passages, show_progress=show_progress,
-                     batch_size=batch_size)
+    request = ModelRequest.build(model_id, context=check_context(context), dtype=dtype, batch_size=batch_size,
+                                 device=device)
+    return extract_request(request, sentences, passages, fingerprint=fingerprint,
+                           show_progress=show_progress)[request.layer]
 
 
 def extract(model: str | ModelSpec, sentences: str | Sequence[str], layers: str | Sequence[str],
@@ -599,7 +506,8 @@ def extract(model: str | ModelSpec, sentences: str | Sequence[str], layers: str 
     Args:
         model: a registered id or :class:`ModelSpec`; its mapped layer need not be among ``layers``.
         sentences: a string or a list of n_sentences non-empty strings.
-        layers: a dotted module name or a list of them (``berg_ray.layers.block_layers`` lists a model's blocks).
+        layers: a dotted module name or a list of them (``berg_ray.layers.block_layers`` lists a model's blocks);
+            a name given twice is read once.
         context, passages, device, batch_size, dtype, show_progress, fingerprint: as for :func:`extract_features`.
 
     Returns:
@@ -607,10 +515,6 @@ def extract(model: str | ModelSpec, sentences: str | Sequence[str], layers: str 
         ``extract_features`` of a spec mapped to that layer.
     """
     sentences = check_sentences(sentences)
-    names = check_layers(layers)
-    check_context(context)
-    check_batch_size(batch_size)
-    context_groups(len(sentences), context, passages)  # validate before loading a model
-    extractor = get_extractor(model, device=device, dtype=dtype, batch_size=batch_size, fingerprint=fingerprint)
-    return extractor.extract(sentences, names, context=context, passages=passages, show_progress=show_progress,
-                             batch_size=batch_size)
+    request = ModelRequest.build(model, layers=list(dict.fromkeys(check_layers(layers))),
+                                 context=check_context(context), dtype=dtype, batch_size=batch_size, device=device)
+    return extract_request(request, sentences, passages, fingerprint=fingerprint, show_progress=show_progress)

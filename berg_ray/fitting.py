@@ -21,7 +21,7 @@ import numpy as np
 
 from berg_ray.encoding_model import EncodingModel
 from berg_ray.errors import InvalidInputError
-from berg_ray.features import extract
+from berg_ray.features import extract_request
 from berg_ray.neural import PereiraAssembly, check_subject
 from berg_ray.pls_batched import fit_and_cross_validate
 from berg_ray.regression import PLSFit, PLSSettings
@@ -50,9 +50,8 @@ def training_features(request: ModelRequest, assembly: PereiraAssembly, show_pro
     ``passage`` uses the dataset's passage labels (as the BrainScore benchmark); ``running`` runs one context over
     all 384 sentences in file order (as BERG).
     """
-    return extract(request.spec, list(assembly.sentences), [request.layer], context=request.context,
-                   passages=list(assembly.passages), device=request.device, batch_size=request.batch_size,
-                   dtype=request.dtype, show_progress=show_progress, fingerprint=request.fingerprint)[request.layer]
+    return extract_request(request, list(assembly.sentences), list(assembly.passages),
+                           show_progress=show_progress)[request.layer]
 
 
 def cv_groups(assembly: PereiraAssembly, settings: PLSSettings) -> Sequence[str]:
@@ -101,7 +100,7 @@ def subject_groups(subjects: Sequence[str], cpus: float) -> list[list[str]]:
 def _encoding_model(request: ModelRequest, assembly: PereiraAssembly, subject: str, settings: PLSSettings,
                     fit: PLSFit, cv_r: np.ndarray, seconds: float) -> EncodingModel:
     return EncodingModel(
-        model_id=request.model_id, source=request.spec.source, layer=request.layer, context=request.context,
+        model_id=request.model_id, source=request.spec.source,
         subject=subject, fit=fit, cv_r=cv_r, settings=settings, dataset_sha256=assembly.sha256,
         synthetic=assembly.synthetic, voxels=assembly.voxels(subject).reset_index(drop=True),
         cache_key=request.cache_key(subject, assembly.sha256, settings),

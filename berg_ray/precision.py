@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import logging
 import threading
+from collections.abc import Callable
 
 from berg_ray.errors import InvalidInputError
 from berg_ray.options import AUTO_DTYPE, DTYPE_CHOICES, DTYPES
@@ -100,14 +101,28 @@ def auto_dtype(device: str) -> str:
     return chosen
 
 
-def resolve_choice(dtype: str, device: str) -> str:
-    """``dtype`` (already checked: ``"auto"`` or one of :data:`~berg_ray.options.DTYPES`) with ``"auto"`` resolved
-    for ``device`` (:func:`auto_dtype`); a concrete name is returned as it is."""
+def resolve_for(dtype: str, native_bf16: bool | Callable[[], bool]) -> str:
+    """The precision ``dtype`` names on a device that does or does not multiply bfloat16 natively: the one place
+    ``"auto"`` is resolved (:func:`auto_dtype_for`); a concrete name is returned as it is.
+
+    Args:
+        dtype: ``"auto"`` or one of :data:`~berg_ray.options.DTYPES` (else :class:`InvalidInputError`).
+        native_bf16: whether the device where the model runs has native bf16, or a function that finds out (called
+            only for ``"auto"``): this process's device (:func:`resolve_choice`) or a Ray actor's, from a probe
+            where it runs (:func:`berg_ray.distributed.actors_dtype`).
+    """
     if dtype == AUTO_DTYPE:
-        return auto_dtype(device)
+        return auto_dtype_for(native_bf16() if callable(native_bf16) else native_bf16)
     if dtype not in DTYPES:
         raise InvalidInputError(f"unknown dtype {dtype!r}; allowed: {', '.join(DTYPE_CHOICES)}")
     return dtype
+
+
+def resolve_choice(dtype: str, device: str) -> str:
+    """``dtype`` (already checked: ``"auto"`` or one of :data:`~berg_ray.options.DTYPES`) with ``"auto"`` resolved
+    for ``device`` as this process sees it (:func:`resolve_for`, :func:`auto_dtype`); a concrete name is returned as
+    it is."""
+    return resolve_for(dtype, lambda: auto_dtype(device) == "bfloat16")
 
 
 def slow_precision_message(dtype: str, device_type: str, cpuinfo: str | None = None) -> str | None:

@@ -15,7 +15,7 @@ its files) is taken when the request is built, so Ray workers never re-hash a we
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +35,9 @@ CACHE_FORMAT_VERSION = 1
 FEATURES_VERSION = "brainscore-last-token/1"
 #: where models run unless asked otherwise: a GPU when one is visible, else the CPU
 DEFAULT_DEVICE = "auto"
+#: ``ModelSpec.origin`` of a spec rebuilt from a cache entry's key fields (:meth:`ModelRequest.recorded`), not looked
+#: up in the registry
+RECORDED_ORIGIN = "cache-entry"
 
 
 def cache_key(fields: dict[str, Any]) -> str:
@@ -148,7 +151,28 @@ class ModelRequest:
                    device=device, fingerprint=spec.source_fingerprint(),
                    localizer_top_k=_localizer_top_k(spec, chosen), dtype_auto=asked == AUTO_DTYPE)
 
+    @classmethod
+    def recorded(cls, model_id: str, source: str, fields: Mapping[str, Any]) -> ModelRequest:
+        """The request a cache entry was fitted for, rebuilt from its key fields (:meth:`key_fields`: ``layer``,
+        ``context``, ``dtype``, ``tokenizer``, ``model``, ``localizer``) without the registry or any hashing: what an
+        entry read on its own carries until a caller's request replaces it (:attr:`is_recorded`). Entries written
+        before ``dtype`` was a key field were float32."""
+        localizer = fields.get("localizer") or {}
+        spec = ModelSpec(model_id, source, str(fields["layer"]), origin=RECORDED_ORIGIN,
+                         localizer_layers=tuple(localizer.get("layers", ())),
+                         localizer_top_k=localizer.get("top_k"),
+                         **({"tokenizer_kwargs": dict(fields["tokenizer"])} if "tokenizer" in fields else {}))
+        return cls(spec=spec, layers=(str(fields["layer"]),), context=str(fields["context"]),
+                   dtype=str(fields.get("dtype", DEFAULT_DTYPE)), fingerprint=str(fields.get("model", "")),
+                   localizer_top_k=localizer.get("top_k"))
+
     # -- views ------------------------------------------------------------------------------------------------------
+
+    @property
+    def is_recorded(self) -> bool:
+        """Rebuilt from a cache entry's key fields (:meth:`recorded`): its spec is not the registry's (no builder,
+        kind or revision), so running the model needs the registered one (:meth:`build` of :attr:`model_id`)."""
+        return self.spec.origin == RECORDED_ORIGIN
 
     @property
     def model_id(self) -> str:

@@ -46,7 +46,7 @@ from berg_ray.encoding_model import EncodingModel
 from berg_ray.errors import CacheIntegrityError, InvalidInputError
 from berg_ray.fsio import FileRoot
 from berg_ray.regression import PLSFit, PLSSettings
-from berg_ray.request import CACHE_FORMAT_VERSION, cache_key  # noqa: F401  (CACHE_FORMAT_VERSION re-exported)
+from berg_ray.request import CACHE_FORMAT_VERSION, ModelRequest, cache_key  # noqa: F401  (re-exports the version)
 from berg_ray.validation import check_path_component
 from berg_ray.verified_store import FOLDER, MISSING, VerifiedStore
 
@@ -155,10 +155,11 @@ class EncodingModelStore:
         fit = PLSFit(x_mean=arrays["x_mean"], coef=arrays["coef"], intercept=arrays["intercept"],
                      n_iter=meta["n_iter"])
         return EncodingModel(
-            model_id=meta["model_id"], source=meta["source"], layer=fields["layer"], context=fields["context"],
+            model_id=meta["model_id"], source=meta["source"],
             subject=fields["subject"], fit=fit, cv_r=arrays["cv_r"], settings=PLSSettings(**fields["pls"]),
             dataset_sha256=fields["dataset_sha256"], synthetic=meta["synthetic"], voxels=voxels,
             cache_key=key, key_fields=fields, fit_seconds=meta["fit_seconds"],
+            request=ModelRequest.recorded(meta["model_id"], meta["source"], fields),
         )
 
 

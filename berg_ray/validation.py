@@ -65,7 +65,7 @@ def check_positive_number(value: Any, name: str) -> float:
 
 def check_device_name(device: Any) -> str:
     """The spelling of a device: ``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (whether a GPU exists is checked later,
-    by :func:`berg_ray.features.resolve_device`)."""
+    by :func:`berg_ray.model_loading.resolve_device`)."""
     name = str(device) if device is not None else ""
     if not _DEVICE.match(name):
         raise InvalidInputError(f"unknown device {device!r}; allowed: 'cpu', 'cuda', 'cuda:N', 'auto'")

@@ -283,6 +283,27 @@ def test_the_one_layer_call_is_extract_of_the_mapped_layer(tiny_gpt2):
     assert np.abs(several["transformer.h.0"] - one).max() > 1e-2  # different layers really differ
 
 
+def test_a_request_is_carried_to_the_forward_pass(tiny_gpt2):
+    """extract_request, FeatureExtractor.from_request and make_extractor read a request's layers under its context,
+    bit for bit as the id-based calls; an actor's device argument wins over the request's."""
+    from berg_ray.features import FeatureExtractor, extract, extract_request, make_extractor
+    from berg_ray.request import ModelRequest
+
+    layers = ["transformer.h.0", "transformer.h.1"]  # not the mapped layer: loaded with the last one as its own
+    request = ModelRequest.build(tiny_gpt2.model_id, layers=layers, context="passage", batch_size=3, device="auto")
+    by_request = extract_request(request, SENTENCES, PASSAGES)
+    by_id = extract(tiny_gpt2.model_id, SENTENCES, layers, context="passage", passages=PASSAGES, batch_size=3)
+    assert list(by_request) == layers
+    for layer in layers:
+        np.testing.assert_array_equal(by_request[layer], by_id[layer])
+    built = make_extractor(request, device="cpu")
+    assert isinstance(built, FeatureExtractor) and str(built.lm.device) == "cpu" and built.batch_size == 3
+    assert built.spec.layer == "transformer.h.1"
+    np.testing.assert_array_equal(built.extract(SENTENCES, layers, context="passage", passages=PASSAGES)[layers[0]],
+                                  by_id[layers[0]])
+    assert FeatureExtractor.from_request(request.for_layer(tiny_gpt2.layer)).spec == request.spec
+
+
 def test_the_forward_pass_stops_after_the_deepest_requested_layer(tiny_gpt2):
     from berg_ray.features import get_extractor
 

@@ -119,7 +119,7 @@ def test_explicit_bf16_on_a_cpu_without_it_warns_once_per_process_and_auto_does_
     script = f"""
 import json, logging, torch
 from berg_ray import precision
-from berg_ray.features import load_language_model, resolve_dtype
+from berg_ray.model_loading import load_language_model, resolve_dtype
 from berg_ray.registry import ModelSpec
 precision.CPUINFO_PATH = {str(cpuinfo)!r}
 records = []

@@ -46,10 +46,11 @@ def make_model(subject: str = "018", context: str = "sentence", settings: PLSSet
         "col_to_coord_1": np.arange(30) % 5 + 1, "col_to_coord_2": 3, "col_to_coord_3": np.arange(30) // 5 + 1,
     })
     fields = key_fields(SPEC, subject, context, dataset_sha256, settings)
-    return EncodingModel(model_id=SPEC.model_id, source=SPEC.source, layer=SPEC.layer, context=context,
+    return EncodingModel(model_id=SPEC.model_id, source=SPEC.source,
                          subject=subject, fit=fit, cv_r=rng.uniform(-0.1, 0.6, 30), settings=settings,
                          dataset_sha256=dataset_sha256, synthetic=synthetic, voxels=voxels,
-                         cache_key=cache_key(fields), key_fields=fields, fit_seconds=0.25)
+                         cache_key=cache_key(fields), key_fields=fields, fit_seconds=0.25,
+                         request=ModelRequest.build(SPEC, context=context))
 
 
 def assert_same_model(loaded: EncodingModel, original: EncodingModel) -> None:
@@ -76,6 +77,10 @@ def saved(tmp_path):
 
 def test_roundtrip(saved):
     store, model, folder = saved
+    loaded = store.load(NAME, model.subject, model.cache_key, model.synthetic)
+    assert loaded.request.is_recorded and not model.request.is_recorded  # read on its own: the recorded request
+    assert (loaded.layer, loaded.context, loaded.dtype) == (model.layer, model.context, model.dtype)
+    assert loaded.request.key_fields(model.subject, model.dataset_sha256, model.settings) == model.key_fields
     assert folder.is_dir() and folder.is_relative_to(Path(store.root))
     assert "train_dataset-synthetic" in str(folder) and f"model-{NAME}" in str(folder)
     loaded = store.load(NAME, model.subject, model.cache_key, model.synthetic)

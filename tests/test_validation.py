@@ -219,9 +219,12 @@ def _tiny_encoding_model():
     from berg_ray.regression import PLSFit, PLSSettings
 
     fit = PLSFit(x_mean=np.zeros(4), coef=np.zeros((3, 4)), intercept=np.zeros(3))
-    return EncodingModel(model_id=MODEL, source="-", layer="-", context="sentence", subject="018", fit=fit,
+    from berg_ray.request import ModelRequest
+
+    request = ModelRequest.recorded(MODEL, "-", {"layer": "-", "context": "sentence"})
+    return EncodingModel(model_id=MODEL, source="-", subject="018", fit=fit,
                          cv_r=np.zeros(3), settings=PLSSettings(n_components=2), dataset_sha256="0" * 64,
-                         synthetic=True, voxels=pd.DataFrame({"neuroid_id": ["a", "b", "c"]}))
+                         synthetic=True, voxels=pd.DataFrame({"neuroid_id": ["a", "b", "c"]}), request=request)
 
 
 def test_encode_names_a_bytes_sentence_and_a_lone_surrogate(no_heavy_work):

@@ -36,8 +36,7 @@ class PartEncoder:
 
         use_assigned_cpus()  # torch threads = the CPUs this actor holds (before the model's first op)
         self.request = request
-        self.extractor = make_extractor(request.spec, device=device, dtype=request.dtype,
-                                          batch_size=request.batch_size)
+        self.extractor = make_extractor(request, device=device)
         # The first extraction imports brainscore's preprocessing and warms the tokenizer and the allocator (~1 s
         # of CPU): a start-up cost, paid here rather than inside the first part.
         self.extractor.extract(["A sentence to warm up with."], [request.layer])

@@ -15,7 +15,6 @@ from berg_ray.errors import CacheIntegrityError
 from berg_ray.fitting import resolve_subjects
 from berg_ray.neural import PereiraAssembly, load_pereira
 from berg_ray.options import AUTO_DTYPE, DEFAULT_BATCH_SIZE
-from berg_ray.precision import auto_dtype_for
 from berg_ray.regression import PLSSettings
 from berg_ray.request import check_dtype
 from berg_ray.store import EncodingModelStore
@@ -87,7 +86,7 @@ def run_sweep(models: str | Sequence[str], subjects: str | Iterable[str] = "all"
         InvalidInputError: an empty grid (no models, contexts, subjects or layers), an unknown protocol, context or
             dtype, or a bad batch size.
     """
-    from berg_ray.distributed import actor_resources, init_ray, probe_precision
+    from berg_ray.distributed import actors_dtype, init_ray
 
     started = time.perf_counter()
     axes = check_axes(models, layers, contexts, subjects)
@@ -110,10 +109,7 @@ def run_sweep(models: str | Sequence[str], subjects: str | Iterable[str] = "all"
         # the precision of the extractors' device, from a probe where they run, before any cell id (ids hold the
         # dtype): Ray starts here even if every cell turns out to be finished; an explicit dtype avoids that
         init_ray()
-        resources, torch_device = actor_resources(num_gpus, device=device)
-        device_type, native = probe_precision(resources, torch_device)
-        dtype = auto_dtype_for(native)
-        logger.info("sweep: dtype 'auto' on the extractors' %s: %s", device_type, dtype)
+        dtype = actors_dtype(dtype, device, num_gpus)
     grid = plan_grid(axes, chosen_subjects, assembly.sha256, scorer, settings, dtype=dtype, batch_size=batch_size,
                      device=device)
     if not grid.cells:

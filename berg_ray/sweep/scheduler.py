@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from collections import deque
@@ -84,9 +83,8 @@ class LayerFeaturesActor:
 
         use_assigned_cpus()  # torch threads = the CPUs this actor holds (before the model's first op)
         self.layers = list(request.layers)
-        # loaded with a requested layer as its own: the mapped layer need not exist (e.g. layers="all")
-        self.extractor = make_extractor(dataclasses.replace(request.spec, layer=self.layers[-1]), device=device,
-                                          dtype=request.dtype, batch_size=request.batch_size)
+        # the mapped layer need not exist (e.g. layers="all"): make_extractor loads with a requested one
+        self.extractor = make_extractor(request, device=device)
 
     def features(self, sentences: Sequence[str], context: str, passages: Sequence[Any] | None) -> tuple:
         """One (384, units) array per layer in ``self.layers`` order, then the seconds it took."""
@@ -160,7 +158,7 @@ def compute_cells(todo: list[Cell], assembly: PereiraAssembly, protocol: str, se
     import torch
 
     from berg_ray.distributed import actor_resources, task_cache_url
-    from berg_ray.features import resolve_dtype
+    from berg_ray.model_loading import resolve_dtype
     from berg_ray.store import EncodingModelStore
 
     by_model: dict[str, list[Cell]] = {}
