@@ -18,8 +18,9 @@ from test_layering import LAYERS
 
 HEAVY = ("torch", "ray")
 
-#: core modules whose job is torch itself: the batched readout (``features``: tokenize, forward pass, hooks)
-NEEDS_TORCH = {"features"}
+#: core modules whose job is torch itself: loading a model onto a torch device in a torch dtype (``model_loading``)
+#: and the batched readout (``features``: tokenize, forward pass, hooks)
+NEEDS_TORCH = {"model_loading", "features"}
 
 PROBE = """
 import importlib, json, sys
