@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -225,10 +226,15 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         from berg_ray.distributed import init_ray
 
         init_ray(args.address)
-    from berg_ray.encoding_model import format_cv_table
+    from berg_ray.encoding_model import CONVERGENCE_WARNING, convergence_summary, format_cv_table
 
-    models = berg.fit(request, args.subjects, use_ray=use_ray, show_progress=True)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=CONVERGENCE_WARNING)  # said once, below, in the summary
+        models = berg.fit(request, args.subjects, use_ray=use_ray, show_progress=True)
     print(format_cv_table(models))
+    line = convergence_summary(models)
+    if line is not None:
+        print(line)
     return 0
 
 
@@ -307,6 +313,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     summary = run_demo(model_id=args.model, dataset=args.dataset, berg_dir=args.berg_dir, out=args.out,
                        context=args.context, device=args.device, use_ray=not args.no_ray)
     print(summary["table"])
+    if summary["convergence"] is not None:
+        print(summary["convergence"])
     shapes = ", ".join(f"{s}: {tuple(v['response_shape'])}" for s, v in list(summary["subjects"].items())[:3])
     print(f"\nencoded {len(summary['sentences'])} sentences for {len(summary['subjects'])} subjects ({shapes}, ...)")
     print(f"wrote {', '.join(summary['files'])}")

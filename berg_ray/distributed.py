@@ -272,7 +272,7 @@ def fit_task(request: ModelRequest, features: np.ndarray, assembly: PereiraAssem
              settings: PLSSettings, cache_url: str | None) -> list[EncodingModel]:
     """A group of subjects in one batched PLS pass (fit + CV r each), each model written to the cache ``cache_url``
     (if any; see :func:`task_cache_url`) by the task itself."""
-    models = list(fit_encoding_models(request, features, assembly, subjects, settings).values())
+    models = list(fit_encoding_models(request, features, assembly, subjects, settings, warn=False).values())
     if cache_url is not None:
         store = EncodingModelStore(cache_url)
         for model in models:
