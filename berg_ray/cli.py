@@ -101,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="delete an existing output in --output (only the files encode-corpus writes: "
                              "predictions, markers, bad rows, manifest; any other file is kept and named in "
                              "the log, a folder removed only once empty) and encode from scratch")
+    corpus.add_argument("--shared-output", action="store_true",
+                        help="a local --output that every node of the Ray cluster mounts at the same path (NFS, "
+                             "a shared volume): without it, a local output on a cluster of several nodes is refused")
     corpus.add_argument("--num-extractors", type=int, default=1)
     corpus.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per extractor actor (fractional ok)")
     corpus.add_argument("--address", default=None, help="Ray address (default: $RAY_ADDRESS or a local Ray)")
@@ -274,7 +277,8 @@ def _cmd_encode_corpus(args: argparse.Namespace) -> int:
                             cache=args.cache, context=args.context, batch_size=args.batch_size,
                             num_extractors=args.num_extractors, num_gpus=args.num_gpus, device=args.device,
                             dtype=args.dtype, n_components=args.n_components, overwrite=args.overwrite,
-                            write=args.write, predictions_dtype=args.predictions_dtype)
+                            write=args.write, predictions_dtype=args.predictions_dtype,
+                            shared_output=args.shared_output)
     print(json.dumps(summary, indent=2, default=str))
     return 0
 
