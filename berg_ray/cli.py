@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -100,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="delete an existing output in --output (only the files encode-corpus writes: "
                              "predictions, markers, bad rows, manifest; any other file is kept and named in "
                              "the log, a folder removed only once empty) and encode from scratch")
+    corpus.add_argument("--shared-output", action="store_true",
+                        help="a local --output that every node of the Ray cluster mounts at the same path (NFS, "
+                             "a shared volume): without it, a local output on a cluster of several nodes is refused")
     corpus.add_argument("--num-extractors", type=int, default=1)
     corpus.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per extractor actor (fractional ok)")
     corpus.add_argument("--address", default=None, help="Ray address (default: $RAY_ADDRESS or a local Ray)")
@@ -225,10 +229,15 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         from berg_ray.distributed import init_ray
 
         init_ray(args.address)
-    from berg_ray.encoding_model import format_cv_table
+    from berg_ray.encoding_model import CONVERGENCE_WARNING, convergence_summary, format_cv_table
 
-    models = berg.fit(request, args.subjects, use_ray=use_ray, show_progress=True)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=CONVERGENCE_WARNING)  # said once, below, in the summary
+        models = berg.fit(request, args.subjects, use_ray=use_ray, show_progress=True)
     print(format_cv_table(models))
+    line = convergence_summary(models)
+    if line is not None:
+        print(line)
     return 0
 
 
@@ -268,7 +277,8 @@ def _cmd_encode_corpus(args: argparse.Namespace) -> int:
                             cache=args.cache, context=args.context, batch_size=args.batch_size,
                             num_extractors=args.num_extractors, num_gpus=args.num_gpus, device=args.device,
                             dtype=args.dtype, n_components=args.n_components, overwrite=args.overwrite,
-                            write=args.write, predictions_dtype=args.predictions_dtype)
+                            write=args.write, predictions_dtype=args.predictions_dtype,
+                            shared_output=args.shared_output)
     print(json.dumps(summary, indent=2, default=str))
     return 0
 
@@ -307,6 +317,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     summary = run_demo(model_id=args.model, dataset=args.dataset, berg_dir=args.berg_dir, out=args.out,
                        context=args.context, device=args.device, use_ray=not args.no_ray)
     print(summary["table"])
+    if summary["convergence"] is not None:
+        print(summary["convergence"])
     shapes = ", ".join(f"{s}: {tuple(v['response_shape'])}" for s, v in list(summary["subjects"].items())[:3])
     print(f"\nencoded {len(summary['sentences'])} sentences for {len(summary['subjects'])} subjects ({shapes}, ...)")
     print(f"wrote {', '.join(summary['files'])}")

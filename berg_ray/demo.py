@@ -10,12 +10,13 @@ from __future__ import annotations
 import json
 import logging
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 
 from berg_ray.api import BERG, encode_metadata
-from berg_ray.encoding_model import EncodingModel, format_cv_table
+from berg_ray.encoding_model import CONVERGENCE_WARNING, EncodingModel, convergence_summary, format_cv_table
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +75,8 @@ def run_demo(model_id: str = "minilm-l6", dataset: str = "synthetic", berg_dir: 
              out: str = "demo_out", context: str = "sentence", device: str = "auto", use_ray: bool = True,
              sentences: list[str] | None = None) -> dict:
     """Fit (or load) all nine subjects, encode ``sentences``, write ``out/cv_table.txt``, ``out/summary.json``
-    and ``out/predicted_by_roi.png``; returns the summary."""
+    and ``out/predicted_by_roi.png``; returns the summary. PLS fits that stopped at ``max_iter`` are named in its
+    ``"convergence"`` line (None when all converged), not given as a ConvergenceWarning."""
     started = time.perf_counter()
     sentences = sentences or DEMO_SENTENCES
     out_dir = Path(out)
@@ -88,7 +90,9 @@ def run_demo(model_id: str = "minilm-l6", dataset: str = "synthetic", berg_dir: 
 
     request = berg.request(model_id, device=device)
     device_name = str(resolve_device(request.device))
-    models = berg.fit(request, "all", use_ray=use_ray, show_progress=True)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=CONVERGENCE_WARNING)  # said once, in the summary
+        models = berg.fit(request, "all", use_ray=use_ray, show_progress=True)
     models = {s: m.replace(device=device_name) for s, m in models.items()}
     responses = {s: berg.encode(m, sentences) for s, m in models.items()}
     table = format_cv_table(models)
@@ -101,6 +105,7 @@ def run_demo(model_id: str = "minilm-l6", dataset: str = "synthetic", berg_dir: 
         "subjects": {s: {"n_voxels": m.n_voxels, "median_cv_r": float(np.nanmedian(m.cv_r)),
                          "response_shape": list(responses[s].shape), "cache_key": m.cache_key}
                      for s, m in models.items()},
+        "convergence": convergence_summary(models),
         "sentences": sentences, "seconds": round(time.perf_counter() - started, 1),
         "versions": encode_metadata(first, len(sentences))["versions"],
     }

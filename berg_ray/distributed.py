@@ -257,6 +257,24 @@ class ExtractorActor:
         return str(lm.device if lm is not None else self.extractor.device)
 
 
+def check_local_output(path: str, shared: str) -> None:
+    """Refuse a local output folder ``path`` that Ray actors would write on a cluster of more than one node: each
+    would write on its own node's disk, where the driver never finds the files. ``shared``: how the caller says the
+    folder is mounted at the same path on every node (named in the message).
+
+    Raises:
+        InvalidInputError: naming the path, the number of nodes and what to use instead.
+    """
+    import ray
+
+    nodes = [node for node in ray.nodes() if node.get("Alive")]
+    if len(nodes) > 1:
+        raise InvalidInputError(
+            f"output {path!r} is a local folder, but this Ray cluster has {len(nodes)} nodes: the extractor actors "
+            f"would write their parts on the disks of the nodes they run on, not where this driver reads them; use "
+            f"an s3://… output, or pass {shared} if {path!r} is a folder every node mounts at the same path")
+
+
 def task_cache_url(store: EncodingModelStore | None) -> str | None:
     """The cache URL that Ray tasks may write to themselves: an object store's (``s3://…``: the same place from
     every node, written in parallel), else ``None``.
@@ -272,7 +290,7 @@ def fit_task(request: ModelRequest, features: np.ndarray, assembly: PereiraAssem
              settings: PLSSettings, cache_url: str | None) -> list[EncodingModel]:
     """A group of subjects in one batched PLS pass (fit + CV r each), each model written to the cache ``cache_url``
     (if any; see :func:`task_cache_url`) by the task itself."""
-    models = list(fit_encoding_models(request, features, assembly, subjects, settings).values())
+    models = list(fit_encoding_models(request, features, assembly, subjects, settings, warn=False).values())
     if cache_url is not None:
         store = EncodingModelStore(cache_url)
         for model in models:

@@ -39,6 +39,10 @@ class EncodingModel:
         cache_key: the content key of its cache entry.
         key_fields: what the key was hashed from.
         device: where ``BERG.encode`` extracts features for it (not part of the fit).
+        convergence: where this fit's NIPALS stopped at ``max_iter`` (sklearn's rule): ``{"full_fit_components":
+            [0-based components of the fit on all sentences], "cv_folds": number of CV folds with such a
+            component}``; empty for a fit that converged everywhere and for a model loaded from the cache (its
+            fit was reported when it was made). :func:`convergence_summary` words it.
     """
 
     model_id: str
@@ -55,6 +59,7 @@ class EncodingModel:
     key_fields: dict[str, Any] = field(default_factory=dict)
     fit_seconds: float = float("nan")
     device: str = "auto"
+    convergence: dict[str, Any] = field(default_factory=dict)
 
     @property
     def layer(self) -> str:
@@ -112,7 +117,6 @@ class EncodingModel:
         return dataclasses.replace(self, **changes)
 
 
-
 @dataclass
 class StackedPredictor:
     """All subjects' PLS maps as one factored affine map -> (n, total voxels) float32.
@@ -156,6 +160,29 @@ class StackedPredictor:
             offset += rank
         out += self.bias
         return out
+
+#: the ConvergenceWarning that :func:`berg_ray.fitting.fit_subjects` gives with :func:`convergence_summary` (a
+#: ``warnings.filterwarnings`` message regex: the CLI and the demo print the line in their summary instead)
+CONVERGENCE_WARNING = r".*PLS reached max_iter=\d+ for \d+ of \d+ subject"
+
+
+def convergence_summary(models: dict[str, EncodingModel]) -> str | None:
+    """One readable line naming the subjects whose PLS fit or CV folds stopped at ``max_iter`` and how often, or
+    None when every fit converged (see :attr:`EncodingModel.convergence`)."""
+    named = []
+    for subject, model in models.items():
+        components = model.convergence.get("full_fit_components", ())
+        folds = model.convergence.get("cv_folds", 0)
+        what = ([f"fit on all sentences: {len(components)} of {model.settings.n_components} components"]
+                if components else []) + ([f"{folds} of {model.settings.cv_folds} CV folds"] if folds else [])
+        if what:
+            named.append(f"{subject} ({', '.join(what)})")
+    if not named:
+        return None
+    settings = next(iter(models.values())).settings
+    return (f"PLS reached max_iter={settings.max_iter} for {len(named)} of {len(models)} subject(s): "
+            f"{'; '.join(named)}; the last iteration's weights are used, as sklearn's PLSRegression does")
+
 
 def format_cv_table(models: dict[str, EncodingModel]) -> str:
     """A text table of per-subject CV r (median, mean) for fitted encoding models."""

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
 import numpy as np
 
-from berg_ray.encoding_model import EncodingModel
+from berg_ray.encoding_model import EncodingModel, convergence_summary
 from berg_ray.errors import InvalidInputError
 from berg_ray.features import extract_request
 from berg_ray.neural import PereiraAssembly, check_subject
@@ -59,16 +60,20 @@ def cv_groups(assembly: PereiraAssembly, settings: PLSSettings) -> Sequence[str]
 
 
 def fit_encoding_models(request: ModelRequest, features: np.ndarray, assembly: PereiraAssembly,
-                        subjects: Sequence[str], settings: PLSSettings) -> dict[str, EncodingModel]:
+                        subjects: Sequence[str], settings: PLSSettings, warn: bool = True
+                        ) -> dict[str, EncodingModel]:
     """Fit PLS on all 384 sentences and score it with GroupKFold CV, for every subject in one batched pass (pure
     computation, no cache).
 
     Args:
         features: (384, n_units) training features of ``request``, rows in ``assembly`` order.
         subjects: checked subject ids (see :func:`resolve_subjects`).
+        warn: a ConvergenceWarning per subject whose fit or CV stopped at ``max_iter``, as sklearn warns
+            (:func:`fit_subjects` passes False to its executors and warns once, for all subjects, on the driver).
 
     Returns:
-        ``{subject: EncodingModel}``; each model's ``fit_seconds`` is its share of the joint fit (total / subjects).
+        ``{subject: EncodingModel}``; each model's ``fit_seconds`` is its share of the joint fit (total / subjects),
+        its ``convergence`` says where NIPALS stopped at ``max_iter``.
     """
     started = time.perf_counter()
     responses = [assembly.responses(subject) for subject in subjects]
@@ -76,10 +81,16 @@ def fit_encoding_models(request: ModelRequest, features: np.ndarray, assembly: P
         if features.shape[0] != Y.shape[0]:
             raise InvalidInputError(f"features have {features.shape[0]} rows, the dataset {Y.shape[0]} "
                                     f"(subject {subject})")
-    fits = fit_and_cross_validate(features, responses, cv_groups(assembly, settings), settings)
+    fits = fit_and_cross_validate(features, responses, cv_groups(assembly, settings), settings, warn=warn)
     seconds = (time.perf_counter() - started) / max(len(subjects), 1)
-    return {subject: _encoding_model(request, assembly, subject, settings, result.fit, result.cv_r, seconds)
-            for subject, result in zip(subjects, fits, strict=True)}
+    models = {}
+    for subject, result in zip(subjects, fits, strict=True):
+        model = _encoding_model(request, assembly, subject, settings, result.fit, result.cv_r, seconds)
+        if result.unconverged_components or result.unconverged_folds:
+            model.convergence = {"full_fit_components": list(result.unconverged_components),
+                                 "cv_folds": int(result.unconverged_folds)}
+        models[subject] = model
+    return models
 
 
 def fit_encoding_model(request: ModelRequest, features: np.ndarray, assembly: PereiraAssembly, subject: str,
@@ -142,7 +153,7 @@ class InProcessExecutor:
         features = training_features(request, assembly, show_progress)
         logger.info("%s: fitting %d subject(s) together (full fit + %d CV folds each)", request.model_id,
                     len(subjects), settings.cv_folds)
-        fitted = fit_encoding_models(request, features, assembly, subjects, settings)
+        fitted = fit_encoding_models(request, features, assembly, subjects, settings, warn=False)
         iterator: Any = subjects
         if show_progress:
             from tqdm.auto import tqdm
@@ -180,6 +191,12 @@ def fit_subjects(request: ModelRequest, assembly: PereiraAssembly, subjects: str
             models[subject] = cached
     missing = [s for s in chosen if s not in models]
     if missing:
-        models.update((executor or InProcessExecutor()).fit_missing(request, assembly, missing, settings, store,
-                                                                     show_progress))
+        fitted = (executor or InProcessExecutor()).fit_missing(request, assembly, missing, settings, store,
+                                                               show_progress)
+        models.update(fitted)
+        summary = convergence_summary(fitted)
+        if summary is not None:  # one warning for all subjects (the executors' fits do not warn one by one)
+            from sklearn.exceptions import ConvergenceWarning
+
+            warnings.warn(f"{request.model_id}: {summary}", ConvergenceWarning, stacklevel=2)
     return {s: models[s] for s in chosen}

@@ -321,12 +321,14 @@ class SubjectFit:
         cv_predictions: (n, q) out-of-fold predictions (equal to ``cross_validated_predictions``).
         cv_r: (q,) Pearson r of responses and out-of-fold predictions.
         unconverged_folds: CV folds where some component stopped at ``max_iter``.
+        unconverged_components: components of the full fit that stopped at ``max_iter`` (0-based).
     """
 
     fit: PLSFit
     cv_predictions: np.ndarray
     cv_r: np.ndarray
     unconverged_folds: int
+    unconverged_components: tuple[int, ...] = ()
 
 
 def fit_and_cross_validate(X: np.ndarray, Ys: Sequence[np.ndarray], groups: Sequence[Any],
@@ -363,11 +365,12 @@ def fit_and_cross_validate(X: np.ndarray, Ys: Sequence[np.ndarray], groups: Sequ
         for (_, test), fold in zip(splits, folds, strict=True):
             predicted[test] = fold.predict(X[test])
         unconverged_folds = sum(fold.unconverged > 0 for fold in folds)
+        components = [k for k, n_iter in enumerate(full.n_iter) if n_iter >= settings.max_iter] \
+            if full.unconverged else []
         if warn:
-            _warn([k for k, n_iter in enumerate(full.n_iter) if n_iter >= settings.max_iter] if full.unconverged
-                  else [], unconverged_folds, settings)
+            _warn(components, unconverged_folds, settings)
         out.append(SubjectFit(fit=full.to_fit(), cv_predictions=predicted, cv_r=pearson_r(Y, predicted),
-                              unconverged_folds=unconverged_folds))
+                              unconverged_folds=unconverged_folds, unconverged_components=tuple(components)))
     return out
 
 

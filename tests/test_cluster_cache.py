@@ -102,3 +102,25 @@ def test_sweep_writes_a_local_fit_cache_on_the_driver(two_nodes, tiny_gpt2, gpt2
                       cache="sweep_cache", out="sweep_out_2", n_components=RAY_N_COMPONENTS, device="cpu",
                       dtype="float32", plots=False)
     assert again.attrs["run"]["from_cache"] == 1 and again.attrs["run"]["computed"] == 0
+
+
+def test_encode_corpus_refuses_a_local_output_on_two_nodes_unless_shared(two_nodes, tiny_gpt2, gpt2_synthetic,
+                                                                         tmp_path, monkeypatch):
+    """Its actors would write the parts on the worker node's disk: refused before anything is written, unless the
+    caller says every node mounts the folder (here both nodes share this machine's disk, so that run completes)."""
+    from berg_ray.corpus import encode_corpus
+    from berg_ray.errors import InvalidInputError
+
+    monkeypatch.chdir(two_nodes.driver)
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("".join(f"{s}\n" for s in gpt2_synthetic["sentences"][:5]))
+    options = dict(subjects=[RAY_SUBJECTS[0]], dataset=gpt2_synthetic["path"], cache=str(tmp_path / "cache"),
+                   n_components=RAY_N_COMPONENTS, device="cpu", dtype="float32", num_cpus_per_extractor=1,
+                   show_progress=False)
+    with pytest.raises(InvalidInputError, match=r"local folder, but this Ray cluster has 2 nodes.*s3://"):
+        encode_corpus(tiny_gpt2.model_id, str(corpus), "out", **options)
+    assert not (two_nodes.driver / "out").exists() and not (two_nodes.worker / "out").exists()
+    manifest = encode_corpus(tiny_gpt2.model_id, str(corpus), "out", shared_output=True, **options)
+    assert manifest["sentences_encoded"] == 5 and manifest["bad_rows"] == 0
+    parts = sorted((two_nodes.driver / "out" / "predictions").rglob("part-*.parquet"))
+    assert parts and not (two_nodes.worker / "out").exists()

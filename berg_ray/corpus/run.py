@@ -50,7 +50,8 @@ def encode_corpus(model_id: str | ModelSpec | ModelRequest, input: str, output: 
                   dtype: str | None = None, n_components: int = 25, rows_per_part: int = DEFAULT_ROWS_PER_PART,
                   num_cpus_per_extractor: float | None = None, show_progress: bool = True,
                   overwrite: bool = False, write: str | Iterable[str] = DEFAULT_OUTPUTS,
-                  predictions_dtype: str = DEFAULT_PREDICTION_DTYPE, address: str | None = None) -> dict[str, Any]:
+                  predictions_dtype: str = DEFAULT_PREDICTION_DTYPE, address: str | None = None,
+                  shared_output: bool = False) -> dict[str, Any]:
     """Predict every sentence of a corpus for ``subjects`` on Ray Data; returns the manifest.
 
     Args:
@@ -80,17 +81,28 @@ def encode_corpus(model_id: str | ModelSpec | ModelRequest, input: str, output: 
             a local Ray), started after every check and after the dataset has loaded.
         predictions_dtype: ``"float32"`` or ``"float16"`` (half the voxel output; the manifest's ``rounding``
             records the largest rounding error measured).
+        shared_output: a local ``output`` is a folder that every node of the Ray cluster mounts at the same path.
+            Without it a local output on a cluster of more than one node is refused (the extractor actors write
+            the parts on whatever node they run on): use an ``s3://`` output there.
 
     Raises:
         InputChangedError: an input file changed after it was planned (while the run read it); the other parts are
             finished, and a rerun plans the changed file afresh.
         InvalidInputError: a bad argument, an unreadable input file (a ``.parquet`` that is not Parquet: refused
-            before anything is written), or a pipeline folder of the output that is a symbolic link leaving it.
+            before anything is written), a pipeline folder of the output that is a symbolic link leaving it, or a
+            local output on a cluster of several nodes without ``shared_output``.
     """
     import ray
     from ray.data import ActorPoolStrategy
 
-    from berg_ray.distributed import RayExecutor, actor_resources, as_store, init_ray, request_for_actors
+    from berg_ray.distributed import (
+        RayExecutor,
+        actor_resources,
+        as_store,
+        check_local_output,
+        init_ray,
+        request_for_actors,
+    )
     from berg_ray.fitting import fit_subjects, resolve_subjects
     from berg_ray.neural import PereiraAssembly, dataset_cache_dir, load_pereira
     from berg_ray.regression import PLSSettings
@@ -109,6 +121,9 @@ def encode_corpus(model_id: str | ModelSpec | ModelRequest, input: str, output: 
     assembly = dataset if isinstance(dataset, PereiraAssembly) else load_pereira(
         dataset, cache_dir=dataset_cache_dir(cache) if cache else None)
     init_ray(address)
+    out = FileRoot(output)
+    if out.local and not shared_output:
+        check_local_output(output, "shared_output=True (--shared-output)")  # before anything is written
     started = time.perf_counter()
     resources, torch_device = actor_resources(num_gpus, num_cpus_per_extractor, model_request.device)
     # dtype="auto" (asked here, or carried by a request built with it): the precision of the actors' device
@@ -119,7 +134,6 @@ def encode_corpus(model_id: str | ModelSpec | ModelRequest, input: str, output: 
                   for s in resolve_subjects(assembly, subjects)}
     request = corpus_request(model_request, cache_keys, assembly.sha256, settings.to_dict(), input, rows_per_part,
                              outputs=writes, output_dtype=predictions_dtype)
-    out = FileRoot(output)
     check_output_links(out)
     resuming = check_output(out, request) if not overwrite else False  # refuse before any fitting or writing
     # planning reads every input (an unreadable one is refused here, before anything is written)
@@ -158,7 +172,8 @@ def encode_corpus(model_id: str | ModelSpec | ModelRequest, input: str, output: 
             # one part at a time per actor: a part queued behind another on a busy actor would wait while an idle
             # actor has nothing (the tail of a run); a part descriptor is tiny, so nothing is lost by not prefetching
             PartEncoder, batch_size=1, compute=ActorPoolStrategy(size=num_extractors, max_tasks_in_flight_per_actor=1),
-            fn_constructor_kwargs=dict(request=model_request, predictor=predictor, output=output,
+            fn_constructor_kwargs=dict(request=model_request, predictor=predictor,
+                                       output=out.root if out.local else output,  # absolute: any worker's cwd
                                        device=torch_device, request_sha256=request_sha256(request), writer=writer),
             **resources)
         rows = ds.iter_rows()  # summaries only; the data went to the output folder
