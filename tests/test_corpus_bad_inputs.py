@@ -151,6 +151,7 @@ def test_a_corrupt_parquet_input_is_named_in_one_line_and_nothing_is_written(set
     assert {str(p): p.stat().st_mtime_ns for p in output.rglob("*")} == before
 
 
+@pytest.mark.slow  # a full Ray pipeline run (10-17 s): CI's slow tier
 def test_an_input_rewritten_while_the_run_reads_it_is_one_line(setup, tmp_path, capsys, monkeypatch):
     """The file is rewritten once the run has planned it (the hook runs the real planning step first); the actor
     that reads it refuses, and the command line says so in one line (exit 2); the rerun then encodes it."""

@@ -240,6 +240,7 @@ def test_encode_with_a_control_model_warns_and_says_so(gpt2_synthetic, tmp_path,
 
 
 
+@pytest.mark.slow  # a full Ray pipeline run (10-17 s): CI's slow tier
 def test_stateful_model_through_ray_fits_and_the_corpus_pipeline(ray_session, gpt2_synthetic, tmp_path):
     """OASM on Ray: its fit runs on an extractor actor, and in ``encode_corpus`` every input file is one part (even
     with ``rows_per_part=2`` and two extractors), so each file's predictions are those of one extraction over the

@@ -155,6 +155,7 @@ def test_hub_model_not_cached_offline_is_one_line(not_cached_hub_model, gpt2_syn
 # ------------------------------------------------------------------------------------------------- §6 Ray errors
 
 
+@pytest.mark.slow  # a full Ray pipeline run (10-17 s): CI's slow tier
 def test_berg_ray_error_in_a_ray_actor_prints_the_same_line(not_cached_hub_model, gpt2_synthetic, tmp_path):
     """The extractor actor cannot load the model: the CLI prints berg-ray's own line, as in process, exit 2."""
     with local_ray(num_cpus=1, HF_HUB_OFFLINE="1"):
