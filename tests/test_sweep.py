@@ -280,8 +280,8 @@ def test_a_layers_pls_cells_scored_in_one_batched_pass_equal_per_cell_scoring(ra
     scoring_groups = scheduler._scoring_groups
 
     def run(name: str, batches: bool) -> pd.DataFrame:
-        def spy(cells, batched):
-            found = scoring_groups(cells, batched)
+        def spy(*args):
+            found = scoring_groups(*args)
             groups.setdefault(name, []).extend(len(group) for group in found)
             return found
 
@@ -314,6 +314,31 @@ def test_a_layers_pls_cells_scored_in_one_batched_pass_equal_per_cell_scoring(ra
         np.testing.assert_allclose(arrays["batched fit"][0], arrays["batched"][0], rtol=0, atol=0)
         np.testing.assert_allclose(arrays["batched fit"][0], arrays["per_cell fit"][0], rtol=0, atol=1e-12)
         np.testing.assert_allclose(arrays["batched fit"][1], arrays["per_cell fit"][1], rtol=0, atol=1e-9)
+
+
+def test_scoring_tasks_batch_a_layers_subjects_and_still_fill_the_cpus():
+    """One task per layer's cells for a protocol that batches subjects; a pass with fewer layers than CPUs splits
+    each layer's subjects over the CPUs; protocols that do not batch: one task per cell."""
+    from types import SimpleNamespace
+
+    from berg_ray.sweep.scheduler import _scoring_groups
+
+    def cells(layers: int) -> list:
+        return [SimpleNamespace(request=f"layer{layer}", subject=s) for layer in range(layers) for s in SUBJECTS]
+
+    def shape(groups: list) -> list:
+        return [(group[0].request, len(group)) for group in groups]
+
+    assert shape(_scoring_groups(cells(6), True, 2.0)) == [(f"layer{i}", 9) for i in range(6)]
+    assert shape(_scoring_groups(cells(1), True, 2.0)) == [("layer0", 5), ("layer0", 4)]
+    assert shape(_scoring_groups(cells(2), True, 8.0)) == [(f"layer{i}", n) for i in range(2) for n in (3, 2, 2, 2)]
+    assert shape(_scoring_groups(cells(1), True, 16.0)) == [("layer0", 1)] * 9
+    assert shape(_scoring_groups(cells(2), False, 2.0)) == [(f"layer{i}", 1) for i in range(2) for _ in SUBJECTS]
+    for layers, cpus in ((3, 4.0), (1, 2.0), (2, 8.0)):  # every cell in exactly one task
+        groups = _scoring_groups(cells(layers), True, cpus)
+        assert sorted((c.request, c.subject) for g in groups for c in g) == sorted(
+            (c.request, c.subject) for c in cells(layers))
+        assert all(len({c.request for c in g}) == 1 for g in groups)  # a task scores one layer's cells
 
 
 # ------------------------------------------------------------------------------------------------------ bad input

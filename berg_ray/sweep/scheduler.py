@@ -7,7 +7,8 @@
   loaded at a time).
 * **one Ray task per layer's cells** (:func:`score_cells`) runs the protocol's scorer on those features: for a
   protocol that batches subjects (``pls-groupkfold``: one pass of the batched PLS engine for all subjects), one task
-  scores all the cells of one model × layer × context; for the others, one task per cell. A fit cache on an
+  scores all the cells of one model × layer × context (split over more tasks when a pass has fewer layers than the
+  cluster has CPUs); for the others, one task per cell. A fit cache on an
   object store is written by the tasks; a local cache folder by this driver (the tasks return their fits), so that
   on a cluster of several nodes no entry lands on another node's disk.
 * every finished or failed cell is handed to ``on_outcome`` as it comes; if anything interrupts the loop, the
@@ -155,15 +156,24 @@ def score_cell(request: ModelRequest, subject: str, features: np.ndarray, assemb
     return score, kept if kept is not None and kept.fits else None
 
 
-def _scoring_groups(cells: list[Cell], batches: bool) -> list[list[Cell]]:
+def _scoring_groups(cells: list[Cell], batches: bool, cpus: float) -> list[list[Cell]]:
     """The scoring tasks of one feature pass's cells: one per cell, or (``batches``) one per layer with all its
-    subjects (the cells of one request differ only in their subject)."""
+    subjects (the cells of one request differ only in their subject). A pass with fewer layers than the cluster
+    has CPUs splits each layer's subjects into as many tasks as the CPUs allow
+    (:func:`berg_ray.fitting.subject_groups`), so that a one-layer sweep still fills the cluster."""
     if not batches:
         return [[cell] for cell in cells]
-    groups: dict[ModelRequest, list[Cell]] = {}
+    from berg_ray.fitting import subject_groups
+
+    by_request: dict[ModelRequest, list[Cell]] = {}
     for cell in cells:
-        groups.setdefault(cell.request, []).append(cell)
-    return list(groups.values())
+        by_request.setdefault(cell.request, []).append(cell)
+    groups = []
+    for layer_cells in by_request.values():
+        by_subject = {cell.subject: cell for cell in layer_cells}
+        for subjects in subject_groups(list(by_subject), cpus / len(by_request)):
+            groups.append([by_subject[subject] for subject in subjects])
+    return groups
 
 
 def short_error(error: BaseException) -> str:
@@ -209,6 +219,7 @@ def compute_cells(todo: list[Cell], assembly: PereiraAssembly, protocol: str, se
     sentences, passages = list(assembly.sentences), list(assembly.passages)
     actor_class = ray.remote(LayerFeaturesActor).options(max_restarts=0, **resources)
     batches = get_scorer(protocol).batches_subjects
+    cpus = float(ray.cluster_resources().get("CPU", 1))
     score_task = ray.remote(score_cells if batches else score_cell).options(num_cpus=1)
     fit_cache = EncodingModelStore(cache_url) if cache_url is not None else None
     task_cache = task_cache_url(fit_cache)  # an object store: the tasks write; a local folder: this driver does
@@ -240,7 +251,7 @@ def compute_cells(todo: list[Cell], assembly: PereiraAssembly, protocol: str, se
                 on_outcome(CellOutcome(cell, None, f"feature extraction failed: {short_error(error)}"))
         else:
             passes += 1
-            for group in _scoring_groups(cells, batches):
+            for group in _scoring_groups(cells, batches, cpus):
                 subjects = [c.subject for c in group] if batches else group[0].subject
                 task = score_task.remote(group[0].request, subjects,
                                          done.layer_refs[group[0].layer.name], assembly_ref, protocol, settings,
