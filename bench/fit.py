@@ -21,9 +21,12 @@ P. the previous berg-ray path: per subject ``fit_pls`` (sample-space kernel NIPA
 A. sklearn (below), on the same features.
 
 Round *r* runs A, P and E1 on the *r*-th chunk of the subjects (their totals are sums over rounds) and E on all
-subjects. Sweep line: cells/s of a 6-layer × 9-subject sweep with features already extracted — after: E on
-``--sweep-layers`` distinct feature matrices (one batched pass per layer); before: one ``fit_pls`` +
-``cross_validated_r`` per cell (P's per-subject time), both in one process.
+subjects. Sweep line: cells/s of a ``--sweep-layers`` (6) × 9-subject ``pls-groupkfold`` sweep with features already
+extracted (distinct feature matrices per layer), through the sweep's task bodies with one BLAS thread (a scoring
+task's one CPU), layers interleaved — before: ``scheduler.score_cell`` per cell (``PLSGroupKFold.score``, one subject
+per engine call: the only path before the sweep batched subjects); after: ``scheduler.score_cells`` per layer
+(``PLSGroupKFold.score_many``: the layer's subjects in one engine pass); both in one process, one run, with the
+cells' equality checked.
 
 Ray and prediction (``--engine-only`` skips them):
 
@@ -53,7 +56,8 @@ Usage::
 
     python bench/fit.py              # full run (~25–35 min on 2 busy cores)
     python bench/fit.py --quick      # seconds: 64 features, 5 components, 2 subjects, 1 round, 500 prediction rows
-    python bench/fit.py --engine-only --sweep-layers 2   # the engine table only (~10 min on 2 busy cores)
+    python bench/fit.py --engine-only --sweep-layers 2   # the engine table + sweep line (~10 min on 2 busy cores)
+    python bench/fit.py --sweep-only     # the sweep line only (6 layers × 9 subjects: ~5–10 min on 2 busy cores)
 """
 
 from __future__ import annotations
@@ -243,10 +247,10 @@ def run_previous(features: np.ndarray, assembly, subjects: list[str]) -> dict[st
     return out
 
 
-def engine_bench(features: np.ndarray, assembly, subjects: list[str], repeats: int, sweep_layers: int
+def engine_bench(features: np.ndarray, assembly, subjects: list[str], repeats: int
                  ) -> tuple[dict[str, tuple[Any, np.ndarray]], bool]:
-    """The engine table (E, E1, P, A in interleaved rounds) and the sweep line; returns sklearn's results (reused
-    by the Ray section's checks) and whether the target was met."""
+    """The engine table (E, E1, P, A in interleaved rounds); returns sklearn's results (reused by the Ray
+    section's checks) and whether the target was met."""
     chunks = [list(c) for c in np.array_split(np.asarray(subjects, dtype=object), repeats) if len(c)]
     sk: dict[str, tuple[Any, np.ndarray]] = {}
     chunk_times: dict[str, list[float]] = {"A": [], "P": [], "E1": []}
@@ -289,13 +293,6 @@ def engine_bench(features: np.ndarray, assembly, subjects: list[str], repeats: i
         cv_diff = max(cv_diff, float(np.nanmax(np.abs(engine[s].cv_r - sk_r))))
         same_iterations &= engine[s].fit.n_iter == list(sk_model.n_iter_)
     iterations = [sum(engine[s].fit.n_iter) for s in subjects]
-    # sweep: after = one batched pass per layer (distinct feature matrices), before = P per cell
-    sweep_seconds = []
-    for layer in range(sweep_layers):
-        layer_features = np.random.default_rng(100 + layer).standard_normal(features.shape).astype(np.float32)
-        (seconds,), _ = timed(lambda f=layer_features: run_engine(f, assembly, subjects), 1, "sweep layer")
-        sweep_seconds.append(seconds)
-    p_per_cell = total["P"] / len(subjects)
 
     print()
     print(f"## Engine: {len(subjects)} subject(s) × (fit on 384 + {CV_FOLDS} CV refits), features 384 × "
@@ -336,16 +333,62 @@ def engine_bench(features: np.ndarray, assembly, subjects: list[str], repeats: i
           f"{pred_rel:.1e} (previous path {prev_pred_rel:.1e}); CV r max |Δ| = {cv_diff:.1e}; iteration counts "
           f"per component equal: {same_iterations}")
     print(f"- NIPALS iterations per subject (full fit, {N_COMPONENTS} components): {iterations}")
-    if sweep_seconds:
-        cells = len(subjects)
-        print(f"- sweep, {sweep_layers} layer(s) × {cells} subjects, features extracted: after (one batched pass "
-              f"per layer) {cells * sweep_layers / sum(sweep_seconds):.3f} cells/s "
-              f"(layers {[round(x, 1) for x in sweep_seconds]} s); before (fit_pls + cross_validated_r per cell, "
-              f"P) {1 / p_per_cell:.3f} cells/s; ×{p_per_cell * cells * sweep_layers / sum(sweep_seconds):.1f}")
     ok = a / e >= TARGET_ENGINE_RATIO and pred_rel <= 1e-6 and cv_diff <= 1e-6 and same_iterations
     print(f"- {status(ok)}: engine ≥ {TARGET_ENGINE_RATIO:g}× sequential sklearn with predictions and CV r ≤ 1e-6 — "
           f"{a / e:.2f}× (paired median {median(paired_e):.2f}×)")
     return sk, ok
+
+
+def sweep_bench(assembly, subjects: list[str], sweep_layers: int) -> None:
+    """The sweep line: cells/s of ``sweep_layers`` layers × ``subjects`` with features extracted (distinct standard
+    normal 384 × N_UNITS matrices, one per layer), through the sweep's own task bodies, in this process with one
+    BLAS thread (what a ``num_cpus=1`` scoring task gets), layers interleaved (the order alternates):
+
+    * per cell (before; the branch base's only path): :func:`berg_ray.sweep.scheduler.score_cell` per subject, i.e.
+      ``PLSGroupKFold.score`` (the engine on one subject's 11 problems);
+    * batched (after): :func:`berg_ray.sweep.scheduler.score_cells` on the layer's subjects, i.e.
+      ``PLSGroupKFold.score_many`` (one engine pass for all of them).
+    """
+    from threadpoolctl import threadpool_limits
+
+    from berg_ray.regression import PLSSettings
+    from berg_ray.sweep.scheduler import score_cell, score_cells
+
+    settings = PLSSettings(n_components=N_COMPONENTS, cv_folds=CV_FOLDS)
+    protocol = "pls-groupkfold"
+    seconds: dict[str, list[float]] = {"per cell": [], "batched": []}
+    diff = 0.0
+    with warnings.catch_warnings(), threadpool_limits(limits=1, user_api="blas"):
+        warnings.simplefilter("ignore")  # max_iter ConvergenceWarnings: same in both
+        for layer in range(sweep_layers):
+            features = np.random.default_rng(100 + layer).standard_normal((384, N_UNITS)).astype(np.float32)
+            request = bench_spec().replace(layers=(f"layer{layer}",))
+            results: dict[str, list[Any]] = {}
+            order = ["per cell", "batched"] if layer % 2 == 0 else ["batched", "per cell"]
+            for variant in order:
+                if variant == "per cell":
+                    (took,), results[variant] = timed(
+                        lambda f=features, r=request: [score_cell(r, s, f, assembly, protocol, settings)
+                                                       for s in subjects], 1, "sweep per cell")
+                else:
+                    (took,), results[variant] = timed(
+                        lambda f=features, r=request: score_cells(r, subjects, f, assembly, protocol, settings),
+                        1, "sweep batched")
+                seconds[variant].append(took)
+            for (one, _), (many, _) in zip(results["per cell"], results["batched"], strict=True):
+                assert one.cache_key == many.cache_key
+                diff = max(diff, float(np.nanmax(np.abs(one.arrays["r"] - many.arrays["r"]))))
+    cells = len(subjects) * sweep_layers
+    before, after = cells / sum(seconds["per cell"]), cells / sum(seconds["batched"])
+    print()
+    print(f"- sweep, {sweep_layers} layer(s) × {len(subjects)} subjects = {cells} pls-groupkfold cells, features "
+          f"extracted, one BLAS thread (a scoring task's CPU), {N_UNITS} units, {N_COMPONENTS} components, "
+          f"{CV_FOLDS} folds: before (score_cell per cell: PLSGroupKFold.score) {before:.3f} cells/s "
+          f"(layers {[round(x, 1) for x in seconds['per cell']]} s); after (score_cells per layer: one "
+          f"PLSGroupKFold.score_many engine pass) {after:.3f} cells/s (layers "
+          f"{[round(x, 1) for x in seconds['batched']]} s); ×{after / before:.2f}; CPU s "
+          f"{sum(CPU['sweep per cell']):.1f} vs {sum(CPU['sweep batched']):.1f}; same cells: cache keys equal, "
+          f"voxel r max |Δ| = {diff:.1e}; load avg now {os.getloadavg()[0]:.1f}")
 
 
 def cpu_timed_fit(*args: Any) -> tuple[Any, float]:
@@ -410,7 +453,9 @@ def main() -> int:
                              "the subjects")
     parser.add_argument("--predict-rows", type=int, default=None, help="default 10,000 (quick 500)")
     parser.add_argument("--predict-repeats", type=int, default=None, help="default 5 (quick 2)")
-    parser.add_argument("--engine-only", action="store_true", help="the engine table only (no Ray, no predict)")
+    parser.add_argument("--engine-only", action="store_true",
+                        help="the engine table and the sweep line only (no Ray, no predict)")
+    parser.add_argument("--sweep-only", action="store_true", help="the sweep line only")
     parser.add_argument("--sweep-layers", type=int, default=None,
                         help="layers of the sweep line (default 6; quick 1; 0 skips)")
     parser.add_argument("--one-thread-subjects", type=int, default=None,
@@ -436,7 +481,12 @@ def main() -> int:
     n_voxels = {s: assembly.n_voxels[s] for s in subjects}
     logger.info("subjects %s, voxels %s", subjects, n_voxels)
     sweep_layers = args.sweep_layers if args.sweep_layers is not None else (1 if args.quick else 6)
-    engine_bench(features, assembly, subjects, repeats, sweep_layers)
+    if args.sweep_only:
+        sweep_bench(assembly, subjects, sweep_layers)
+        return 0
+    engine_bench(features, assembly, subjects, repeats)
+    if sweep_layers:
+        sweep_bench(assembly, subjects, sweep_layers)
     if args.engine_only:
         return 0
 

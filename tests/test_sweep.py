@@ -255,6 +255,92 @@ def test_a_new_output_folder_reuses_the_fit_cache(grid, tmp_path):
     np.testing.assert_allclose(table.set_index("cell_id").loc[expected.index, "median_r"], expected, atol=1e-10)
 
 
+def test_a_layers_pls_cells_scored_in_one_batched_pass_equal_per_cell_scoring(ray_session, tiny_gpt2, gpt2_synthetic,
+                                                                               tmp_path, monkeypatch):
+    """1 model × 2 layers × 3 subjects: each layer's subjects are scored in one task (one batched engine call,
+    ``PLSGroupKFold.score_many``), and give exactly the cells of per-cell scoring (one task per cell,
+    ``PLSGroupKFold.score``, the scheduler without batching): same cell ids, cache keys, per-voxel r and cached fits."""
+    from berg_ray.neural import load_pereira
+    from berg_ray.request import ModelRequest
+    from berg_ray.store import EncodingModelStore
+    from berg_ray.sweep import run_sweep, scheduler
+    from berg_ray.sweep.protocols import PLSGroupKFold
+
+    subjects, layers = ["018", "288", "426"], [0, 2]
+    assembly = load_pereira(gpt2_synthetic["path"])
+    # the scorer itself: score_many on one feature matrix == score per subject
+    features, request = gpt2_synthetic["features"], ModelRequest.build(tiny_gpt2.model_id)
+    many = PLSGroupKFold().score_many(request, subjects, features, assembly, SETTINGS)
+    for subject in subjects:
+        one = PLSGroupKFold().score(request, subject, features, assembly, SETTINGS)
+        np.testing.assert_allclose(many[subject].voxel_r, one.voxel_r, rtol=0, atol=1e-12)
+        assert many[subject].cache_key == one.cache_key
+
+    groups: dict[str, list[int]] = {}
+    scoring_groups = scheduler._scoring_groups
+
+    def run(name: str, batches: bool) -> pd.DataFrame:
+        def spy(*args):
+            found = scoring_groups(*args)
+            groups.setdefault(name, []).extend(len(group) for group in found)
+            return found
+
+        monkeypatch.setattr(PLSGroupKFold, "batches_subjects", batches)
+        monkeypatch.setattr(scheduler, "_scoring_groups", spy)
+        table = run_sweep([tiny_gpt2.model_id], subjects=subjects, layers=layers, contexts=["sentence"],
+                          dataset=gpt2_synthetic["path"], cache=str(tmp_path / name / "cache"),
+                          out=str(tmp_path / name / "out"), settings=SETTINGS, device="cpu", plots=False)
+        assert (table["status"] == "ok").all() and len(table) == 6 and table.attrs["run"]["computed"] == 6
+        return table.set_index("cell_id").sort_index()
+
+    batched, per_cell = run("batched", True), run("per_cell", False)
+    assert groups == {"batched": [3, 3], "per_cell": [1] * 6}  # one task per layer vs one per cell
+    assert list(batched.index) == list(per_cell.index)
+    assert list(batched["cache_key"]) == list(per_cell["cache_key"])
+    for column in ["n_voxels", "median_r", "mean_r", *[c for c in batched.columns if c.startswith("roi_")]]:
+        np.testing.assert_allclose(batched[column].astype(float), per_cell[column].astype(float), rtol=0, atol=1e-12)
+    name = ModelRequest.build(tiny_gpt2.model_id).spec.name
+    for cell_id, row in batched.iterrows():
+        arrays = {}
+        for run_name, table in (("batched", batched), ("per_cell", per_cell)):
+            with np.load(tmp_path / run_name / "out" / table.loc[cell_id, "voxel_r_file"], allow_pickle=False) as a:
+                arrays[run_name] = (a["r"], a["neuroid_id"])
+            fit = EncodingModelStore(str(tmp_path / run_name / "cache")).load(name, row["subject"], row["cache_key"],
+                                                                             assembly.synthetic)
+            assert fit is not None and fit.cache_key == row["cache_key"]
+            arrays[f"{run_name} fit"] = (fit.cv_r, fit.fit.predict(features[:16]))
+        np.testing.assert_allclose(arrays["batched"][0], arrays["per_cell"][0], rtol=0, atol=1e-12)
+        np.testing.assert_array_equal(arrays["batched"][1], arrays["per_cell"][1])
+        np.testing.assert_allclose(arrays["batched fit"][0], arrays["batched"][0], rtol=0, atol=0)
+        np.testing.assert_allclose(arrays["batched fit"][0], arrays["per_cell fit"][0], rtol=0, atol=1e-12)
+        np.testing.assert_allclose(arrays["batched fit"][1], arrays["per_cell fit"][1], rtol=0, atol=1e-9)
+
+
+def test_scoring_tasks_batch_a_layers_subjects_and_still_fill_the_cpus():
+    """One task per layer's cells for a protocol that batches subjects; a pass with fewer layers than CPUs splits
+    each layer's subjects over the CPUs; protocols that do not batch: one task per cell."""
+    from types import SimpleNamespace
+
+    from berg_ray.sweep.scheduler import _scoring_groups
+
+    def cells(layers: int) -> list:
+        return [SimpleNamespace(request=f"layer{layer}", subject=s) for layer in range(layers) for s in SUBJECTS]
+
+    def shape(groups: list) -> list:
+        return [(group[0].request, len(group)) for group in groups]
+
+    assert shape(_scoring_groups(cells(6), True, 2.0)) == [(f"layer{i}", 9) for i in range(6)]
+    assert shape(_scoring_groups(cells(1), True, 2.0)) == [("layer0", 5), ("layer0", 4)]
+    assert shape(_scoring_groups(cells(2), True, 8.0)) == [(f"layer{i}", n) for i in range(2) for n in (3, 2, 2, 2)]
+    assert shape(_scoring_groups(cells(1), True, 16.0)) == [("layer0", 1)] * 9
+    assert shape(_scoring_groups(cells(2), False, 2.0)) == [(f"layer{i}", 1) for i in range(2) for _ in SUBJECTS]
+    for layers, cpus in ((3, 4.0), (1, 2.0), (2, 8.0)):  # every cell in exactly one task
+        groups = _scoring_groups(cells(layers), True, cpus)
+        assert sorted((c.request, c.subject) for g in groups for c in g) == sorted(
+            (c.request, c.subject) for c in cells(layers))
+        assert all(len({c.request for c in g}) == 1 for g in groups)  # a task scores one layer's cells
+
+
 # ------------------------------------------------------------------------------------------------------ bad input
 
 

@@ -16,7 +16,8 @@ One module per step:
   ``out/voxel_r/<cell-id>.npz``, no pickle, atomic, local or ``s3://``): a rerun reads finished cells instead of
   recomputing them, and cells whose fit is in the cache are filled from it without features;
 * :mod:`~berg_ray.sweep.scheduler`: features once per model × context on extractor actors (every requested layer
-  in one forward pass), one Ray task per cell; a failing cell becomes a ``failed`` row (retried on the next run);
+  in one forward pass), one Ray task per layer's cells (pls-groupkfold: all its subjects in one batched PLS pass)
+  or per cell (the other protocols); a failing cell becomes a ``failed`` row (retried on the next run);
 * :mod:`~berg_ray.sweep.report`: ``scores.parquet``/``.csv`` (one row per cell), ``summary.csv``/``.parquet`` (one
   row per model × layer × context, with the BrainScore-style pooled score), PNG plots and ``report.md``; with a
   control model (OASM, random embedding) among the models, ``controls.csv`` and the report's Controls section;

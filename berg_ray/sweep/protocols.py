@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 from abc import ABC, abstractmethod
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -55,6 +56,9 @@ class Scorer(ABC):
     comparable_context: ClassVar[str | None] = None
     #: what the summary's ``pooled_score`` (BrainScore's aggregation over the pooled voxels) is, for the report
     pooled_meaning: ClassVar[str]
+    #: whether :meth:`score_many` shares work between the subjects of one feature set (then the sweep scores all the
+    #: cells of one model × layer × context in one task, one :meth:`score_many` call; otherwise one task per cell)
+    batches_subjects: ClassVar[bool] = False
 
     @abstractmethod
     def identity(self, settings: PLSSettings) -> dict[str, Any]:
@@ -74,6 +78,13 @@ class Scorer(ABC):
             cache: where to save the fit (protocols with :attr:`caches_fits`); ignored otherwise.
         """
 
+    def score_many(self, request: ModelRequest, subjects: Sequence[str], features: np.ndarray,
+                   assembly: PereiraAssembly, settings: PLSSettings, cache: EncodingModelStore | None = None
+                   ) -> dict[str, VoxelScores]:
+        """Score the cells of ``subjects`` on the same features (one layer, one context): ``{subject: scores}``,
+        each equal to :meth:`score`'s for that subject. The default scores them one by one."""
+        return {subject: self.score(request, subject, features, assembly, settings, cache) for subject in subjects}
+
     def cached(self, request: ModelRequest, subject: str, assembly: PereiraAssembly, settings: PLSSettings,
                cache: EncodingModelStore) -> VoxelScores | None:
         """The cell's scores from the encoding-model cache, or ``None`` (always, for protocols that do not cache)."""
@@ -85,6 +96,7 @@ class PLSGroupKFold(Scorer):
 
     name = "pls-groupkfold"
     caches_fits = True
+    batches_subjects = True
     pooled_meaning = "median CV r"
 
     def identity(self, settings: PLSSettings) -> dict[str, Any]:
@@ -101,6 +113,22 @@ class PLSGroupKFold(Scorer):
         if cache is not None:
             cache.save(model, request.spec.name)
         return VoxelScores(model.cv_r, cache_key=model.cache_key)
+
+    def score_many(self, request: ModelRequest, subjects: Sequence[str], features: np.ndarray,
+                   assembly: PereiraAssembly, settings: PLSSettings, cache: EncodingModelStore | None = None
+                   ) -> dict[str, VoxelScores]:
+        """All ``subjects`` in one pass of the batched engine (:func:`berg_ray.fitting.fit_encoding_models`): each
+        subject's fit and CV r are :meth:`score`'s (the engine's problems are independent; BLAS rounding apart)."""
+        from berg_ray.fitting import fit_encoding_models
+
+        models = fit_encoding_models(request, features, assembly, list(subjects), settings)
+        scores = {}
+        for subject in subjects:
+            model = models[subject]
+            if cache is not None:
+                cache.save(model, request.spec.name)
+            scores[subject] = VoxelScores(model.cv_r, cache_key=model.cache_key)
+        return scores
 
     def cached(self, request: ModelRequest, subject: str, assembly: PereiraAssembly, settings: PLSSettings,
                cache: EncodingModelStore) -> VoxelScores | None:

@@ -1,11 +1,14 @@
-"""Running a sweep's cells on Ray: extractor actors read the features, one task per cell scores them.
+"""Running a sweep's cells on Ray: extractor actors read the features, Ray tasks score the cells.
 
 * **features once per model × context**: one :class:`LayerFeaturesActor` per model loads the model once and, for
   each context, reads *every* requested layer in one forward pass (:meth:`berg_ray.features.FeatureExtractor.extract`),
   so ``layers="all"`` costs one pass, not one per layer. Each layer's (384 × units) features go to the object store
   as a separate object; the actor is released as soon as its passes are done (at most ``max_extractors`` models are
   loaded at a time).
-* **one Ray task per cell** (:func:`score_cell`) runs the protocol's scorer on those features. A fit cache on an
+* **one Ray task per layer's cells** (:func:`score_cells`) runs the protocol's scorer on those features: for a
+  protocol that batches subjects (``pls-groupkfold``: one pass of the batched PLS engine for all subjects), one task
+  scores all the cells of one model × layer × context (split over more tasks when a pass has fewer layers than the
+  cluster has CPUs); for the others, one task per cell. A fit cache on an
   object store is written by the tasks; a local cache folder by this driver (the tasks return their fits), so that
   on a cluster of several nodes no entry lands on another node's disk.
 * every finished or failed cell is handed to ``on_outcome`` as it comes; if anything interrupts the loop, the
@@ -63,7 +66,7 @@ class _FeaturePass:
 
 @dataclass
 class _ScoringTask:
-    cell: Cell
+    cells: list[Cell]  # one or (protocols that batch subjects) all the pass's cells of one layer
     features_seconds: float
 
 
@@ -94,30 +97,54 @@ class LayerFeaturesActor:
 
 
 class KeptFit:
-    """Stands in for the fit cache inside a scoring task whose cache is a local folder: keeps the fit (an
-    :class:`~berg_ray.encoding_model.EncodingModel`) so that the task returns it and the driver writes it."""
+    """Stands in for the fit cache inside a scoring task whose cache is a local folder: keeps the fits (each an
+    :class:`~berg_ray.encoding_model.EncodingModel`) so that the task returns them and the driver writes them."""
 
     def __init__(self) -> None:
-        self.model: Any = None
-        self.name: str | None = None
+        self.fits: list[tuple[Any, str]] = []  # (model, name) in the order they were saved
 
     def save(self, model: Any, name: str) -> None:
-        self.model, self.name = model, name
+        self.fits.append((model, name))
+
+    def of_subject(self, subject: str) -> KeptFit | None:
+        """The fits of one subject's cell, or ``None`` if it has none."""
+        kept = KeptFit()
+        kept.fits = [(model, name) for model, name in self.fits if model.subject == subject]
+        return kept if kept.fits else None
+
+
+def score_cells(request: ModelRequest, subjects: Sequence[str], features: np.ndarray, assembly: PereiraAssembly,
+                protocol: str, settings: PLSSettings, cache_url: str | None = None,
+                keep_fit: bool = False) -> list[tuple[CellScore, KeptFit | None]]:
+    """Score the cells of ``subjects`` on the same features with one call of the protocol's
+    :meth:`~berg_ray.sweep.protocols.Scorer.score_many` (what each Ray task runs; writes only the optional fit cache).
+
+    Args:
+        request: the cells' one-layer request (layer, context, dtype).
+        features: array of shape (384, n_units), rows in ``assembly`` order.
+        cache_url: a fit cache the task writes itself (an object store: :func:`berg_ray.distributed.task_cache_url`).
+        keep_fit: return the fits instead, for the driver to write into its local cache folder.
+
+    Returns:
+        per subject, in order: (the cell's score, its kept fits or ``None``); each cell's ``fit_seconds`` is its
+        share of the call's time.
+    """
+    from berg_ray.store import EncodingModelStore
+
+    started = time.perf_counter()
+    kept = KeptFit() if keep_fit else None
+    cache = kept if kept is not None else EncodingModelStore(cache_url) if cache_url is not None else None
+    scores = get_scorer(protocol).score_many(request, list(subjects), features, assembly, settings, cache)
+    seconds = (time.perf_counter() - started) / max(len(subjects), 1)
+    return [(CellScore.from_scores(scores[subject], assembly.voxels(subject), seconds),
+             kept.of_subject(subject) if kept is not None else None) for subject in subjects]
 
 
 def score_cell(request: ModelRequest, subject: str, features: np.ndarray, assembly: PereiraAssembly,
                protocol: str, settings: PLSSettings, cache_url: str | None = None,
                keep_fit: bool = False) -> tuple[CellScore, KeptFit | None]:
-    """Score one cell with the protocol's scorer (what each Ray task runs; writes only the optional fit cache).
-
-    Args:
-        request: the cell's one-layer request (layer, context, dtype).
-        features: array of shape (384, n_units), rows in ``assembly`` order.
-        cache_url: a fit cache the task writes itself (an object store: :func:`berg_ray.distributed.task_cache_url`).
-        keep_fit: return the fit instead, for the driver to write into its local cache folder.
-
-    Returns:
-        (the cell's score, the kept fit or ``None``).
+    """Score one cell with the protocol's :meth:`~berg_ray.sweep.protocols.Scorer.score` (what each Ray task runs
+    for protocols that do not batch subjects): :func:`score_cells`'s one (score, kept fits or ``None``) pair.
     """
     from berg_ray.store import EncodingModelStore
 
@@ -126,7 +153,27 @@ def score_cell(request: ModelRequest, subject: str, features: np.ndarray, assemb
     cache = kept if kept is not None else EncodingModelStore(cache_url) if cache_url is not None else None
     scores = get_scorer(protocol).score(request, subject, features, assembly, settings, cache)
     score = CellScore.from_scores(scores, assembly.voxels(subject), time.perf_counter() - started)
-    return score, kept if kept is not None and kept.model is not None else None
+    return score, kept if kept is not None and kept.fits else None
+
+
+def _scoring_groups(cells: list[Cell], batches: bool, cpus: float) -> list[list[Cell]]:
+    """The scoring tasks of one feature pass's cells: one per cell, or (``batches``) one per layer with all its
+    subjects (the cells of one request differ only in their subject). A pass with fewer layers than the cluster
+    has CPUs splits each layer's subjects into as many tasks as the CPUs allow
+    (:func:`berg_ray.fitting.subject_groups`), so that a one-layer sweep still fills the cluster."""
+    if not batches:
+        return [[cell] for cell in cells]
+    from berg_ray.fitting import subject_groups
+
+    by_request: dict[ModelRequest, list[Cell]] = {}
+    for cell in cells:
+        by_request.setdefault(cell.request, []).append(cell)
+    groups = []
+    for layer_cells in by_request.values():
+        by_subject = {cell.subject: cell for cell in layer_cells}
+        for subjects in subject_groups(list(by_subject), cpus / len(by_request)):
+            groups.append([by_subject[subject] for subject in subjects])
+    return groups
 
 
 def short_error(error: BaseException) -> str:
@@ -171,7 +218,9 @@ def compute_cells(todo: list[Cell], assembly: PereiraAssembly, protocol: str, se
     assembly_ref = ray.put(assembly)
     sentences, passages = list(assembly.sentences), list(assembly.passages)
     actor_class = ray.remote(LayerFeaturesActor).options(max_restarts=0, **resources)
-    score_task = ray.remote(score_cell).options(num_cpus=1)
+    batches = get_scorer(protocol).batches_subjects
+    cpus = float(ray.cluster_resources().get("CPU", 1))
+    score_task = ray.remote(score_cells if batches else score_cell).options(num_cpus=1)
     fit_cache = EncodingModelStore(cache_url) if cache_url is not None else None
     task_cache = task_cache_url(fit_cache)  # an object store: the tasks write; a local folder: this driver does
     keep_fit = fit_cache is not None and task_cache is None
@@ -202,10 +251,12 @@ def compute_cells(todo: list[Cell], assembly: PereiraAssembly, protocol: str, se
                 on_outcome(CellOutcome(cell, None, f"feature extraction failed: {short_error(error)}"))
         else:
             passes += 1
-            for cell in cells:
-                task = score_task.remote(cell.request, cell.subject, done.layer_refs[cell.layer.name], assembly_ref,
-                                         protocol, settings, task_cache, keep_fit)
-                pending[task] = _ScoringTask(cell, seconds)
+            for group in _scoring_groups(cells, batches, cpus):
+                subjects = [c.subject for c in group] if batches else group[0].subject
+                task = score_task.remote(group[0].request, subjects,
+                                         done.layer_refs[group[0].layer.name], assembly_ref, protocol, settings,
+                                         task_cache, keep_fit)
+                pending[task] = _ScoringTask(group, seconds)
         model = loaded[done.model_id]
         model.passes_left -= 1
         if model.passes_left == 0:  # the features live on in the object store; free the actor's resources
@@ -223,13 +274,19 @@ def compute_cells(todo: list[Cell], assembly: PereiraAssembly, protocol: str, se
                 features_done(ready[0], entry)
                 continue
             try:
-                score, kept = ray.get(ready[0])
-                if kept is not None:
-                    fit_cache.save(kept.model, kept.name)
-            except Exception as error:  # noqa: BLE001  (one failing cell never stops the sweep)
-                on_outcome(CellOutcome(entry.cell, None, short_error(error), entry.features_seconds))
-            else:
-                on_outcome(CellOutcome(entry.cell, score, "", entry.features_seconds))
+                results = ray.get(ready[0]) if batches else [ray.get(ready[0])]
+            except Exception as error:  # noqa: BLE001  (one failing task never stops the sweep)
+                for cell in entry.cells:
+                    on_outcome(CellOutcome(cell, None, short_error(error), entry.features_seconds))
+                continue
+            for cell, (score, kept) in zip(entry.cells, results, strict=True):
+                try:
+                    for model, name in kept.fits if kept is not None else ():
+                        fit_cache.save(model, name)
+                except Exception as error:  # noqa: BLE001  (one failing cell never stops the sweep)
+                    on_outcome(CellOutcome(cell, None, short_error(error), entry.features_seconds))
+                else:
+                    on_outcome(CellOutcome(cell, score, "", entry.features_seconds))
     finally:  # interrupted (Ctrl-C, an error in this loop): free the cluster; finished cells are stored
         for ref, entry in pending.items():
             if isinstance(entry, _ScoringTask):
