@@ -484,7 +484,8 @@ def test_corpus_keeps_every_row_once_when_a_worker_node_is_lost(ray_cluster, ray
         manifest = encode_corpus(tiny_gpt2.model_id, str(corpus), str(output), subjects=list(RAY_SUBJECTS),
                                  dataset=gpt2_synthetic["path"], cache=ray_fits.cache, n_components=RAY_N_COMPONENTS,
                                  device="cpu", num_extractors=2, num_cpus_per_extractor=0.5,
-                                 rows_per_part=rows_per_part, show_progress=False)
+                                 rows_per_part=rows_per_part, show_progress=False,
+                                 shared_output=True)  # every node of this cluster runs on this machine's disk
     finally:
         removal["stop"] = True
         remover.join(120)
