@@ -260,8 +260,7 @@ def _cmd_encode(args: argparse.Namespace) -> int:
 
 
 def _cmd_encode_corpus(args: argparse.Namespace) -> int:
-    from berg_ray.corpus import encode_corpus, list_inputs
-    from berg_ray.corpus.inputs import check_output_outside_input
+    from berg_ray.corpus import encode_corpus
     from berg_ray.reductions import check_output_options
     from berg_ray.validation import check_corpus_arguments
 
@@ -269,9 +268,8 @@ def _cmd_encode_corpus(args: argparse.Namespace) -> int:
                            device=args.device, num_extractors=args.num_extractors, num_gpus=args.num_gpus,
                            output=args.output, dataset=args.dataset, cli=True)
     check_output_options(args.write, args.predictions_dtype, cli=True)
-    check_output_outside_input(args.input, args.output)
-    list_inputs(args.input)  # a missing or empty input fails before Ray starts (a bad dataset file too: it loads
-    # in encode_corpus, which starts or joins Ray after that)
+    # encode_corpus checks the output against the input, lists the input and loads the dataset before it starts or
+    # joins Ray: a missing or empty input, an output inside it or a bad dataset file fail with no Ray started
     summary = encode_corpus(args.model, args.input, args.output, subjects=args.subjects, dataset=args.dataset,
                             address=args.address,
                             cache=args.cache, context=args.context, batch_size=args.batch_size,

@@ -66,8 +66,8 @@ class FileRoot:
     def path(self, *parts: str) -> str:
         return posixpath.join(self.root, *parts)
 
-    def inside(self, path: str) -> str:
-        """``path`` if it lies strictly below the root; else :class:`UnsafePathError` naming it and the root.
+    def contains(self, path: str) -> bool:
+        """Whether ``path`` lies strictly below the root.
 
         Locally the check is on the resolved path (symlinks followed, ``..`` collapsed) against the resolved root;
         on object stores, where keys are not normalised, any ``.`` or ``..`` segment is refused and the key must
@@ -76,13 +76,16 @@ class FileRoot:
         if self.local:
             root = os.path.realpath(self.root)
             resolved = os.path.realpath(path)
-            if resolved != root and os.path.commonpath([root, resolved]) == root:
-                return path
-        else:
-            segments = path.split("/")
-            if not any(s in (".", "..") for s in segments) and path.startswith(self.root.rstrip("/") + "/") \
-                    and path.rstrip("/") != self.root.rstrip("/"):
-                return path
+            return resolved != root and os.path.commonpath([root, resolved]) == root
+        segments = path.split("/")
+        return (not any(s in (".", "..") for s in segments) and path.startswith(self.root.rstrip("/") + "/")
+                and path.rstrip("/") != self.root.rstrip("/"))
+
+    def inside(self, path: str) -> str:
+        """``path`` if it lies strictly below the root (:meth:`contains`); else :class:`UnsafePathError` naming it
+        and the root."""
+        if self.contains(path):
+            return path
         raise UnsafePathError(f"refusing to write or delete {path!r}: it is not inside the root folder "
                               f"{self.url!r} (every name in a berg-ray output or cache path must be a plain name)")
 

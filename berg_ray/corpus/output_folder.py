@@ -66,17 +66,6 @@ def _is_top_file(name: str) -> bool:
     return (temporary.group(1) if temporary else name) in TOP_FILES
 
 
-def _inside(out: FileRoot, full: str) -> bool:
-    """Whether deleting ``full`` (a path under ``out``) stays inside the output root: locally, its folder resolved
-    through any symbolic links must lie under the root resolved the same way (the entry itself may be a link:
-    removing a link removes only the link). Object stores have no links."""
-    if not out.local:
-        return True
-    root = os.path.realpath(out.root)
-    folder = os.path.realpath(posixpath.dirname(full))
-    return folder == root or folder.startswith(root.rstrip("/") + "/")
-
-
 def _entries(out: FileRoot, folder: str) -> dict[str, bool]:
     """Name -> whether a folder, of the entries of ``folder`` (relative to ``out``; ``""``: the root), from one
     listing; empty if it does not exist or is a file."""
@@ -109,7 +98,7 @@ def check_output_links(out: FileRoot) -> None:
         return
     for folder in [*PART_FOLDERS, *_subject_folders(out)]:
         full = out.path(folder)
-        if os.path.islink(full) and not _inside(out, posixpath.join(full, "x")):
+        if os.path.islink(full) and not out.contains(posixpath.join(full, "x")):
             raise InvalidInputError(
                 f"output folder {full!r} is a symbolic link to {os.path.realpath(full)!r}, outside the output "
                 f"{out.url!r}; encode-corpus writes and deletes only inside its output: replace the link with a "
@@ -120,7 +109,7 @@ def remove_path(out: FileRoot, path: str) -> None:
     """Remove file ``path`` (relative to ``out``) if it exists; never a folder, never through a symbolic link that
     leaves the output root (logged and left)."""
     full = out.path(path)
-    if not _inside(out, full):
+    if not out.contains(full):
         logger.warning("not removing %s: it lies outside the output %s (through a symbolic link)", full, out.url)
         return
     if out.exists(full):
@@ -167,7 +156,7 @@ def _remove_empty_folders(out: FileRoot) -> None:
         return  # object stores have no folders: a prefix ends with its last object
     for folder in [*_subject_folders(out), *PART_FOLDERS]:
         full = out.path(folder)
-        if os.path.isdir(full) and not os.path.islink(full) and _inside(out, full) and not os.listdir(full):
+        if os.path.isdir(full) and not os.path.islink(full) and out.contains(full) and not os.listdir(full):
             os.rmdir(full)
 
 
