@@ -670,11 +670,11 @@ def _report_nan_neuroids(selected, subjects: np.ndarray, file: str, layout: Data
     what = f"{n_presentations} {layout.unit}s" + (f" of the {layout.experiment!r} experiment" if layout.experiment
                                                    else "")
     dropped: dict[str, str] = {}
+    noun = "voxels" if layout.identifier.startswith("Pereira2018") else "neuroids"
     for subject in sorted(set(subjects[has_nan])):
         mine = subjects == subject
         n_nan, n_all = int(np.count_nonzero(has_nan & mine)), int(np.count_nonzero(mine))
         if n_nan == n_all:
-            noun = "voxels" if layout.identifier.startswith("Pereira2018") else "neuroids"
             dropped[subject] = f"all {n_all} of its {noun} have NaN responses to the {what}"
             log = _logger.info if layout.experiment else _logger.warning
             log("%s: subject %s dropped: %s (as BrainScore's dropna('neuroid'))", file, subject, dropped[subject])
@@ -682,9 +682,9 @@ def _report_nan_neuroids(selected, subjects: np.ndarray, file: str, layout: Data
             named = [f"{nid} ({int(nan_rows[i])} NaN)" for i in np.flatnonzero(has_nan & mine)[:10]
                      for nid in [neuroid_ids[i]]]
             more = f" and {n_nan - len(named)} more" if n_nan > len(named) else ""
-            _logger.warning("%s: subject %s: %d of its %d neuroids have NaN responses to the %s and are dropped (as "
-                            "BrainScore's dropna('neuroid')): %s%s; %d remain", file, subject, n_nan, n_all, what,
-                            ", ".join(named), more, n_all - n_nan)
+            _logger.warning("%s: subject %s: %d of its %d %s have NaN responses to the %s and are dropped (as "
+                            "BrainScore's dropna('neuroid')): %s%s; %d remain", file, subject, n_nan, n_all, noun,
+                            what, ", ".join(named), more, n_all - n_nan)
     return dropped
 
 

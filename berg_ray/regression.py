@@ -126,7 +126,7 @@ class PLSSettings:
         if groups is None or len(groups) != n_samples:
             raise InvalidInputError(f"{self.describe_cv()} needs one {self.cv_group} label per row "
                                     f"({n_samples} rows)")
-        labels = np.asarray([str(g) for g in groups])
+        labels = np.asarray(groups)  # as given: GroupKFold's fold assignment follows the labels' sort order
         n_groups = len(np.unique(labels))
         if n_groups < self.cv_folds:
             raise InvalidInputError(f"{self.cv_folds}-fold CV needs at least {self.cv_folds} distinct "
