@@ -198,12 +198,12 @@ def features_sha256(features: np.ndarray) -> str:
     return bytes_sha256(f"{array.shape}".encode() + array.tobytes())
 
 
-def _check_features(features: np.ndarray, rank: int, noise: float) -> np.ndarray:
+def _check_features(features: np.ndarray, rank: int, noise: float, n_rows: int = N_SENTENCES,
+                    rows: str = "sentence of synthetic_stimuli()") -> np.ndarray:
     array = np.asarray(features, dtype=np.float64)
-    if array.ndim != 2 or array.shape[0] != N_SENTENCES or array.shape[1] < 1:
+    if array.ndim != 2 or array.shape[0] != n_rows or array.shape[1] < 1:
         raise InvalidInputError(
-            f"features must have shape ({N_SENTENCES}, d) (one row per sentence of synthetic_stimuli(), in "
-            f"order), got {np.shape(features)}")
+            f"features must have shape ({n_rows}, d) (one row per {rows}, in order), got {np.shape(features)}")
     if not np.all(np.isfinite(array)):
         raise InvalidInputError("features contain NaN or infinite values")
     if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)) or not 1 <= rank <= array.shape[1]:
@@ -257,11 +257,24 @@ def planted_responses(features: np.ndarray, n_voxels: int, *, seed: int = 0, ran
     average).
     """
     array = _check_features(features, rank, noise)
+    return planted_map(array, n_voxels, seed=seed, rank=rank, noise=noise)
+
+
+def planted_map(features: np.ndarray, n_neuroids: int, *, seed: int = 0, rank: int = 10,
+                noise: float = 1.0) -> np.ndarray:
+    """The planted map on any number of rows: :func:`planted_responses` without its 384-row check.
+
+    ``features``: (n, d), already checked (finite, ``1 <= rank <= d``, ``noise >= 0``). Returns (n, n_neuroids)
+    float64, z-scored per neuroid: ``z_neuroid(s · z(F) @ A @ B + noise · E)``, ``A`` (d × rank), ``B``
+    (rank × n_neuroids) and ``E`` (n × n_neuroids) standard normal from ``seed``, ``s`` scaling the signal to unit
+    overall standard deviation. Used by :mod:`berg_ray.standins` for the other datasets' stand-ins.
+    """
+    array = np.asarray(features, dtype=np.float64)
     rng = np.random.default_rng([seed, 3])
     std = array.std(axis=0)
     standardised = np.where(std > 0, (array - array.mean(axis=0)) / np.where(std > 0, std, 1.0), 0.0)
     a = rng.standard_normal((array.shape[1], rank))
-    b = rng.standard_normal((rank, n_voxels))
+    b = rng.standard_normal((rank, n_neuroids))
     signal = (standardised @ a) @ b
     scale = signal.std()
     if scale > 0:
