@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import copy
 import importlib
+import logging
 
 import numpy as np
 import pytest
 
 from berg_ray import standins
+
+_logger = logging.getLogger(__name__)
 
 D = 16  # planted feature dimension (random features: no language model needed for the layout tests)
 
@@ -230,6 +233,7 @@ def test_brainscore_benchmark_exact_model_scores_one(identifier, assemblies, mon
     model.expected = recording_type
     score = benchmark(model)
     raw = float(score.attrs["raw"]) if "raw" in score.attrs else float(score)
+    _logger.info("%s exact model: score %.6f, raw %.6f", identifier, float(score), raw)
     assert raw == pytest.approx(1, abs=1e-6), (identifier, raw)
 
 
@@ -249,4 +253,5 @@ def test_brainscore_benchmark_huggingface_subject(identifier, assemblies, monkey
     assert subject.neural_recordings == [(ArtificialSubject.RecordingTarget.language_system,
                                           getattr(ArtificialSubject.RecordingType, recording_type))]
     raw = float(score.attrs["raw"]) if "raw" in score.attrs else float(score)
+    _logger.info("%s tiny GPT-2 HuggingfaceSubject: score %.6f, raw %.6f", identifier, float(score), raw)
     assert np.isfinite(float(score)) and np.isfinite(raw)
