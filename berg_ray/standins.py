@@ -114,7 +114,7 @@ def _words() -> dict[str, tuple[str, ...]]:
     """Word lists (package data) plus the topic table's one-word items (nouns) and adjectives."""
     text = importlib.resources.files("berg_ray").joinpath("data", WORDS_FILE).read_text(encoding="utf-8")
     lists = {key: tuple(values) for key, values in json.loads(text).items() if key != "description"}
-    topics = synthetic._topics()
+    topics = synthetic.topic_table()
     taken = {word for key in ("male_names", "female_names", "verbs", "feelings", "adverbs") for word in lists[key]}
     nouns = [item for topic in topics for item in topic.items if item.isalpha() and item not in taken]
     adjectives = [adj for topic in topics for adj in topic.adjs if adj.isalpha() and adj not in taken]
@@ -161,17 +161,17 @@ def _tuckute_stimuli(seed: int) -> pd.DataFrame:
 
 def _story_sentences(story_index: int, n_words: int, rng: np.random.Generator) -> list[str]:
     """Sentences of one story (three topics of the table), at least ``n_words`` words in all."""
-    topics = synthetic._topics()
+    topics = synthetic.topic_table()
     chosen = [topics[(3 * story_index + k) % len(topics)] for k in range(3)]
     first = chosen[0]
-    low_a, _ = synthetic._article(first.items[0], False)
+    low_a, _ = synthetic.with_article(first.items[0], False)
     sentences = [f"Once upon a time, there lived {low_a} who {first.does[rng.integers(len(first.does))]}."]
     count = len(sentences[0].split())
     while count < n_words:
         for topic in chosen:
             for item in topic.items:
-                template = synthetic._TEMPLATES[rng.integers(len(synthetic._TEMPLATES))]
-                sentence = synthetic._fill(template, topic, item, rng)
+                template = synthetic.SENTENCE_TEMPLATES[rng.integers(len(synthetic.SENTENCE_TEMPLATES))]
+                sentence = synthetic.fill_template(template, topic, item, rng)
                 sentences.append(sentence)
                 count += len(sentence.split())
                 if count >= n_words:
@@ -377,7 +377,7 @@ def make_standin(identifier: str, features: np.ndarray, *, seed: int = 0, rank: 
     from brainscore_core.supported_data_standards.brainio.assemblies import NeuroidAssembly
 
     stimuli = standin_stimuli(identifier, seed)
-    array = synthetic._check_features(features, rank, noise, n_rows=len(stimuli),
+    array = synthetic.check_features(features, rank, noise, n_rows=len(stimuli),
                                       rows=f"presentation of standin_stimuli({identifier!r})")
     neuroids = standin_neuroids(identifier)
     n_neuroids = len(next(iter(neuroids.values())))

@@ -343,3 +343,29 @@ def write_synthetic_pereira(path: str | os.PathLike, features: np.ndarray, *, se
     _logger.info("wrote synthetic Pereira2018 assembly %s (sha1 %s, seed %d, rank %d, noise %g, planted model %s)",
                  path, sha1, seed, rank, noise, planted_model or "unknown")
     return path
+
+
+# Public names of the text generator and the feature check, for the other datasets' stand-ins (berg_ray.standins).
+#: the encyclopedia-style sentence templates (``{A}``/``{The}``: the item with its article; ``{a}``/``{the}`` lower)
+SENTENCE_TEMPLATES: tuple[str, ...] = _TEMPLATES
+
+
+def topic_table() -> tuple[_Topic, ...]:
+    """The 24 topics of ``synthetic_topics.json`` (slug, category nouns, 7 items, adjectives and phrases)."""
+    return _topics()
+
+
+def with_article(item: str, capital: bool) -> tuple[str, str]:
+    """``(a/an item, the item)``, capitalised when ``capital``."""
+    return _article(item, capital)
+
+
+def fill_template(template: str, topic: _Topic, item: str, rng: np.random.Generator) -> str:
+    """One sentence: ``template`` filled for ``item`` of ``topic``, its adjectives and phrases drawn from ``rng``."""
+    return _fill(template, topic, item, rng)
+
+
+def check_features(features: np.ndarray, rank: int, noise: float, n_rows: int, rows: str) -> np.ndarray:
+    """``features`` as float64 (n_rows, d) after checking shape, finiteness, ``1 <= rank <= d`` and ``noise >= 0``
+    (:class:`~berg_ray.errors.InvalidInputError` otherwise; ``rows`` names what a row is in the message)."""
+    return _check_features(features, rank, noise, n_rows=n_rows, rows=rows)

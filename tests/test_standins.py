@@ -61,7 +61,7 @@ def test_stimuli_deterministic_and_in_file_order():
         assert first.equals(again)
         assert not first.equals(standins.standin_stimuli(identifier, 1))
     blank = standins.standin_stimuli(standins.BLANK)
-    for story, rows in blank.groupby("story", sort=False):
+    for _, rows in blank.groupby("story", sort=False):
         assert rows["timepoint_value"].is_monotonic_increasing  # each story in time order
         text = "".join(rows["stimulus"])
         assert text.startswith("Once upon a time, ") and text.endswith(".") and "  " not in text
