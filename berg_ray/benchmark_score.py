@@ -158,12 +158,15 @@ def benchmark_data(spec: BenchmarkSpec, data: Any) -> Any:
     Args:
         data: NeuroidAssembly (presentation × neuroid) as loaded from the dataset's ``.nc`` file.
     """
-    missing = [c for c in ("stimulus", spec.feed_coord, *spec.prediction_coords) if c not in data.coords]
+    from brainscore_core.supported_data_standards.brainio.assemblies import walk_coords
+
+    present = {name for name, _, _ in walk_coords(data)}
+    missing = [c for c in dict.fromkeys(("stimulus", spec.feed_coord, *spec.prediction_coords)) if c not in present]
     if missing:
-        raise DatasetError(f"the data for {spec.identifier} lacks the presentation coordinate(s) {missing}; a "
-                           f"{spec.dataset} file has {', '.join(sorted(str(c) for c in data.coords))}")
+        raise DatasetError(f"the data for {spec.identifier} lacks the presentation coordinate(s) {missing}; it has "
+                           f"{', '.join(sorted(present))}")
     if spec.experiment is not None:
-        experiments = set(np.asarray(data["experiment"].values).tolist()) if "experiment" in data.coords else set()
+        experiments = set(np.asarray(data["experiment"].values).tolist()) if "experiment" in present else set()
         if spec.experiment not in experiments:
             raise DatasetError(f"the data for {spec.identifier} has no experiment {spec.experiment!r}; it has "
                                f"{sorted(experiments)}")
