@@ -209,7 +209,12 @@ def brainscore_benchmark_score(benchmark_id: str, path: str, folder: str, layer:
             return Score(PATCHED_CEILING)
 
     with ExitStack() as stack:
-        stack.enter_context(mock.patch(f"{target}.load_dataset", side_effect=lambda identifier: load_file(path)))
+        def load_dataset(identifier: str):  # as load_from_s3: the assembly, with its identifier in attrs
+            assembly = load_file(path)
+            assembly.attrs["identifier"] = identifier
+            return assembly
+
+        stack.enter_context(mock.patch(f"{target}.load_dataset", side_effect=load_dataset))
         if module == "pereira2018":
             stack.enter_context(mock.patch(f"{target}._Pereira2018Experiment._load_ceiling",
                                            return_value=Score(PATCHED_CEILING)))
