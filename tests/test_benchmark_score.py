@@ -70,8 +70,8 @@ def no_s3():
 def _words(seed: int) -> list[str]:
     from berg_ray.synthetic import synthetic_stimuli
 
-    words = " ".join(synthetic_stimuli(seed=seed)["sentence"]).split()
-    return words
+    sentences = [s for k in range(3) for s in synthetic_stimuli(seed=seed + 10 * k)["sentence"]]
+    return " ".join(sentences).split()  # ~9,000 words: enough for the real-size Blank2014 stand-in
 
 
 def _planted(texts: list[str], n_neuroids: int, rng: np.random.Generator) -> np.ndarray:
@@ -155,7 +155,10 @@ def tuckute_standin(path, n_sentences: int, seed: int = 0) -> str:
     from berg_ray.synthetic import synthetic_stimuli
 
     rng = np.random.default_rng(seed)
-    texts = synthetic_stimuli(seed=seed + 2)["sentence"].tolist()[:n_sentences]
+    texts: list[str] = []
+    for extra in range(math.ceil(n_sentences / 384)):  # 384 synthetic sentences per seed
+        texts += synthetic_stimuli(seed=seed + 2 + extra)["sentence"].tolist()
+    texts = texts[:n_sentences]
     order = rng.permutation(n_sentences)
     texts = [texts[k] for k in order]
     assembly = NeuroidAssembly(_planted(texts, 1, rng), dims=["presentation", "neuroid"], coords={
@@ -250,7 +253,11 @@ def _record(benchmark_id: str, ours: float, reference: float) -> None:
 
 
 #: the default tier: every benchmark id (Extrapolation ceilings patched: see test_ceiling_*)
-@pytest.mark.parametrize("benchmark_id", benchmark_ids())
+#: (the Pereira2018 -linear-shuffle pair, ~20 s each on the full synthetic file, is in the slow tier; both Pereira
+#: -ridge benchmarks stay in the default one)
+@pytest.mark.parametrize("benchmark_id", [
+    pytest.param(b, marks=pytest.mark.slow) if b.startswith("Pereira2018") and b.endswith("-shuffle") else b
+    for b in benchmark_ids()])
 def test_raw_score_equals_brainscore_benchmark(benchmark_id, standin_files, tiny_gpt2, request_, tmp_path,
                                                monkeypatch):
     spec = get_benchmark(benchmark_id)
@@ -265,6 +272,24 @@ def test_raw_score_equals_brainscore_benchmark(benchmark_id, standin_files, tiny
         return
     assert abs(ours - reference) <= TOLERANCE, (benchmark_id, ours, reference)
     assert -1 <= ours <= 1
+
+
+#: the real sizes: Blank2014 8 stories of ~165 TRs (1,317 in the real file), Fedorenko2016 52 sentences × 8 words,
+#: Tuckute2024 1,000 sentences
+@pytest.mark.slow
+@pytest.mark.parametrize("benchmark_id", ["Blank2014-linear-shuffle", "Blank2014-ridge", "Fedorenko2016-ridge",
+                                          "Tuckute2024-linear"])
+def test_raw_score_equals_brainscore_benchmark_at_real_size(benchmark_id, tiny_gpt2, request_, tmp_path,
+                                                            monkeypatch):
+    monkeypatch.setattr("brainscore_language.benchmarks.blank2014.ceiling.ExtrapolationCeiling",
+                        _counting_ceiler([]), raising=True)
+    dataset = get_benchmark(benchmark_id).dataset
+    build = {"Blank2014.fROI": (blank_standin, 165), "Fedorenko2016.language": (fedorenko_standin, 52),
+             "Tuckute2024.language": (tuckute_standin, 1000)}[dataset]
+    path = build[0](tmp_path / "standin.nc", build[1])
+    ours, reference = compare(benchmark_id, path, tiny_gpt2, request_, tmp_path)
+    _record(benchmark_id + " (real size)", ours, reference)
+    assert abs(ours - reference) <= TOLERANCE, (benchmark_id, ours, reference)
 
 
 # ------------------------------------------------------------------------------------------------------------------
