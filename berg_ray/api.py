@@ -17,9 +17,10 @@ from berg_ray.delegated import control_note
 from berg_ray.encoding_model import EncodingModel
 from berg_ray.errors import InvalidInputError
 from berg_ray.features import extract_request
-from berg_ray.fitting import fit_subjects
+from berg_ray.dataset_layouts import check_context_for, get_layout
+from berg_ray.fitting import fit_subjects, settings_for
 from berg_ray.model_loading import resolve_device
-from berg_ray.neural import PereiraAssembly, dataset_cache_dir, load_pereira
+from berg_ray.neural import NeuralAssembly, dataset_cache_dir, dataset_layout_for, load_dataset
 from berg_ray.options import DEFAULT_BATCH_SIZE
 from berg_ray.provenance import package_versions
 from berg_ray.registry import ModelSpec
@@ -36,35 +37,63 @@ GATEWAY_ID = "brainscore_language"
 GATEWAY_DEFAULT_MODEL = "brainscore_language-gpt2"
 
 
-@functools.lru_cache(maxsize=4)
-def _cached_assembly(dataset: str, cache_dir: str | None) -> PereiraAssembly:
-    return load_pereira(dataset, cache_dir=cache_dir)
+@functools.lru_cache(maxsize=8)
+def _cached_assembly(dataset: str, cache_dir: str | None) -> NeuralAssembly:
+    return load_dataset(dataset, cache_dir=cache_dir)
 
 
 class BERG:
-    """Encoding models of BrainScore language models trained on Pereira (2018), cached under ``berg_dir``.
+    """Encoding models of BrainScore language models trained on a neural dataset, cached under ``berg_dir``.
 
     Args:
         berg_dir: cache root: a local folder or an fsspec URL (``s3://bucket/prefix``).
-        dataset: ``"brainscore"`` (brainscore's own loader), a path/URL to a Pereira ``.nc`` file, or ``"synthetic"``.
-        context: default context policy for new encoding models (``"sentence"``, ``"passage"``, ``"running"``).
-        n_components: PLS components (BERG: 25).
+        dataset: a brainscore dataset id (``"Pereira2018.language"`` — BERG's ``"brainscore"`` —,
+            ``"Pereira2018.auditory"``, ``"Tuckute2024.language"``, ``"Blank2014.fROI"``, ``"Fedorenko2016.language"``),
+            a path/URL to a ``.nc`` file in one of their layouts, ``"synthetic"`` (Pereira's layout) or
+            ``"synthetic:<id>"`` (a stand-in of that dataset, with a planted map).
+        context: default context policy for new encoding models; ``None``: the dataset's (``"sentence"`` for Pereira
+            and Tuckute2024, ``"passage"`` — the story or sentence so far — for Blank2014 and Fedorenko2016). A
+            context that cannot read the dataset's units is refused when the data are loaded.
+        n_components: PLS components (BERG: 25; capped, with a note on the model, where the data hold fewer).
+        regression: ``"pls"`` (BERG) or ``"ridge"`` (RidgeCV over brainscore's alphas, one alpha per neuroid).
     """
 
-    def __init__(self, berg_dir: str | os.PathLike, dataset: str = "brainscore", *, context: str = "sentence",
-                 n_components: int = 25):
+    def __init__(self, berg_dir: str | os.PathLike, dataset: str = "brainscore", *, context: str | None = None,
+                 n_components: int = 25, regression: str = "pls"):
         self.berg_dir = os.fspath(berg_dir)
-        self.dataset = dataset
-        self.context = check_context(context)
-        self.settings = PLSSettings(n_components=check_n_components(n_components))
+        self.dataset = os.fspath(dataset) if isinstance(dataset, os.PathLike) else dataset
+        named = dataset_layout_for(self.dataset) if isinstance(self.dataset, str) else None
+        self._context = check_context(context) if context is not None else None
+        if named is not None and self._context is not None:
+            check_context_for(named, self._context)  # a named dataset is checked before anything loads
+        self.n_components = check_n_components(n_components)
+        self.regression = PLSSettings(regression=regression).regression
         self.store = EncodingModelStore(self.berg_dir)
 
     def __repr__(self) -> str:
         return f"BERG({self.berg_dir!r}, dataset={self.dataset!r})"
 
-    def assembly(self) -> PereiraAssembly:
+    def assembly(self) -> NeuralAssembly:
         """The training data (loaded once per process)."""
         return _cached_assembly(self.dataset, dataset_cache_dir(self.berg_dir))
+
+    @property
+    def context(self) -> str:
+        """The default context of new encoding models: as given, or the dataset's."""
+        if self._context is not None:
+            return self._context
+        named = dataset_layout_for(self.dataset)
+        return (named or self.assembly().layout).default_context
+
+    @property
+    def settings(self) -> PLSSettings:
+        """The encoding-model settings: PLS components and regression as given, the dataset's own CV splits."""
+        return settings_for(self.assembly(), self.n_components, self.regression)
+
+    def list_subjects(self) -> list[str]:
+        """The dataset's subjects, as :meth:`get_encoding_model` accepts them (Pereira: ``'018'``, ...;
+        Tuckute2024: its one network average ``'848-853-865-875-876'``; Fedorenko2016: ``'1'``…)."""
+        return list(self.assembly().subjects)
 
     @staticmethod
     def list_models(expand_brainscore_language: bool = True) -> list[str]:
@@ -109,7 +138,7 @@ class BERG:
 
         Args:
             model_id: e.g. ``"brainscore_language-gpt2"`` (``"brainscore_language"`` alone means gpt2, as in BERG).
-            subject: one of the nine Pereira subjects, e.g. ``"018"``.
+            subject: one of the dataset's subjects (:meth:`list_subjects`), e.g. Pereira's ``"018"``.
             device: ``"cpu"``, ``"cuda"`` or ``"auto"``; used for feature extraction (fit and encode).
             dtype: forward-pass precision (``None``/``"float32"``, ``"bfloat16"``, ``"float16"`` on GPU); part of the
                 cache key, and ``encode`` extracts with it too.
@@ -121,7 +150,12 @@ class BERG:
     def encode(self, model: EncodingModel, stimulus: str | Sequence[str], show_progress: bool = False,
                return_metadata: bool = False, *, passages: Sequence[Any] | None = None,
                batch_size: int | None = None) -> np.ndarray | tuple[np.ndarray, dict[str, Any]]:
-        """Predicted responses to ``stimulus``: float32 array of shape (n_sentences, n_voxels), z-scored units.
+        """Predicted responses to ``stimulus``: float32 array of shape (n_units, n_neuroids), in the training data's
+        units (Pereira: z-scored BOLD per voxel; see ``return_metadata``).
+
+        One prediction per unit of the dataset: a sentence (Pereira, Tuckute2024), a story fragment (Blank2014) or a
+        word (Fedorenko2016); fragments and words are read with the earlier ones of their story or sentence, so give
+        ``passages=`` (the story or sentence each belongs to), as in training.
 
         Features are read exactly as for training: the model's layer, context and dtype (its request).
 
@@ -140,6 +174,12 @@ class BERG:
             raise InvalidInputError(f"model must come from get_encoding_model(), got {type(model).__name__}")
         sentences = check_sentences(stimulus)
         request = model.request
+        if request.context == "passage" and passages is None:
+            layout = get_layout(model.dataset)
+            raise InvalidInputError(
+                f"{model.model_id} ({layout.identifier}, subject {model.subject}) reads each {layout.unit} with the "
+                f"earlier {layout.unit}s of its {layout.context_coord} (context 'passage'), as in training: pass "
+                f"passages=[the {layout.context_coord} of each {layout.unit}]")
         if request.is_recorded:  # an entry read on its own: run the model as registered, as the entry was fitted
             request = ModelRequest.build(model.model_id, layers=model.layer, context=model.context, dtype=model.dtype)
         batch_size = check_batch_size(batch_size if batch_size is not None else request.batch_size)
@@ -162,8 +202,8 @@ def encode_metadata(model: EncodingModel, n_sentences: int) -> dict[str, Any]:
         "hub_id": model.source,
         "n_sentences": n_sentences,
         "voxels": model.voxels.copy(),
-        "shape": ["n_sentences", "n_voxels"],
-        "units": "z-scored BOLD response per voxel (as the Pereira 2018 training data)",
+        "shape": [f"n_{get_layout(model.dataset).unit}s", "n_neuroids"],
+        "units": f"{get_layout(model.dataset).response_units} (as the {model.dataset} training data)",
         "versions": package_versions(),
         "device": model.device,
         "dtype": model.dtype,

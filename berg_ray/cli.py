@@ -34,12 +34,15 @@ DEFAULT_CACHE = os.environ.get("BERG_RAY_CACHE", "berg_dir")
 
 def _add_common(parser: argparse.ArgumentParser, subjects: bool = True) -> None:
     parser.add_argument("--dataset", default=os.environ.get("BERG_RAY_DATASET", "brainscore"),
-                        help="'brainscore' (download via brainscore-language), 'synthetic', or a path/URL to a "
-                             "Pereira .nc file (default: %(default)s)")
+                        help="a brainscore dataset id (Pereira2018.language = 'brainscore', Pereira2018.auditory, "
+                             "Tuckute2024.language, Blank2014.fROI, Fedorenko2016.language; see 'berg-ray datasets'), "
+                             "'synthetic' or 'synthetic:<id>' (a stand-in with a planted map), or a path/URL to a .nc "
+                             "file in one of their layouts (default: %(default)s)")
     parser.add_argument("--cache", default=DEFAULT_CACHE,
                         help="cache root: a folder or s3://bucket/prefix ($BERG_RAY_CACHE; default: %(default)s)")
-    parser.add_argument("--context", default="sentence", choices=options.CONTEXTS,
-                        help="context policy (default: %(default)s)")
+    parser.add_argument("--context", default=None, choices=options.CONTEXTS,
+                        help="context policy (default: the dataset's: sentence for Pereira and Tuckute2024, passage "
+                             "for Blank2014 and Fedorenko2016)")
     parser.add_argument("--n-components", type=int, default=25, help="PLS components (default: %(default)s)")
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default: %(default)s)")
     parser.add_argument("--dtype", default=None, choices=options.DTYPE_CHOICES,

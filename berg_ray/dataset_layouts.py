@@ -183,3 +183,24 @@ def get_layout(identifier: str) -> DatasetLayout:
 
 def is_dataset_id(value: str) -> bool:
     return value in LAYOUTS or value in ALIASES
+
+
+def check_context_for(layout: DatasetLayout, context: str) -> str:
+    """``context`` if it can read ``layout``'s presentations as the dataset was recorded; else a clear error.
+
+    Words (Fedorenko2016) and 2 s story fragments (Blank2014) mean nothing alone: they are read with the earlier
+    units of their sentence or story (``"passage"``), as brainscore's benchmarks feed them. Tuckute2024's sentences
+    were shown one at a time and have no passages: ``"sentence"`` (its benchmark) or ``"running"`` (BERG's one
+    running context).
+    """
+    if context in layout.contexts:
+        return context
+    if layout.unit in ("word", "fragment"):
+        why = (f"its {layout.unit}s are read with the earlier {layout.unit}s of their {layout.context_coord} (context "
+               f"'passage', as its brainscore benchmark feeds them); "
+               + ("'sentence' would read each one alone" if context == "sentence" else
+                  f"'{context}' would run one context across every {layout.context_coord}"))
+    else:
+        why = f"its {layout.unit}s have no passage grouping (each is its own {layout.context_coord})"
+    raise InvalidInputError(f"context {context!r} cannot be used with {layout.identifier}: {why}. Allowed: "
+                            f"{', '.join(layout.contexts)} (default {layout.default_context!r})")

@@ -20,10 +20,10 @@ import torch
 from berg_ray.encoding_model import EncodingModel
 from berg_ray.errors import BergRayError, InvalidInputError
 from berg_ray.features import make_extractor
-from berg_ray.fitting import fit_encoding_models, subject_groups
+from berg_ray.fitting import fit_encoding_models, settings_for, subject_groups
 from berg_ray.fitting import fit_subjects as fit_pipeline
 from berg_ray.model_loading import resolve_dtype
-from berg_ray.neural import PereiraAssembly, load_pereira
+from berg_ray.neural import PereiraAssembly, load_dataset
 from berg_ray.options import AUTO_DTYPE, DEFAULT_BATCH_SIZE
 from berg_ray.precision import bf16_support, resolve_for
 from berg_ray.registry import ModelSpec
@@ -345,7 +345,7 @@ def as_store(cache: str | os.PathLike | EncodingModelStore | None) -> EncodingMo
 
 def fit_subjects(model_id: str | ModelSpec | ModelRequest, subjects: str | Iterable[str] = "all",
                  dataset: str | PereiraAssembly = "brainscore",
-                 cache: str | os.PathLike | EncodingModelStore | None = "berg_dir", context: str = "sentence",
+                 cache: str | os.PathLike | EncodingModelStore | None = "berg_dir", context: str | None = None,
                  n_components: int = 25, settings: PLSSettings | None = None, device: str = "auto",
                  num_gpus: float = 0.0, dtype: str | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
                  show_progress: bool = False) -> dict[str, EncodingModel]:
@@ -358,7 +358,9 @@ def fit_subjects(model_id: str | ModelSpec | ModelRequest, subjects: str | Itera
         model_id: registered id, :class:`ModelSpec`, or a :class:`ModelRequest` (then ``context``, ``device``,
             ``dtype`` and ``batch_size`` come from it).
         subjects: ``"all"`` or a list of subject ids.
-        dataset: ``"brainscore"``, ``"synthetic"``, a path/URL to a ``.nc`` file, or a loaded assembly.
+        dataset: a brainscore dataset id (``"brainscore"`` = Pereira2018.language), ``"synthetic[:<id>]"``, a
+            path/URL to a ``.nc`` file, or a loaded assembly.
+        context: ``None``: the dataset's default (see :class:`berg_ray.BERG`).
         cache: cache root (folder or ``s3://`` URL) or a store; ``None`` disables caching. A folder is written by
             this process (the driver) only, so on a cluster of several nodes the entries land on the driver's disk,
             where the next run looks; an ``s3://`` cache is written by the fit tasks, wherever they run.
@@ -371,12 +373,13 @@ def fit_subjects(model_id: str | ModelSpec | ModelRequest, subjects: str | Itera
 
     check_fit_arguments(subjects=subjects, n_components=n_components, batch_size=batch_size, device=device,
                         num_gpus=num_gpus)
+    assembly = dataset if isinstance(dataset, PereiraAssembly) else load_dataset(dataset)
     request = model_id if isinstance(model_id, ModelRequest) else ModelRequest.build(
-        model_id, context=context, dtype=dtype, batch_size=batch_size, device=device)
+        model_id, context=context or assembly.layout.default_context, dtype=dtype, batch_size=batch_size,
+        device=device)
     init_ray()
     request = request_for_actors(request, num_gpus=num_gpus)  # dtype="auto": the actors' device, not the driver's
-    settings = settings or PLSSettings(n_components=n_components)
-    assembly = dataset if isinstance(dataset, PereiraAssembly) else load_pereira(dataset)
+    settings = settings or settings_for(assembly, n_components)
     return fit_pipeline(request, assembly, subjects, settings=settings, store=as_store(cache),
                         executor=RayExecutor(num_gpus), show_progress=show_progress)
 

@@ -60,6 +60,8 @@ class EncodingModel:
     fit_seconds: float = float("nan")
     device: str = "auto"
     convergence: dict[str, Any] = field(default_factory=dict)
+    dataset: str = "Pereira2018.language"
+    notes: list[str] = field(default_factory=list)
 
     @property
     def layer(self) -> str:
@@ -100,13 +102,14 @@ class EncodingModel:
             for roi, rows in self.voxels.groupby("roi", sort=True).indices.items():
                 per_roi[str(roi)] = float(np.nanmedian(r[rows]))
         return {"median_r": float(np.nanmedian(r)), "mean_r": float(np.nanmean(r)), "per_roi_median_r": per_roi,
-                "cv": f"GroupKFold({self.settings.cv_folds}) by {self.settings.cv_group}"}
+                "cv": self.settings.describe_cv()}
 
     def describe(self) -> dict[str, Any]:
         """JSON-ready provenance (what ``encode(..., return_metadata=True)`` and cache manifests report)."""
         return {
             "model_id": self.model_id, "source": self.source, "layer": self.layer, "context": self.context,
-            "subject": self.subject, "dtype": self.dtype, "n_voxels": self.n_voxels, "n_units": self.n_units,
+            "dataset": self.dataset, "subject": self.subject, "dtype": self.dtype, "n_voxels": self.n_voxels,
+            "n_units": self.n_units, "regression": self.settings.regression, "notes": list(self.notes),
             "pls": self.settings.to_dict(), "cv": self.cv_summary(),
             "dataset_sha256": self.dataset_sha256, "synthetic": self.synthetic,
             "cache_key": self.cache_key, "fit_seconds": self.fit_seconds,
@@ -191,7 +194,7 @@ def format_cv_table(models: dict[str, EncodingModel]) -> str:
     if first.synthetic:
         lines.append("*** SYNTHETIC DATA: scores measure recovery of a planted map, not brain predictivity ***")
     lines.append(f"model {first.model_id}  layer {first.layer}  context {first.context}  "
-                 f"CV: GroupKFold({first.settings.cv_folds}) by {first.settings.cv_group}")
+                 f"CV: {first.settings.describe_cv()}")
     lines.append(f"{'subject':>8} {'voxels':>7} {'median r':>9} {'mean r':>8}")
     for subject, model in models.items():
         median, mean = np.nanmedian(model.cv_r), np.nanmean(model.cv_r)

@@ -12,6 +12,7 @@ sklearn's), several times faster than subject by subject.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 import warnings
@@ -20,12 +21,14 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from berg_ray.dataset_layouts import check_context_for
 from berg_ray.encoding_model import EncodingModel, convergence_summary
 from berg_ray.errors import InvalidInputError
 from berg_ray.features import extract_request
 from berg_ray.neural import PereiraAssembly, check_subject
 from berg_ray.pls_batched import fit_and_cross_validate
-from berg_ray.regression import PLSFit, PLSSettings
+from berg_ray.regression import SHUFFLE, PLSFit, PLSSettings
+from berg_ray.ridge_fit import ridge_fit_and_cross_validate
 from berg_ray.request import CACHE_FORMAT_VERSION, FEATURES_VERSION, ModelRequest  # noqa: F401  (re-exported)
 from berg_ray.store import EncodingModelStore
 from berg_ray.validation import check_subjects
@@ -46,17 +49,50 @@ def resolve_subjects(assembly: PereiraAssembly, subjects: str | Iterable[str] = 
 
 
 def training_features(request: ModelRequest, assembly: PereiraAssembly, show_progress: bool = False) -> np.ndarray:
-    """Features of the 384 training sentences under the request's context: array (384, n_units) float32.
+    """Features of the training presentations under the request's context: array (n_presentations, n_units) float32.
 
-    ``passage`` uses the dataset's passage labels (as the BrainScore benchmark); ``running`` runs one context over
-    all 384 sentences in file order (as BERG).
+    ``passage`` reads each presentation with the earlier ones of its group, as the dataset's BrainScore benchmark
+    feeds it (Pereira: passage; Blank2014: story; Fedorenko2016: sentence); ``running`` runs one context over all
+    presentations in file order (as BERG); ``sentence`` reads each alone (Pereira, Tuckute2024).
     """
     return extract_request(request, list(assembly.sentences), list(assembly.passages),
                            show_progress=show_progress)[request.layer]
 
 
-def cv_groups(assembly: PereiraAssembly, settings: PLSSettings) -> Sequence[str]:
-    return assembly.stories if settings.cv_group == "story" else assembly.passages
+def cv_groups(assembly: PereiraAssembly, settings: PLSSettings) -> Sequence[str] | None:
+    """The held-out group of each presentation for ``settings.cv_group`` (None for shuffled splits)."""
+    if settings.cv_group == SHUFFLE:
+        return None
+    if settings.cv_group == "passage":
+        return assembly.passages
+    if settings.cv_group in ("story", assembly.layout.cv_coord):
+        return assembly.stories
+    stimuli = assembly.stimuli()
+    if settings.cv_group not in stimuli:
+        raise InvalidInputError(f"cv_group {settings.cv_group!r} is not a presentation coordinate of "
+                                f"{assembly.identifier} (coordinates: {', '.join(stimuli.columns)})")
+    return [str(v) for v in stimuli[settings.cv_group]]
+
+
+def capped_settings(settings: PLSSettings, n_features: int, n_train: int) -> tuple[PLSSettings, list[str]]:
+    """PLS settings with ``n_components`` capped at what the data can hold (the features' width and the smallest
+    training fold), and the note that says so; the settings unchanged (and no note) when no cap is needed."""
+    limit = min(n_features, n_train)
+    if settings.regression != "pls" or settings.n_components <= limit:
+        return settings, []
+    note = (f"PLS n_components capped at {limit} (asked {settings.n_components}): the data hold {n_features} "
+            f"feature(s) and {n_train} rows in the smallest training fold")
+    logger.warning(note)
+    return dataclasses.replace(settings, n_components=limit), [note]
+
+
+def settings_for(assembly: PereiraAssembly, n_components: int = 25, regression: str = "pls") -> PLSSettings:
+    """The encoding-model settings of a dataset: its own held-out splits (GroupKFold by story for Pereira, as BERG's
+    CV, and by story for Blank2014 with brainscore's seed; by sentence for Fedorenko2016; shuffled splits for
+    Tuckute2024), with ``n_components`` and ``regression`` as asked."""
+    layout = assembly.layout
+    return PLSSettings(n_components=n_components, cv_folds=layout.cv_folds, cv_group=layout.cv_coord or SHUFFLE,
+                       cv_seed=layout.cv_seed, regression=regression)
 
 
 def fit_encoding_models(request: ModelRequest, features: np.ndarray, assembly: PereiraAssembly,
@@ -81,11 +117,18 @@ def fit_encoding_models(request: ModelRequest, features: np.ndarray, assembly: P
         if features.shape[0] != Y.shape[0]:
             raise InvalidInputError(f"features have {features.shape[0]} rows, the dataset {Y.shape[0]} "
                                     f"(subject {subject})")
-    fits = fit_and_cross_validate(features, responses, cv_groups(assembly, settings), settings, warn=warn)
+    groups = cv_groups(assembly, settings)
+    smallest_train = min(len(train) for train, _ in settings.cv_splits(groups, features.shape[0]))
+    fit_settings, notes = capped_settings(settings, features.shape[1], smallest_train)
+    if settings.regression == "ridge":
+        fits = ridge_fit_and_cross_validate(features, responses, groups, fit_settings)
+    else:
+        fits = fit_and_cross_validate(features, responses, groups, fit_settings, warn=warn)
     seconds = (time.perf_counter() - started) / max(len(subjects), 1)
     models = {}
     for subject, result in zip(subjects, fits, strict=True):
         model = _encoding_model(request, assembly, subject, settings, result.fit, result.cv_r, seconds)
+        model.notes = list(notes)
         if result.unconverged_components or result.unconverged_folds:
             model.convergence = {"full_fit_components": list(result.unconverged_components),
                                  "cv_folds": int(result.unconverged_folds)}
@@ -116,6 +159,7 @@ def _encoding_model(request: ModelRequest, assembly: PereiraAssembly, subject: s
         synthetic=assembly.synthetic, voxels=assembly.voxels(subject).reset_index(drop=True),
         cache_key=request.cache_key(subject, assembly.sha256, settings),
         key_fields=request.key_fields(subject, assembly.sha256, settings), fit_seconds=seconds, request=request,
+        dataset=assembly.identifier,
     )
 
 
@@ -126,7 +170,7 @@ def load_cached(store: EncodingModelStore | None, request: ModelRequest, assembl
         return None
     fields = request.key_fields(subject, assembly.sha256, settings)
     model = store.load(request.spec.name, subject, request.cache_key(subject, assembly.sha256, settings),
-                       assembly.synthetic, expected_fields=fields)
+                       assembly.synthetic, expected_fields=fields, dataset=assembly.identifier)
     if model is not None:
         # the key covers the weights (hub id + revision, or a folder's content hash), not the id or path they
         # were registered under: report the ones this caller uses, and carry the caller's request
@@ -181,7 +225,8 @@ def fit_subjects(request: ModelRequest, assembly: PereiraAssembly, subjects: str
     Returns:
         ``{subject: EncodingModel}`` in the order of ``subjects``; each carries ``request``.
     """
-    settings = settings or PLSSettings()
+    settings = settings or settings_for(assembly)
+    check_context_for(assembly.layout, request.context)
     chosen = resolve_subjects(assembly, subjects)
     models: dict[str, EncodingModel] = {}
     for subject in chosen:

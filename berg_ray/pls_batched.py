@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from berg_ray.errors import InvalidInputError
-from berg_ray.regression import PLSFit, PLSSettings, fit_pls, pearson_r
+from berg_ray.regression import SHUFFLE, PLSFit, PLSSettings, fit_pls, pearson_r
 
 logger = logging.getLogger(__name__)
 
@@ -331,45 +331,49 @@ class SubjectFit:
     unconverged_components: tuple[int, ...] = ()
 
 
-def fit_and_cross_validate(X: np.ndarray, Ys: Sequence[np.ndarray], groups: Sequence[Any],
+def fit_and_cross_validate(X: np.ndarray, Ys: Sequence[np.ndarray], groups: Sequence[Any] | None,
                            settings: PLSSettings, warn: bool = True) -> list[SubjectFit]:
-    """For each response matrix: ``fit_pls`` on all rows and ``cross_validated_r`` (GroupKFold over ``groups``),
-    all subjects and folds in one :func:`fit_pls_many` pass.
+    """For each response matrix: ``fit_pls`` on all rows and its held-out score over ``settings.cv_splits``, all
+    subjects and folds in one :func:`fit_pls_many` pass.
+
+    Held-out score: with GroupKFold (folds partition the rows) the Pearson r of the out-of-fold predictions per
+    neuroid, as ``cross_validated_r``; with ShuffleSplit (test sets overlap) the mean over splits of each split's
+    per-neuroid r (brainscore's aggregation over splits), and ``cv_predictions`` holds the last split's
+    predictions of each row (NaN for rows never tested).
 
     Args:
-        X: (n, p) features; Ys: per subject (n, q_s) responses; groups: n labels (e.g. stories).
+        X: (n, p) features; Ys: per subject (n, q_s) responses; groups: n labels (e.g. stories), or None for
+            shuffled splits.
         warn: emit the ConvergenceWarnings ``fit_pls`` and ``cross_validated_predictions`` emit (one per subject's
             full fit, one per subject's CV), with the same text.
 
     Returns:
         one :class:`SubjectFit` per response matrix, in order.
     """
-    from sklearn.model_selection import GroupKFold
-
     X = np.asarray(X, dtype=np.float64)
-    groups = np.asarray(groups)
-    n_groups = len(np.unique(groups))
-    if n_groups < settings.cv_folds:
-        raise InvalidInputError(f"{settings.cv_folds}-fold CV needs at least {settings.cv_folds} distinct "
-                                f"{settings.cv_group} groups, found {n_groups}")
-    if len(groups) != X.shape[0]:
+    if groups is not None and len(groups) != X.shape[0]:
         raise InvalidInputError(f"{len(groups)} group labels for {X.shape[0]} feature rows")
-    splits = list(GroupKFold(n_splits=settings.cv_folds).split(X, None, groups))
+    splits = settings.cv_splits(groups, X.shape[0])
+    partition = settings.cv_group != SHUFFLE
     fits = fit_pls_many(X, Ys, [None] + [train for train, _ in splits], settings.n_components, settings.scale,
                         settings.max_iter, settings.tol)
     out = []
     for Y, (full, *folds) in zip(Ys, fits, strict=True):
         Y = np.asarray(Y, dtype=np.float64)
         Y = Y[:, None] if Y.ndim == 1 else Y
-        predicted = np.empty_like(Y)
+        predicted = np.full_like(Y, np.nan) if not partition else np.empty_like(Y)
+        split_r = []
         for (_, test), fold in zip(splits, folds, strict=True):
             predicted[test] = fold.predict(X[test])
+            if not partition:
+                split_r.append(pearson_r(Y[test], predicted[test]))
+        cv_r = pearson_r(Y, predicted) if partition else np.mean(split_r, axis=0)
         unconverged_folds = sum(fold.unconverged > 0 for fold in folds)
         components = [k for k, n_iter in enumerate(full.n_iter) if n_iter >= settings.max_iter] \
             if full.unconverged else []
         if warn:
             _warn(components, unconverged_folds, settings)
-        out.append(SubjectFit(fit=full.to_fit(), cv_predictions=predicted, cv_r=pearson_r(Y, predicted),
+        out.append(SubjectFit(fit=full.to_fit(), cv_predictions=predicted, cv_r=cv_r,
                               unconverged_folds=unconverged_folds, unconverged_components=tuple(components)))
     return out
 

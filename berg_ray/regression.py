@@ -44,12 +44,28 @@ def check_iteration_settings(n_components: Any, max_iter: Any, tol: Any) -> None
         raise InvalidInputError(f"tol must be a finite number > 0 (e.g. 1e-06), got {tol!r}")
 
 
+#: regressions an encoding model can use: BERG's PLS, or RidgeCV over brainscore's alphas with one alpha per neuroid
+REGRESSIONS: tuple[str, ...] = ("pls", "ridge")
+#: ``cv_group`` of shuffled (not grouped) held-out splits: ShuffleSplit(cv_folds, train 0.9, random_state=cv_seed)
+SHUFFLE = "shuffle"
+
+
 @dataclass(frozen=True)
 class PLSSettings:
     """Everything that changes a fitted encoding model (part of the cache key).
 
     Defaults are BERG's: ``PLSRegression(n_components=25, scale=False)`` on all 384 sentences, plus a
     ``cv_folds``-fold GroupKFold by story for the held-out score.
+
+    Attributes:
+        n_components, scale, max_iter, tol: the PLS's (ignored by ridge).
+        cv_folds: held-out folds (GroupKFold) or splits (ShuffleSplit).
+        cv_group: the presentation coordinate whose groups are never split between train and test (``"story"``,
+            ``"passage"``, ``"sentence_id"``, ...), or ``"shuffle"`` for ShuffleSplit(train 0.9).
+        cv_seed: ``random_state`` of the splits (GroupKFold shuffles its groups when set, as brainscore's); ``None``:
+            GroupKFold without shuffling (BERG's Pereira CV).
+        regression: ``"pls"`` (BERG) or ``"ridge"`` (``RidgeCV(alphas=logspace(-3, 3, 7), alpha_per_target=True)``,
+            one alpha per neuroid; Tuckute et al.'s mapping was a ridge).
     """
 
     n_components: int = 25
@@ -58,6 +74,8 @@ class PLSSettings:
     tol: float = 1e-06
     cv_folds: int = 10
     cv_group: str = "story"
+    cv_seed: int | None = None
+    regression: str = "pls"
 
     def __post_init__(self) -> None:
         check_iteration_settings(self.n_components, self.max_iter, self.tol)
@@ -67,11 +85,55 @@ class PLSSettings:
             raise InvalidInputError(f"scale must be True or False, got {self.scale!r}")
         if not _is_int(self.cv_folds) or self.cv_folds < 2:
             raise InvalidInputError(f"cv_folds must be an integer ≥ 2, got {self.cv_folds!r}")
-        if self.cv_group not in ("story", "passage"):
-            raise InvalidInputError(f"cv_group must be 'story' or 'passage', got {self.cv_group!r}")
+        if not isinstance(self.cv_group, str) or not self.cv_group.replace("_", "").isalnum():
+            raise InvalidInputError(f"cv_group must be a presentation coordinate name (e.g. 'story', 'passage') or "
+                                    f"{SHUFFLE!r}, got {self.cv_group!r}")
+        if self.cv_seed is not None and not _is_int(self.cv_seed):
+            raise InvalidInputError(f"cv_seed must be an integer or None, got {self.cv_seed!r}")
+        if self.regression not in REGRESSIONS:
+            raise InvalidInputError(f"unknown regression {self.regression!r}; allowed: {', '.join(REGRESSIONS)}")
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The settings as JSON; ``cv_seed`` and ``regression`` only where they differ from BERG's defaults, so the
+        cache keys of BERG-default fits are those of earlier versions."""
+        described = dataclasses.asdict(self)
+        if described["cv_seed"] is None:
+            del described["cv_seed"]
+        if described["regression"] == "pls":
+            del described["regression"]
+        return described
+
+    def describe_cv(self) -> str:
+        """One phrase: ``GroupKFold(10) by story``, ``GroupKFold(8, shuffled, seed 1234) by story`` or
+        ``ShuffleSplit(10, train 0.9, seed 1)``."""
+        if self.cv_group == SHUFFLE:
+            return f"ShuffleSplit({self.cv_folds}, train 0.9, seed {self.cv_seed})"
+        seeded = f", shuffled, seed {self.cv_seed}" if self.cv_seed is not None else ""
+        return f"GroupKFold({self.cv_folds}{seeded}) by {self.cv_group}"
+
+    def cv_splits(self, groups: Sequence[Any] | None, n_samples: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        """The held-out ``(train, test)`` index arrays of these settings over ``n_samples`` rows.
+
+        Args:
+            groups: one label per row for GroupKFold (ignored for ``"shuffle"``).
+        """
+        from sklearn.model_selection import GroupKFold, ShuffleSplit
+
+        if self.cv_group == SHUFFLE:
+            splitter = ShuffleSplit(n_splits=self.cv_folds, train_size=0.9, test_size=None,
+                                    random_state=self.cv_seed)
+            return list(splitter.split(np.zeros(n_samples)))
+        if groups is None or len(groups) != n_samples:
+            raise InvalidInputError(f"{self.describe_cv()} needs one {self.cv_group} label per row "
+                                    f"({n_samples} rows)")
+        labels = np.asarray(groups)  # as given: GroupKFold's fold assignment follows the labels' sort order
+        n_groups = len(np.unique(labels))
+        if n_groups < self.cv_folds:
+            raise InvalidInputError(f"{self.cv_folds}-fold CV needs at least {self.cv_folds} distinct "
+                                    f"{self.cv_group} groups, found {n_groups}")
+        splitter = (GroupKFold(n_splits=self.cv_folds) if self.cv_seed is None else
+                    GroupKFold(n_splits=self.cv_folds, shuffle=True, random_state=self.cv_seed))
+        return list(splitter.split(np.zeros(n_samples), None, labels))
 
 
 @dataclass

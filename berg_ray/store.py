@@ -42,6 +42,7 @@ import pandas as pd
 from safetensors.numpy import load as safetensors_load
 from safetensors.numpy import save as safetensors_save
 
+from berg_ray.dataset_layouts import DEFAULT_DATASET, get_layout
 from berg_ray.encoding_model import EncodingModel
 from berg_ray.errors import CacheIntegrityError, InvalidInputError
 from berg_ray.fsio import FileRoot
@@ -70,11 +71,20 @@ class EncodingModelStore:
         return f"EncodingModelStore({self.url!r})"
 
     # -- paths --------------------------------------------------------------------------------------------------
-    def entry_dir(self, name: str, subject: str, key: str, synthetic: bool) -> str:
-        dataset = "synthetic" if synthetic else "brainscore"
+    def entry_dir(self, name: str, subject: str, key: str, synthetic: bool,
+                  dataset: str = DEFAULT_DATASET) -> str:
+        """BERG's folder for Pereira2018.language (``modality-fmri/train_dataset-{brainscore|synthetic}/…_pereira384_…``);
+        for another dataset ``modality-{fmri|ecog}/train_dataset-[synthetic-]{dataset}/…_{dataset}_…`` (e.g.
+        ``tuckute2024-language``)."""
         check_path_component(subject, "subject id")  # part of the folder name: never '../x'
-        return posixpath.join(self.root, "encoding_models", "modality-fmri", f"train_dataset-{dataset}",
-                              f"model-{name}", "encoding_models_weights", f"{name}_{subject}_pereira384_{key[:16]}")
+        layout = get_layout(dataset)
+        if layout.identifier == DEFAULT_DATASET:
+            folder, tag = ("synthetic" if synthetic else "brainscore"), "pereira384"
+        else:
+            folder, tag = ("synthetic-" if synthetic else "") + layout.short_name, layout.short_name
+        return posixpath.join(self.root, "encoding_models", f"modality-{layout.modality.lower()}",
+                              f"train_dataset-{folder}", f"model-{name}", "encoding_models_weights",
+                              f"{name}_{subject}_{tag}_{key[:16]}")
 
     # -- entries ------------------------------------------------------------------------------------------------
     def save(self, model: EncodingModel, name: str) -> str:
@@ -82,7 +92,7 @@ class EncodingModelStore:
         if model.cache_key != cache_key(model.key_fields):
             raise InvalidInputError(f"{model.model_id} subject {model.subject}: cache_key {model.cache_key!r} is not "
                                     "the sha256 of its key_fields; such an entry would be refused on load")
-        folder = self.entry_dir(name, model.subject, model.cache_key, model.synthetic)
+        folder = self.entry_dir(name, model.subject, model.cache_key, model.synthetic, model.dataset)
         arrays = safetensors_save({
             "coef": np.ascontiguousarray(model.fit.coef, dtype=np.float64),
             "intercept": np.ascontiguousarray(model.fit.intercept, dtype=np.float64),
@@ -106,7 +116,7 @@ class EncodingModelStore:
         return folder
 
     def load(self, name: str, subject: str, key: str, synthetic: bool,
-             expected_fields: dict[str, Any] | None = None) -> EncodingModel | None:
+             expected_fields: dict[str, Any] | None = None, dataset: str = DEFAULT_DATASET) -> EncodingModel | None:
         """The cached model for ``key``, or ``None`` if there is no complete entry.
 
         The bytes are checked (each file's sha256 against the manifest) and so is the meaning: the manifest's
@@ -123,7 +133,7 @@ class EncodingModelStore:
             CacheIntegrityError: a file is missing or its sha256 differs from the manifest, or the manifest is
                 malformed or contradicts the key; ``.path`` and ``.field`` name the entry and the field.
         """
-        folder = self.entry_dir(name, subject, key, synthetic)
+        folder = self.entry_dir(name, subject, key, synthetic, dataset)
         manifest_path = posixpath.join(folder, "manifest.json")
         if not self.files.exists(manifest_path):
             return None
@@ -160,6 +170,7 @@ class EncodingModelStore:
             dataset_sha256=fields["dataset_sha256"], synthetic=meta["synthetic"], voxels=voxels,
             cache_key=key, key_fields=fields, fit_seconds=meta["fit_seconds"],
             request=ModelRequest.recorded(meta["model_id"], meta["source"], fields),
+            dataset=get_layout(dataset).identifier, notes=[str(n) for n in meta.get("notes", [])],
         )
 
 

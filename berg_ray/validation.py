@@ -184,16 +184,22 @@ def normalize_subject(subject: Any) -> str | None:
     return None
 
 
-def check_subject_id(subject: Any, allowed: Sequence[str] = SUBJECTS) -> str:
+def check_subject_id(subject: Any, allowed: Sequence[str] = SUBJECTS, *, dataset: str = "Pereira2018") -> str:
     """The normalised ``subject`` if it is one of ``allowed`` (default: the nine Pereira subjects); else
-    :class:`~berg_ray.errors.UnknownSubjectError` naming the value, the valid ids and the closest ones."""
+    :class:`~berg_ray.errors.UnknownSubjectError` naming the value, the dataset, its ids and the closest ones.
+    An id is taken as written first (``'1'``, ``'848-853-865-875-876'``), then zero-padded as Pereira's (``18`` →
+    ``'018'``)."""
+    if isinstance(subject, str) and subject.strip() in allowed:
+        return subject.strip()
+    if isinstance(subject, numbers.Integral) and not isinstance(subject, bool) and str(int(subject)) in allowed:
+        return str(int(subject))
     normalised = normalize_subject(subject)
     if normalised is not None and normalised in allowed:
         return normalised
     hint = closest(str(normalised if normalised is not None else subject), list(allowed))
     suggestion = f" Did you mean {', '.join(repr(h) for h in hint)}?" if hint else ""
     raise UnknownSubjectError(
-        f"Unknown subject {subject!r}: the Pereira2018 subjects are {', '.join(allowed)}.{suggestion}")
+        f"Unknown subject {subject!r}: the {dataset} subjects are {', '.join(allowed)}.{suggestion}")
 
 
 # ---------------------------------------------------------------------------------------------------- paths

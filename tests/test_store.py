@@ -298,7 +298,7 @@ def test_edited_context_is_refused_on_the_fitting_path(saved):
     from berg_ray.fitting import load_cached
 
     store, model, folder = saved
-    assembly = SimpleNamespace(sha256=DATASET_SHA, synthetic=True)
+    assembly = SimpleNamespace(sha256=DATASET_SHA, synthetic=True, identifier="Pereira2018.language")
     alias = ModelSpec(NAME, SPEC.source, SPEC.layer)  # another id (same folder name) for the same weights
     request = ModelRequest.build(alias, context=model.context)
     loaded = load_cached(store, request, assembly, model.subject, model.settings)

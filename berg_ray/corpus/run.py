@@ -44,7 +44,7 @@ DEFAULT_ROWS_PER_PART = 2048
 def encode_corpus(model_id: str | ModelSpec | ModelRequest, input: str, output: str,
                   subjects: str | Iterable[str] = "all",
                   dataset: str | PereiraAssembly = "brainscore", cache: str | None = "berg_dir",
-                  context: str = "sentence",
+                  context: str | None = None,
                   batch_size: int = DEFAULT_BATCH_SIZE, num_extractors: int = 1, num_gpus: float = 0.0,
                   device: str = "auto",
                   dtype: str | None = None, n_components: int = 25, rows_per_part: int = DEFAULT_ROWS_PER_PART,
@@ -69,7 +69,7 @@ def encode_corpus(model_id: str | ModelSpec | ModelRequest, input: str, output: 
         overwrite: delete an existing output of any request (only the files this pipeline writes) and encode
             from scratch.
         subjects: ``"all"`` or subject ids; encoding models not yet in ``cache`` are fitted first (on Ray).
-        context: ``"sentence"`` (parts of ``rows_per_part`` rows), ``"passage"`` (column ``passage``; a whole file
+        context: ``None``: the dataset's default; ``"sentence"`` (parts of ``rows_per_part`` rows), ``"passage"`` (column ``passage``; a whole file
             is one part, so passages are never split) or ``"running"`` (one running context per file).
         num_extractors: actors in the pool; each loads the model once.
         num_gpus: GPUs per actor (fractions let small models share a GPU); 0 = CPU.
@@ -103,23 +103,25 @@ def encode_corpus(model_id: str | ModelSpec | ModelRequest, input: str, output: 
         init_ray,
         request_for_actors,
     )
-    from berg_ray.fitting import fit_subjects, resolve_subjects
-    from berg_ray.neural import PereiraAssembly, dataset_cache_dir, load_pereira
-    from berg_ray.regression import PLSSettings
+    from berg_ray.dataset_layouts import check_context_for
+    from berg_ray.fitting import fit_subjects, resolve_subjects, settings_for
+    from berg_ray.neural import PereiraAssembly, dataset_cache_dir, load_dataset
     from berg_ray.validation import check_corpus_arguments
 
     check_corpus_arguments(subjects=subjects, n_components=n_components, batch_size=batch_size, device=device,
                            num_extractors=num_extractors, num_gpus=num_gpus, rows_per_part=rows_per_part,
                            num_cpus_per_extractor=num_cpus_per_extractor, output=output, dataset=dataset)
     writes = check_output_options(write, predictions_dtype)
-    model_request = model_id if isinstance(model_id, ModelRequest) else ModelRequest.build(
-        model_id, context=context, dtype=dtype, batch_size=batch_size, device=device)
-    spec = model_request.spec
     check_output_outside_input(input, output)  # before anything is read
     files = list_inputs(input)  # a missing or empty input fails here, before Ray starts
     # the dataset too (a bad file, a subject id that is not a plain name): before Ray starts
-    assembly = dataset if isinstance(dataset, PereiraAssembly) else load_pereira(
+    assembly = dataset if isinstance(dataset, PereiraAssembly) else load_dataset(
         dataset, cache_dir=dataset_cache_dir(cache) if cache else None)
+    model_request = model_id if isinstance(model_id, ModelRequest) else ModelRequest.build(
+        model_id, context=context or assembly.layout.default_context, dtype=dtype, batch_size=batch_size,
+        device=device)
+    check_context_for(assembly.layout, model_request.context)
+    spec = model_request.spec
     init_ray(address)
     out = FileRoot(output)
     if out.local and not shared_output:
@@ -129,7 +131,7 @@ def encode_corpus(model_id: str | ModelSpec | ModelRequest, input: str, output: 
     # dtype="auto" (asked here, or carried by a request built with it): the precision of the actors' device
     model_request = request_for_actors(model_request, None if isinstance(model_id, ModelRequest) else dtype,
                                        resources["num_gpus"])
-    settings = PLSSettings(n_components=n_components)
+    settings = settings_for(assembly, n_components)
     cache_keys = {s: model_request.cache_key(s, assembly.sha256, settings)
                   for s in resolve_subjects(assembly, subjects)}
     request = corpus_request(model_request, cache_keys, assembly.sha256, settings.to_dict(), input, rows_per_part,
