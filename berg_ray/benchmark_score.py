@@ -455,18 +455,14 @@ def score(model_id: str, benchmark: str, dataset: str | None = None, *, cache_di
     Returns:
         :class:`BenchmarkScore`; ``float(result)`` is the normalised score, or the raw one without a ceiling.
     """
-    from berg_ray import neural
+    from berg_ray.neural import load_raw_assembly
     from berg_ray.options import DEFAULT_BATCH_SIZE
     from berg_ray.request import ModelRequest
 
     spec = get_benchmark(benchmark)
     request = ModelRequest.build(model_id, context="passage", device=device, dtype=dtype,
                                  batch_size=DEFAULT_BATCH_SIZE if batch_size is None else batch_size)
-    loader = getattr(neural, "load_raw_assembly", None)
-    if loader is None:
-        raise NotImplementedError("berg_ray.neural.load_raw_assembly is not available in this version; call "
-                                  "berg_ray.benchmark_score.score_assembly with a loaded assembly")
-    loaded = loader(dataset or spec.dataset, identifier=spec.dataset, cache_dir=cache_dir)
+    loaded = load_raw_assembly(dataset or spec.dataset, identifier=spec.dataset, cache_dir=cache_dir)
     return score_assembly(request, spec, loaded.assembly, data_sha256=loaded.sha256,
                           ceiling_cache_dir=default_ceiling_cache_dir(cache_dir), dataset_source=str(loaded.source),
                           synthetic=bool(loaded.synthetic), show_progress=show_progress)

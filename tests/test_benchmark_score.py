@@ -491,3 +491,19 @@ def test_score_front_door_loads_and_scores(standin_files, tiny_gpt2, request_, t
                             ceiling_cache_dir=None)
     assert result.raw == direct.raw and result.synthetic and result.data_sha256 == "1" * 64
     assert result.dataset_source == path and result.model_id == tiny_gpt2.model_id
+
+
+def test_score_front_door_on_a_file(standin_files, tiny_gpt2, request_, tmp_path):
+    """``berg_ray.score`` with berg-ray's own loader (``neural.load_raw_assembly``) on a stand-in file."""
+    import berg_ray
+    from berg_ray.benchmark_score import score_assembly
+    from berg_ray.hashing import file_sha256
+
+    path = standin_files["Fedorenko2016.language"]
+    with mock.patch("brainscore_language.benchmarks.blank2014.ceiling.ExtrapolationCeiling", _counting_ceiler([])):
+        result = berg_ray.score(tiny_gpt2.model_id, "Fedorenko2016-ridge", dataset=path, cache_dir=str(tmp_path),
+                                device="cpu")
+        direct = score_assembly(request_, "Fedorenko2016-ridge", load_file(path), data_sha256=file_sha256(path),
+                                ceiling_cache_dir=None)
+    assert result.data_sha256 == file_sha256(path) and result.raw == direct.raw and result.ceiling == 0.6
+    assert list((tmp_path / "ceilings").iterdir())  # the ceiling went to <cache_dir>/ceilings
