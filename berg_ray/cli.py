@@ -1,6 +1,7 @@
 """``berg-ray`` command line: the same functions as the Python API and the Ray jobs.
 
     berg-ray models [--all]
+    berg-ray datasets [--json]
     berg-ray register MODEL_ID --source DIR_OR_HUB_ID --layer LAYER [--revision R] [--replace]
     berg-ray register MODEL_ID --source DIR_OR_HUB_ID --layer L1 --layer L2 ... --localizer-top-k K  (localizer model:
         --layer once per layer, K a fraction in (0, 1) such as 0.1 or a number of units such as 4096)
@@ -120,6 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "largest rounding error (default: %(default)s)")
     _add_common(corpus)
 
+    datasets = sub.add_parser("datasets", help="list the neural datasets berg-ray trains on (offline)")
+    datasets.add_argument("--json", action="store_true", help="print JSON")
+
     rank = sub.add_parser("rank", help="list the sentences of a corpus output with the highest and lowest "
                                        "predicted response (drive / suppress)")
     rank.add_argument("output", help="a finished encode-corpus output folder, local or s3://")
@@ -194,6 +198,31 @@ def _cmd_models(args: argparse.Namespace) -> int:
           + ("" if args.all else "; --all lists the registrations that cannot run here, and what each needs"))
     if args.all:
         print("by status: " + ", ".join(f"{status} {n}" for status, n in counts.items() if n))
+    return 0
+
+
+def _cmd_datasets(args: argparse.Namespace) -> int:
+    from berg_ray.dataset_layouts import LAYOUTS, describe_layout
+
+    described = [describe_layout(layout) for layout in LAYOUTS.values()]
+    if args.json:
+        print(json.dumps(described, indent=2))
+        return 0
+    for entry in described:
+        subjects = entry["subjects"]
+        listed = (", ".join(f"{s} ({n})" for s, n in subjects.items()) if isinstance(subjects, dict)
+                  else ", ".join(subjects) or "as in the file")
+        print(f"{entry['dataset']}  [{entry['modality']}]  {entry['title']}")
+        neuroids = f"{entry['n_neuroids']:,}" if entry["n_neuroids"] else "atlas"
+        print(f"    {entry['n_presentations']:,} {entry['unit']}s × {neuroids} neuroids; "
+              f"units: {entry['response_units']}")
+        print(f"    subjects (neuroids): {listed}")
+        print(f"    read: context {entry['default_context']!r} (allowed: {', '.join(entry['contexts'])}; groups: "
+              f"{entry['read_with']}); held-out: {entry['cv']}")
+        print(f"    benchmarks: {', '.join(entry['benchmarks']) or '-'}")
+        print(f"    source: {entry['url']} (sha1 {entry['sha1'][:12]}…)\n")
+    print("'brainscore' = Pereira2018.language; 'synthetic' or 'synthetic:<dataset>' is a stand-in with a planted "
+          "map; a path or URL to a .nc file in one of these layouts works too.")
     return 0
 
 
@@ -327,7 +356,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"models": _cmd_models, "register": _cmd_register, "fit": _cmd_fit, "encode": _cmd_encode,
+COMMANDS = {"models": _cmd_models, "datasets": _cmd_datasets, "register": _cmd_register, "fit": _cmd_fit,
+            "encode": _cmd_encode,
             "encode-corpus": _cmd_encode_corpus, "rank": _cmd_rank, "sweep": _cmd_sweep, "demo": _cmd_demo}
 
 

@@ -69,8 +69,9 @@ def encode_corpus(model_id: str | ModelSpec | ModelRequest, input: str, output: 
         overwrite: delete an existing output of any request (only the files this pipeline writes) and encode
             from scratch.
         subjects: ``"all"`` or subject ids; encoding models not yet in ``cache`` are fitted first (on Ray).
-        context: ``None``: the dataset's default; ``"sentence"`` (parts of ``rows_per_part`` rows), ``"passage"`` (column ``passage``; a whole file
-            is one part, so passages are never split) or ``"running"`` (one running context per file).
+        context: ``None``: the dataset's default; ``"sentence"`` (parts of ``rows_per_part`` rows), ``"passage"``
+            (column ``passage``; a whole file is one part, so passages are never split) or ``"running"`` (one
+            running context per file).
         num_extractors: actors in the pool; each loads the model once.
         num_gpus: GPUs per actor (fractions let small models share a GPU); 0 = CPU.
         write: the outputs: ``"voxels"`` (every voxel's prediction, ``predictions/``) and/or ``"rois"`` (per
