@@ -40,13 +40,15 @@ from __future__ import annotations
 
 import berg_ray._environment  # noqa: F401  (must precede any brainscore import)
 
+import contextlib
+import functools
 import json
 import logging
 import math
 import os
 import socket
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -117,7 +119,6 @@ class BenchmarkScore:
     n_neuroids: int = 0
     out_of_range_normalized: float | None = None
     seconds: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def __float__(self) -> float:
         """The normalised score when there is a ceiling, else the raw score."""
@@ -245,6 +246,30 @@ def normalize(raw: float, ceiling: float | None) -> tuple[float | None, float | 
 
 # ------------------------------------------------------------------------------------------------------------------
 # ceilings
+
+
+@contextlib.contextmanager
+def brainscore_progress(show: bool) -> Any:
+    """brainscore's own progress bars (cross-validation splits, ceiling subsets and extrapolations) on or off: off,
+    its modules' ``tqdm`` / ``trange`` names are swapped for disabled ones while the block runs."""
+    if show:
+        yield
+        return
+    from brainscore_language.benchmarks.blank2014 import ceiling as ceiling_module
+    from brainscore_language.utils import transformations
+    from tqdm import tqdm, trange
+
+    swaps = [(transformations, "tqdm", functools.partial(tqdm, disable=True)),
+             (ceiling_module, "tqdm", functools.partial(tqdm, disable=True)),
+             (ceiling_module, "trange", functools.partial(trange, disable=True))]
+    before = [getattr(module, name) for module, name, _ in swaps]
+    try:
+        for module, name, quiet in swaps:
+            setattr(module, name, quiet)
+        yield
+    finally:
+        for (module, name, _), original in zip(swaps, before):
+            setattr(module, name, original)
 
 
 def brainscore_language_version() -> str:
@@ -394,6 +419,8 @@ def score_assembly(request: Any, spec: BenchmarkSpec | str, data: Any, *, data_s
         ceiling_cache_dir: folder of the extrapolation-ceiling cache (``None``: no cache).
         dataset_source: where the data came from, for the record.
         synthetic: the data is a stand-in.
+        show_progress: progress bars: berg-ray's over batches and brainscore's over splits and ceiling subsets
+            (off: neither prints).
     """
     from berg_ray.features import extract_request
 
@@ -410,10 +437,11 @@ def score_assembly(request: Any, spec: BenchmarkSpec | str, data: Any, *, data_s
                                show_progress=show_progress)[layer]
     predictions = benchmark_predictions(features, spec, scored, order, layer)
     metric = spec.load_metric()
-    raw_score = metric(predictions, scored)
-    raw = float(raw_score)
-    seconds = time.perf_counter() - started
-    ceiling, note = benchmark_ceiling(spec, data, data_sha256=data_sha256, ceiling_cache_dir=ceiling_cache_dir)
+    with brainscore_progress(show_progress):
+        raw_score = metric(predictions, scored)
+        raw = float(raw_score)
+        seconds = time.perf_counter() - started
+        ceiling, note = benchmark_ceiling(spec, data, data_sha256=data_sha256, ceiling_cache_dir=ceiling_cache_dir)
     normalized, out_of_range = normalize(raw, ceiling)
     if spec.metric == "rdm" and math.isnan(raw) and scored.sizes["neuroid"] == 1:
         note += "; rdm of a single neuroid is undefined (its RDM is all NaN): brainscore's score is NaN too"
@@ -451,6 +479,7 @@ def score(model_id: str, benchmark: str, dataset: str | None = None, *, cache_di
             dataset id; default: brainscore's dataset of the benchmark.
         cache_dir: where the data and ceiling caches live (ceilings: ``<cache_dir>/ceilings``).
         device, dtype, batch_size: how the model runs (:meth:`~berg_ray.request.ModelRequest.build`).
+        show_progress: progress bars (see :func:`score_assembly`).
 
     Returns:
         :class:`BenchmarkScore`; ``float(result)`` is the normalised score, or the raw one without a ceiling.

@@ -507,3 +507,16 @@ def test_score_front_door_on_a_file(standin_files, tiny_gpt2, request_, tmp_path
                                 ceiling_cache_dir=None)
     assert result.data_sha256 == file_sha256(path) and result.raw == direct.raw and result.ceiling == 0.6
     assert list((tmp_path / "ceilings").iterdir())  # the ceiling went to <cache_dir>/ceilings
+
+
+def test_brainscore_progress_bars_follow_show_progress(standin_files, request_, capfd):
+    from berg_ray.benchmark_score import score_assembly
+    from brainscore_language.utils import transformations
+
+    original = transformations.tqdm
+    data = load_file(standin_files["Tuckute2024.language"])
+    score_assembly(request_, "Tuckute2024-cka", data, data_sha256="f" * 64, ceiling_cache_dir=None)
+    assert "cross-validation" not in capfd.readouterr().err and transformations.tqdm is original
+    score_assembly(request_, "Tuckute2024-cka", data, data_sha256="f" * 64, ceiling_cache_dir=None,
+                   show_progress=True)
+    assert "cross-validation" in capfd.readouterr().err
