@@ -45,6 +45,9 @@ def _add_common(parser: argparse.ArgumentParser, subjects: bool = True) -> None:
                         help="context policy (default: the dataset's: sentence for Pereira and Tuckute2024, passage "
                              "for Blank2014 and Fedorenko2016)")
     parser.add_argument("--n-components", type=int, default=25, help="PLS components (default: %(default)s)")
+    parser.add_argument("--regression", default="pls", choices=("pls", "ridge"),
+                        help="encoding model: BERG's PLS, or RidgeCV over brainscore's alphas with one alpha per "
+                             "neuroid (default: %(default)s)")
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default: %(default)s)")
     parser.add_argument("--dtype", default=None, choices=options.DTYPE_CHOICES,
                         help="forward-pass precision (default: float32); auto: bfloat16 on GPUs and on CPUs with "
@@ -90,8 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
     encode.add_argument("model")
     encode.add_argument("--subject", required=True)
     source = encode.add_mutually_exclusive_group(required=True)
-    source.add_argument("--text", nargs="+", help="sentences")
-    source.add_argument("--input", help=".txt (one sentence per line), .jsonl or .parquet (column 'sentence')")
+    source.add_argument("--text", nargs="+", help="sentences (or a dataset's units: story fragments, words)")
+    source.add_argument("--input", help=".txt (one sentence per line), .jsonl or .parquet (column 'sentence'; "
+                                        "column 'passage': the story or sentence of each unit, for context passage)")
+    encode.add_argument("--passages", nargs="+", default=None,
+                        help="with --text and context passage (Blank2014, Fedorenko2016): the story or sentence each "
+                             "text belongs to, one per text")
     encode.add_argument("--out", required=True, help="output .parquet or .npy (metadata beside it as .json)")
     _add_common(encode, subjects=False)
 
@@ -155,12 +162,6 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--device", default="auto")
     demo.add_argument("--no-ray", action="store_true", help="fit in this process instead of on a local Ray")
     return parser
-
-
-def _read_sentences(path: str) -> list[str]:
-    from berg_ray.corpus_io import read_sentences_file
-
-    return read_sentences_file(path)
 
 
 def _localizer_summary(layers: Sequence[str], top_k: float | int | None) -> str:
@@ -254,7 +255,8 @@ def _cmd_fit(args: argparse.Namespace) -> int:
 
     check_fit_arguments(subjects=args.subjects, n_components=args.n_components, batch_size=args.batch_size,
                         device=args.device, dataset=args.dataset, cli=True)
-    berg = BERG(args.cache, dataset=args.dataset, context=args.context, n_components=args.n_components)
+    berg = BERG(args.cache, dataset=args.dataset, context=args.context, n_components=args.n_components,
+                regression=args.regression)
     request = berg.request(args.model, device=args.device, dtype=args.dtype, batch_size=args.batch_size)
     use_ray = bool(args.ray or args.address or os.environ.get("RAY_ADDRESS"))
     if use_ray:
@@ -281,11 +283,21 @@ def _cmd_encode(args: argparse.Namespace) -> int:
     check_encode_arguments(out=args.out, subject=args.subject, n_components=args.n_components,
                            batch_size=args.batch_size, device=args.device, sentences=args.text, dataset=args.dataset,
                            cli=True)
-    sentences = args.text if args.text else _read_sentences(args.input)
-    berg = BERG(args.cache, dataset=args.dataset, context=args.context, n_components=args.n_components)
+    passages = args.passages
+    if args.text:
+        sentences = args.text
+    else:
+        from berg_ray.corpus_io import read_sentences_table, table_sentences
+
+        table = read_sentences_table(args.input)
+        sentences = table_sentences(table, args.input)
+        if passages is None and "passage" in table:
+            passages = [str(p) for p in table["passage"]]
+    berg = BERG(args.cache, dataset=args.dataset, context=args.context, n_components=args.n_components,
+                regression=args.regression)
     model = berg.get_encoding_model(args.model, subject=args.subject, device=args.device, show_progress=True,
                                     batch_size=args.batch_size, dtype=args.dtype)
-    responses, meta = berg.encode(model, sentences, show_progress=True, return_metadata=True)
+    responses, meta = berg.encode(model, sentences, show_progress=True, return_metadata=True, passages=passages)
     written = write_encoded(args.out, sentences, responses, meta)
     print(f"wrote {responses.shape[0]} × {responses.shape[1]} responses to {', '.join(map(str, written))}")
     return 0
@@ -306,7 +318,8 @@ def _cmd_encode_corpus(args: argparse.Namespace) -> int:
                             address=args.address,
                             cache=args.cache, context=args.context, batch_size=args.batch_size,
                             num_extractors=args.num_extractors, num_gpus=args.num_gpus, device=args.device,
-                            dtype=args.dtype, n_components=args.n_components, overwrite=args.overwrite,
+                            dtype=args.dtype, n_components=args.n_components, regression=args.regression,
+                            overwrite=args.overwrite,
                             write=args.write, predictions_dtype=args.predictions_dtype,
                             shared_output=args.shared_output)
     print(json.dumps(summary, indent=2, default=str))

@@ -22,7 +22,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
              "registry.expressions", "registry.localizer_plugins", "registry.plugins", "registry.builtin",
              "registry.sources", "registry.custom", "registry.lookup", "request", "encoding_model", "model_loading",
              "features", "layers", "synthetic", "offline_models", "reductions", "model_status", "delegated",
-             "code_models", "pls_batched", "ridge_fit", "benchmarks"),
+             "code_models", "pls_batched", "ridge_fit", "standins", "benchmarks"),
     "data": ("corpus_io", "neural", "store", "plots", "corpus_outputs", "ranking", "corpus.inputs",
              "corpus.plan", "corpus.read", "corpus.output_folder", "corpus.request_identity", "corpus.manifest"),
     "compute": ("fitting", "benchmark_score"),

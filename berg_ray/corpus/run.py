@@ -47,7 +47,8 @@ def encode_corpus(model_id: str | ModelSpec | ModelRequest, input: str, output: 
                   context: str | None = None,
                   batch_size: int = DEFAULT_BATCH_SIZE, num_extractors: int = 1, num_gpus: float = 0.0,
                   device: str = "auto",
-                  dtype: str | None = None, n_components: int = 25, rows_per_part: int = DEFAULT_ROWS_PER_PART,
+                  dtype: str | None = None, n_components: int = 25, regression: str = "pls",
+                  rows_per_part: int = DEFAULT_ROWS_PER_PART,
                   num_cpus_per_extractor: float | None = None, show_progress: bool = True,
                   overwrite: bool = False, write: str | Iterable[str] = DEFAULT_OUTPUTS,
                   predictions_dtype: str = DEFAULT_PREDICTION_DTYPE, address: str | None = None,
@@ -132,7 +133,7 @@ def encode_corpus(model_id: str | ModelSpec | ModelRequest, input: str, output: 
     # dtype="auto" (asked here, or carried by a request built with it): the precision of the actors' device
     model_request = request_for_actors(model_request, None if isinstance(model_id, ModelRequest) else dtype,
                                        resources["num_gpus"])
-    settings = settings_for(assembly, n_components)
+    settings = settings_for(assembly, n_components, regression)
     cache_keys = {s: model_request.cache_key(s, assembly.sha256, settings)
                   for s in resolve_subjects(assembly, subjects)}
     request = corpus_request(model_request, cache_keys, assembly.sha256, settings.to_dict(), input, rows_per_part,
