@@ -109,6 +109,24 @@ def ray_state_is_clean_after_each_module(request: pytest.FixtureRequest) -> Iter
 # (session-scoped: each is built once; ids are registered in this process only, never persisted).
 
 
+@pytest.fixture
+def isolated_aws(monkeypatch, tmp_path):
+    """No AWS settings, credentials or cached boto3 session from this machine or from other tests."""
+    import boto3
+
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
+                 "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    monkeypatch.setenv("AWS_RETRY_MODE", "standard")
+    monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)
+    return monkeypatch
+
+
 @pytest.fixture(scope="session")
 def tiny_gpt2(tmp_path_factory) -> LocalModel:
     """A random 3-layer GPT-2 (width 32) with a 64-token context, so running contexts overflow and get truncated."""

@@ -164,7 +164,6 @@ def test_subjects_unknown_ids_and_layouts_are_named(gpt2_standins, tmp_path):
     assert fedorenko.responses(3).shape == (416, 9) and fedorenko.responses("3").shape == (416, 9)
     raw = load_dataset(gpt2_standins["Tuckute2024.language"]["path"])
     path = tmp_path / "odd.nc"
-    from berg_ray.neural import load_raw_assembly
 
     import xarray as xr
 
@@ -210,6 +209,8 @@ def test_every_dataset_loads_through_brainscores_own_loader(gpt2_standins, moto_
     monkeypatch.setenv("BRAINIO_HOME", str(home))
     monkeypatch.setattr(fetch, "_local_data_path", str(home))
     isolated_aws.setenv("AWS_ENDPOINT_URL_S3", moto_server)
+    isolated_aws.setenv("AWS_ACCESS_KEY_ID", "testing")  # brainio's signed download (test_neural covers unsigned)
+    isolated_aws.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     client = boto3.client("s3", endpoint_url=moto_server, region_name="us-east-1", aws_access_key_id="testing",
                           aws_secret_access_key="testing")
     try:

@@ -42,22 +42,6 @@ def loaded(synthetic_file):
     return load_pereira(synthetic_file)
 
 
-@pytest.fixture
-def isolated_aws(monkeypatch, tmp_path):
-    """No AWS settings, credentials or cached boto3 session from this machine or from other tests."""
-    import boto3
-
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
-                 "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
-    monkeypatch.setenv("AWS_RETRY_MODE", "standard")
-    monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)
-    return monkeypatch
 
 
 def _s3_client(endpoint: str):
