@@ -33,7 +33,7 @@ logger = logging.getLogger(__name__)
 #: the per-cell table's columns, in order (per-ROI columns ``roi_<ROI>`` follow ``mean_r``)
 COLUMNS: tuple[str, ...] = (
     "dataset", "model", "hub_id", "layer", "layer_index", "n_layers", "mapped_layer", "context", "subject", "protocol",
-    "status", "reason", "n_voxels", "median_r", "mean_r", "fit_seconds", "features_seconds", "from_cache",
+    "cv", "status", "reason", "n_voxels", "median_r", "mean_r", "fit_seconds", "features_seconds", "from_cache",
     "dataset_sha256", "synthetic", "cell_id", "voxel_r_file", "cache_key", "computed_at",
 )
 _NAN = float("nan")
@@ -54,6 +54,7 @@ class CellRow:
     synthetic: bool
     reason: str = ""
     dataset: str | None = None  # the dataset's label in the sweep (None: a row for every dataset)
+    cv: str | None = None  # the held-out splits the cell was scored with (e.g. "GroupKFold(10) by story")
     layer_index: int | None = None
     n_layers: int | None = None
     mapped_layer: bool | None = None
@@ -70,13 +71,14 @@ class CellRow:
     computed_at: str | None = None
 
     @classmethod
-    def for_cell(cls, cell: Cell, protocol: str, assembly: PereiraAssembly, status: str, reason: str = ""
-                 ) -> CellRow:
+    def for_cell(cls, cell: Cell, protocol: str, assembly: PereiraAssembly, status: str, reason: str = "",
+                 cv: str | None = None) -> CellRow:
+        """The row of a grid cell on ``assembly`` (its dataset), scored with the splits ``cv`` describes."""
         return cls(model=cell.spec.model_id, hub_id=cell.spec.source, layer=cell.layer.name, context=cell.context,
                    subject=cell.subject, protocol=protocol, status=status, reason=reason,
                    dataset_sha256=assembly.sha256, synthetic=assembly.synthetic, layer_index=cell.layer.index,
                    n_layers=cell.layer.n_layers, mapped_layer=cell.mapped_layer, cell_id=cell.cell_id,
-                   dataset=cell.dataset)
+                   dataset=cell.dataset, cv=cv)
 
     @classmethod
     def skipped(cls, row: SkippedRow, protocol: str, assembly: PereiraAssembly | None, dataset: str | None = None

@@ -257,6 +257,7 @@ def run_sweep(models: str | Sequence[str], subjects: str | Iterable[str] = "all"
     planned = plan_datasets(load_datasets(dataset_names(dataset, datasets)), axes, scorer, settings, n_components)
     by_label = {d.label: d for d in planned}
     assemblies = {d.label: d.assembly for d in planned}
+    cv_of = {d.label: scorer.describe(d.axis.settings)["cv"] for d in planned}
     store = CellStore(out)
 
     if dtype == AUTO_DTYPE:
@@ -270,8 +271,8 @@ def run_sweep(models: str | Sequence[str], subjects: str | Iterable[str] = "all"
     counts = RunCounts(cells=len(grid.cells), skipped=sum(r.status == "skipped" for r in grid.skipped),
                        failed=sum(r.status == "failed" for r in grid.skipped))
     cell_dataset = {cell.cell_id: cell.dataset for cell in grid.cells}
-    rows = {cell_id: dataclasses.replace(row, dataset=cell_dataset[cell_id])  # this run's label (old runs: none)
-            for cell_id, row in store.finished(cell_dataset).items()}
+    rows = {cell_id: dataclasses.replace(row, dataset=label, cv=cv_of[label])  # this run's names (old runs: none)
+            for cell_id, row in store.finished(cell_dataset).items() for label in [cell_dataset[cell_id]]}
     counts.reused = len(rows)
     if counts.reused:
         logger.info("sweep: %d of %d cell(s) already finished in %s", counts.reused, len(grid.cells), store)
@@ -292,11 +293,11 @@ def run_sweep(models: str | Sequence[str], subjects: str | Iterable[str] = "all"
             cell = outcome.cell
             assembly = assemblies[cell.dataset]
             if outcome.score is None:
-                row = CellRow.for_cell(cell, protocol, assembly, "failed", outcome.reason)
+                row = CellRow.for_cell(cell, protocol, assembly, "failed", outcome.reason, cv_of[cell.dataset])
                 store.write(row, None)
                 counts.failed += 1
             else:
-                row = outcome.score.fill(CellRow.for_cell(cell, protocol, assembly, "ok"),
+                row = outcome.score.fill(CellRow.for_cell(cell, protocol, assembly, "ok", cv=cv_of[cell.dataset]),
                                          features_seconds=outcome.features_seconds)
                 store.write(row, outcome.score.arrays)
                 counts.computed += 1
@@ -358,7 +359,8 @@ def _fill_from_cache(todo: list[Cell], scorer: Scorer, datasets: Mapping[str, Sw
             remaining.append(cell)
             continue
         score = CellScore.from_scores(scores, assembly.voxels(cell.subject), scores.fit_seconds)
-        row = score.fill(CellRow.for_cell(cell, scorer.name, assembly, "ok"), from_cache=True)
+        row = score.fill(CellRow.for_cell(cell, scorer.name, assembly, "ok", cv=scorer.describe(settings)["cv"]),
+                         from_cache=True)
         store.write(row, score.arrays)
         rows[cell.cell_id] = row
         counts.from_cache += 1
