@@ -140,5 +140,5 @@ def score_benchmarks(requests: Mapping[str, ModelRequest], benchmarks: Sequence[
     table = pd.DataFrame.from_records(records, columns=list(BENCHMARK_COLUMNS))
     for column in ("raw", "ceiling", "normalized", "seconds"):
         table[column] = pd.to_numeric(table[column], errors="coerce").astype(float)
-    table["synthetic"] = table["synthetic"].fillna(False).astype(bool)
+    table["synthetic"] = [value is True or value == 1 for value in table["synthetic"]]
     return table
