@@ -1,6 +1,7 @@
 """``berg-ray`` command line: the same functions as the Python API and the Ray jobs.
 
     berg-ray models [--all]
+    berg-ray datasets [--json]
     berg-ray register MODEL_ID --source DIR_OR_HUB_ID --layer LAYER [--revision R] [--replace]
     berg-ray register MODEL_ID --source DIR_OR_HUB_ID --layer L1 --layer L2 ... --localizer-top-k K  (localizer model:
         --layer once per layer, K a fraction in (0, 1) such as 0.1 or a number of units such as 4096)
@@ -45,6 +46,9 @@ def _add_common(parser: argparse.ArgumentParser, subjects: bool = True) -> None:
                         help="context policy (default: the dataset's: sentence for Pereira and Tuckute2024, passage "
                              "for Blank2014 and Fedorenko2016)")
     parser.add_argument("--n-components", type=int, default=25, help="PLS components (default: %(default)s)")
+    parser.add_argument("--regression", default="pls", choices=("pls", "ridge"),
+                        help="encoding model: BERG's PLS, or RidgeCV over brainscore's alphas with one alpha per "
+                             "neuroid (default: %(default)s)")
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default: %(default)s)")
     parser.add_argument("--dtype", default=None, choices=options.DTYPE_CHOICES,
                         help="forward-pass precision (default: float32); auto: bfloat16 on GPUs and on CPUs with "
@@ -90,8 +94,12 @@ def build_parser() -> argparse.ArgumentParser:
     encode.add_argument("model")
     encode.add_argument("--subject", required=True)
     source = encode.add_mutually_exclusive_group(required=True)
-    source.add_argument("--text", nargs="+", help="sentences")
-    source.add_argument("--input", help=".txt (one sentence per line), .jsonl or .parquet (column 'sentence')")
+    source.add_argument("--text", nargs="+", help="sentences (or a dataset's units: story fragments, words)")
+    source.add_argument("--input", help=".txt (one sentence per line), .jsonl or .parquet (column 'sentence'; "
+                                        "column 'passage': the story or sentence of each unit, for context passage)")
+    encode.add_argument("--passages", nargs="+", default=None,
+                        help="with --text and context passage (Blank2014, Fedorenko2016): the story or sentence each "
+                             "text belongs to, one per text")
     encode.add_argument("--out", required=True, help="output .parquet or .npy (metadata beside it as .json)")
     _add_common(encode, subjects=False)
 
@@ -120,6 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="element type of the voxel output; float16 halves it, the manifest records the "
                              "largest rounding error (default: %(default)s)")
     _add_common(corpus)
+
+    datasets = sub.add_parser("datasets", help="list the neural datasets berg-ray trains on (offline)")
+    datasets.add_argument("--json", action="store_true", help="print JSON")
 
     rank = sub.add_parser("rank", help="list the sentences of a corpus output with the highest and lowest "
                                        "predicted response (drive / suppress)")
@@ -168,12 +179,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _read_sentences(path: str) -> list[str]:
-    from berg_ray.corpus_io import read_sentences_file
-
-    return read_sentences_file(path)
-
-
 def _localizer_summary(layers: Sequence[str], top_k: float | int | None) -> str:
     """``3 layers (transformer.h.0, ..., transformer.h.2) and top-k 0.1 (a fraction of the units)``."""
     shown = ", ".join(layers) if len(layers) <= 3 else f"{layers[0]}, ..., {layers[-1]}"
@@ -212,6 +217,31 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_datasets(args: argparse.Namespace) -> int:
+    from berg_ray.dataset_layouts import LAYOUTS, describe_layout
+
+    described = [describe_layout(layout) for layout in LAYOUTS.values()]
+    if args.json:
+        print(json.dumps(described, indent=2))
+        return 0
+    for entry in described:
+        subjects = entry["subjects"]
+        listed = (", ".join(f"{s} ({n})" for s, n in subjects.items()) if isinstance(subjects, dict)
+                  else ", ".join(subjects) or "as in the file")
+        print(f"{entry['dataset']}  [{entry['modality']}]  {entry['title']}")
+        neuroids = f"{entry['n_neuroids']:,}" if entry["n_neuroids"] else "atlas"
+        print(f"    {entry['n_presentations']:,} {entry['unit']}s × {neuroids} neuroids; "
+              f"units: {entry['response_units']}")
+        print(f"    subjects (neuroids): {listed}")
+        print(f"    read: context {entry['default_context']!r} (allowed: {', '.join(entry['contexts'])}; groups: "
+              f"{entry['read_with']}); held-out: {entry['cv']}")
+        print(f"    benchmarks: {', '.join(entry['benchmarks']) or '-'}")
+        print(f"    source: {entry['url']} (sha1 {entry['sha1'][:12]}…)\n")
+    print("'brainscore' = Pereira2018.language; 'synthetic' or 'synthetic:<dataset>' is a stand-in with a planted "
+          "map; a path or URL to a .nc file in one of these layouts works too.")
+    return 0
+
+
 def _cmd_register(args: argparse.Namespace) -> int:
     from berg_ray.errors import InvalidInputError
     from berg_ray.localizer import check_top_k
@@ -240,7 +270,8 @@ def _cmd_fit(args: argparse.Namespace) -> int:
 
     check_fit_arguments(subjects=args.subjects, n_components=args.n_components, batch_size=args.batch_size,
                         device=args.device, dataset=args.dataset, cli=True)
-    berg = BERG(args.cache, dataset=args.dataset, context=args.context, n_components=args.n_components)
+    berg = BERG(args.cache, dataset=args.dataset, context=args.context, n_components=args.n_components,
+                regression=args.regression)
     request = berg.request(args.model, device=args.device, dtype=args.dtype, batch_size=args.batch_size)
     use_ray = bool(args.ray or args.address or os.environ.get("RAY_ADDRESS"))
     if use_ray:
@@ -267,11 +298,21 @@ def _cmd_encode(args: argparse.Namespace) -> int:
     check_encode_arguments(out=args.out, subject=args.subject, n_components=args.n_components,
                            batch_size=args.batch_size, device=args.device, sentences=args.text, dataset=args.dataset,
                            cli=True)
-    sentences = args.text if args.text else _read_sentences(args.input)
-    berg = BERG(args.cache, dataset=args.dataset, context=args.context, n_components=args.n_components)
+    passages = args.passages
+    if args.text:
+        sentences = args.text
+    else:
+        from berg_ray.corpus_io import read_sentences_table, table_sentences
+
+        table = read_sentences_table(args.input)
+        sentences = table_sentences(table, args.input)
+        if passages is None and "passage" in table:
+            passages = [str(p) for p in table["passage"]]
+    berg = BERG(args.cache, dataset=args.dataset, context=args.context, n_components=args.n_components,
+                regression=args.regression)
     model = berg.get_encoding_model(args.model, subject=args.subject, device=args.device, show_progress=True,
                                     batch_size=args.batch_size, dtype=args.dtype)
-    responses, meta = berg.encode(model, sentences, show_progress=True, return_metadata=True)
+    responses, meta = berg.encode(model, sentences, show_progress=True, return_metadata=True, passages=passages)
     written = write_encoded(args.out, sentences, responses, meta)
     print(f"wrote {responses.shape[0]} × {responses.shape[1]} responses to {', '.join(map(str, written))}")
     return 0
@@ -292,7 +333,8 @@ def _cmd_encode_corpus(args: argparse.Namespace) -> int:
                             address=args.address,
                             cache=args.cache, context=args.context, batch_size=args.batch_size,
                             num_extractors=args.num_extractors, num_gpus=args.num_gpus, device=args.device,
-                            dtype=args.dtype, n_components=args.n_components, overwrite=args.overwrite,
+                            dtype=args.dtype, n_components=args.n_components, regression=args.regression,
+                            overwrite=args.overwrite,
                             write=args.write, predictions_dtype=args.predictions_dtype,
                             shared_output=args.shared_output)
     print(json.dumps(summary, indent=2, default=str))
@@ -347,7 +389,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"models": _cmd_models, "register": _cmd_register, "fit": _cmd_fit, "encode": _cmd_encode,
+COMMANDS = {"models": _cmd_models, "datasets": _cmd_datasets, "register": _cmd_register, "fit": _cmd_fit,
+            "encode": _cmd_encode,
             "encode-corpus": _cmd_encode_corpus, "rank": _cmd_rank, "sweep": _cmd_sweep, "demo": _cmd_demo}
 
 

@@ -55,6 +55,7 @@ class DatasetLayout:
         n_presentations: presentations after selection in the real file.
         n_neuroids: neuroids of the real file after selection (``dropna('neuroid')`` for Pereira).
         subjects: subject ids of the real file, as berg-ray names them (strings).
+        neuroids_per_subject: neuroids of each subject in the real file (after selection), in ``subjects`` order.
     """
 
     identifier: str
@@ -77,6 +78,7 @@ class DatasetLayout:
     n_presentations: int
     n_neuroids: int
     subjects: tuple[str, ...] = field(default=())
+    neuroids_per_subject: tuple[int, ...] = field(default=())
 
     @property
     def filename(self) -> str:
@@ -114,7 +116,8 @@ LAYOUTS: dict[str, DatasetLayout] = {layout.identifier: layout for layout in (
         cv_coord="story", cv_folds=10, cv_seed=None, subject_coord="subject", neuroid_coords=_PEREIRA_NEUROID,
         presentation_coords=_PEREIRA_PRESENTATION, experiment="384sentences",
         contexts=("sentence", "passage", "running"), benchmarks=_PEREIRA_BENCHMARKS, n_presentations=384,
-        n_neuroids=12155, subjects=_PEREIRA_SUBJECTS),
+        n_neuroids=12155, subjects=_PEREIRA_SUBJECTS,
+        neuroids_per_subject=(1358, 1358, 1341, 1356, 1323, 1355, 1355, 1352, 1357)),
     DatasetLayout(
         identifier="Pereira2018.auditory", title="Pereira et al. (2018), auditory-atlas voxels, 384 sentences",
         modality="fMRI", unit="sentence", response_units="z-scored BOLD response per voxel",
@@ -127,13 +130,13 @@ LAYOUTS: dict[str, DatasetLayout] = {layout.identifier: layout for layout in (
         identifier="Tuckute2024.language",
         title="Tuckute et al. (2024), left-hemisphere language network, mean of 5 participants, 1,000 sentences",
         modality="fMRI", unit="sentence", response_units="BOLD response of the LH language network (mean of 5 "
-        "participants, z-scored within participant in the source data)",
+        "participants)",
         sha1="5c8fc7f3e24cc1af5f5296459377b638b6492641", text_coord="stimulus", context_coord="stimulus_id",
         cv_coord=None, cv_folds=10, cv_seed=1, subject_coord="subject_UID",
         neuroid_coords=("neuroid_id", "subject_UID", "roi"),
         presentation_coords=("stimulus_id", "stimulus"), experiment=None, contexts=("sentence", "running"),
         benchmarks=("Tuckute2024-linear", "Tuckute2024-ridge", "Tuckute2024-rdm", "Tuckute2024-cka"),
-        n_presentations=1000, n_neuroids=1, subjects=("848-853-865-875-876",)),
+        n_presentations=1000, n_neuroids=1, subjects=("848-853-865-875-876",), neuroids_per_subject=(1,)),
     DatasetLayout(
         identifier="Blank2014.fROI",
         title="Blank et al. (2014), 12 language fROIs of 5 subjects, 8 stories in 2 s TR fragments",
@@ -143,7 +146,7 @@ LAYOUTS: dict[str, DatasetLayout] = {layout.identifier: layout for layout in (
         neuroid_coords=("neuroid_id", "subject_id", "fROI_area"),
         presentation_coords=("stimulus_id", "stimulus", "story"), experiment=None, contexts=("passage",),
         benchmarks=("Blank2014-linear-shuffle", "Blank2014-ridge"), n_presentations=1317, n_neuroids=60,
-        subjects=("061", "085", "088", "090", "098")),
+        subjects=("061", "085", "088", "090", "098"), neuroids_per_subject=(12, 12, 12, 12, 12)),
     DatasetLayout(
         identifier="Fedorenko2016.language",
         title="Fedorenko et al. (2016), ECoG language electrodes of 5 subjects, 52 sentences × 8 words",
@@ -153,7 +156,8 @@ LAYOUTS: dict[str, DatasetLayout] = {layout.identifier: layout for layout in (
         neuroid_coords=("neuroid_id", "subject_UID", "electrode"),
         presentation_coords=("stimulus_id", "stimulus", "word", "word_num", "sentence_id"), experiment=None,
         contexts=("passage",), benchmarks=("Fedorenko2016-linear-shuffle", "Fedorenko2016-ridge"),
-        n_presentations=416, n_neuroids=97, subjects=()),
+        n_presentations=416, n_neuroids=97, subjects=("1", "2", "3", "4", "5"),
+        neuroids_per_subject=(47, 8, 9, 15, 18)),
 )}
 
 #: what BERG calls the Pereira language data, and berg-ray's name for a synthetic stand-in
@@ -179,6 +183,22 @@ def get_layout(identifier: str) -> DatasetLayout:
     raise InvalidInputError(f"unknown dataset {identifier!r}.{suggestion} Known datasets: {', '.join(LAYOUTS)} "
                             "('brainscore' = Pereira2018.language); or a path/URL to a .nc file in one of their "
                             "layouts, or 'synthetic' / 'synthetic:<dataset id>' for a stand-in with a planted map")
+
+
+def describe_layout(layout: DatasetLayout) -> dict:
+    """JSON-ready description of a dataset (what ``berg-ray datasets`` lists; nothing is loaded)."""
+    return {
+        "dataset": layout.identifier, "title": layout.title, "modality": layout.modality, "unit": layout.unit,
+        "n_presentations": layout.n_presentations, "n_neuroids": layout.n_neuroids or None,
+        "subjects": dict(zip(layout.subjects, layout.neuroids_per_subject)) if layout.neuroids_per_subject
+        else list(layout.subjects),
+        "response_units": layout.response_units, "contexts": list(layout.contexts),
+        "default_context": layout.default_context, "read_with": layout.context_coord,
+        "cv": (f"GroupKFold({layout.cv_folds}) by {layout.cv_coord}" if layout.cv_coord else
+               f"ShuffleSplit({layout.cv_folds}, train 0.9)")
+        + (f", seed {layout.cv_seed}" if layout.cv_seed is not None else ""),
+        "benchmarks": list(layout.benchmarks), "url": layout.url, "sha1": layout.sha1,
+    }
 
 
 def is_dataset_id(value: str) -> bool:

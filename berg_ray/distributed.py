@@ -347,7 +347,8 @@ def fit_subjects(model_id: str | ModelSpec | ModelRequest, subjects: str | Itera
                  dataset: str | PereiraAssembly = "brainscore",
                  cache: str | os.PathLike | EncodingModelStore | None = "berg_dir", context: str | None = None,
                  n_components: int = 25, settings: PLSSettings | None = None, device: str = "auto",
-                 num_gpus: float = 0.0, dtype: str | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
+                 num_gpus: float = 0.0, regression: str = "pls", dtype: str | None = None,
+                 batch_size: int = DEFAULT_BATCH_SIZE,
                  show_progress: bool = False) -> dict[str, EncodingModel]:
     """Encoding models for ``subjects`` on Ray: cached ones are loaded, the others fitted as parallel tasks.
 
@@ -379,7 +380,7 @@ def fit_subjects(model_id: str | ModelSpec | ModelRequest, subjects: str | Itera
         device=device)
     init_ray()
     request = request_for_actors(request, num_gpus=num_gpus)  # dtype="auto": the actors' device, not the driver's
-    settings = settings or settings_for(assembly, n_components)
+    settings = settings or settings_for(assembly, n_components, regression)
     return fit_pipeline(request, assembly, subjects, settings=settings, store=as_store(cache),
                         executor=RayExecutor(num_gpus), show_progress=show_progress)
 

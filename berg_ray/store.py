@@ -73,9 +73,9 @@ class EncodingModelStore:
     # -- paths --------------------------------------------------------------------------------------------------
     def entry_dir(self, name: str, subject: str, key: str, synthetic: bool,
                   dataset: str = DEFAULT_DATASET) -> str:
-        """BERG's folder for Pereira2018.language (``modality-fmri/train_dataset-{brainscore|synthetic}/…_pereira384_…``);
-        for another dataset ``modality-{fmri|ecog}/train_dataset-[synthetic-]{dataset}/…_{dataset}_…`` (e.g.
-        ``tuckute2024-language``)."""
+        """BERG's folder for Pereira2018.language
+        (``modality-fmri/train_dataset-{brainscore|synthetic}/…_pereira384_…``); for another dataset
+        ``modality-{fmri|ecog}/train_dataset-[synthetic-]{dataset}/…_{dataset}_…`` (e.g. ``tuckute2024-language``)."""
         check_path_component(subject, "subject id")  # part of the folder name: never '../x'
         layout = get_layout(dataset)
         if layout.identifier == DEFAULT_DATASET:

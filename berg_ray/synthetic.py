@@ -198,12 +198,12 @@ def features_sha256(features: np.ndarray) -> str:
     return bytes_sha256(f"{array.shape}".encode() + array.tobytes())
 
 
-def _check_features(features: np.ndarray, rank: int, noise: float) -> np.ndarray:
+def _check_features(features: np.ndarray, rank: int, noise: float, n_rows: int = N_SENTENCES,
+                    rows: str = "sentence of synthetic_stimuli()") -> np.ndarray:
     array = np.asarray(features, dtype=np.float64)
-    if array.ndim != 2 or array.shape[0] != N_SENTENCES or array.shape[1] < 1:
+    if array.ndim != 2 or array.shape[0] != n_rows or array.shape[1] < 1:
         raise InvalidInputError(
-            f"features must have shape ({N_SENTENCES}, d) (one row per sentence of synthetic_stimuli(), in "
-            f"order), got {np.shape(features)}")
+            f"features must have shape ({n_rows}, d) (one row per {rows}, in order), got {np.shape(features)}")
     if not np.all(np.isfinite(array)):
         raise InvalidInputError("features contain NaN or infinite values")
     if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)) or not 1 <= rank <= array.shape[1]:
@@ -257,11 +257,24 @@ def planted_responses(features: np.ndarray, n_voxels: int, *, seed: int = 0, ran
     average).
     """
     array = _check_features(features, rank, noise)
+    return planted_map(array, n_voxels, seed=seed, rank=rank, noise=noise)
+
+
+def planted_map(features: np.ndarray, n_neuroids: int, *, seed: int = 0, rank: int = 10,
+                noise: float = 1.0) -> np.ndarray:
+    """The planted map on any number of rows: :func:`planted_responses` without its 384-row check.
+
+    ``features``: (n, d), already checked (finite, ``1 <= rank <= d``, ``noise >= 0``). Returns (n, n_neuroids)
+    float64, z-scored per neuroid: ``z_neuroid(s · z(F) @ A @ B + noise · E)``, ``A`` (d × rank), ``B``
+    (rank × n_neuroids) and ``E`` (n × n_neuroids) standard normal from ``seed``, ``s`` scaling the signal to unit
+    overall standard deviation. Used by :mod:`berg_ray.standins` for the other datasets' stand-ins.
+    """
+    array = np.asarray(features, dtype=np.float64)
     rng = np.random.default_rng([seed, 3])
     std = array.std(axis=0)
     standardised = np.where(std > 0, (array - array.mean(axis=0)) / np.where(std > 0, std, 1.0), 0.0)
     a = rng.standard_normal((array.shape[1], rank))
-    b = rng.standard_normal((rank, n_voxels))
+    b = rng.standard_normal((rank, n_neuroids))
     signal = (standardised @ a) @ b
     scale = signal.std()
     if scale > 0:
@@ -330,3 +343,29 @@ def write_synthetic_pereira(path: str | os.PathLike, features: np.ndarray, *, se
     _logger.info("wrote synthetic Pereira2018 assembly %s (sha1 %s, seed %d, rank %d, noise %g, planted model %s)",
                  path, sha1, seed, rank, noise, planted_model or "unknown")
     return path
+
+
+# Public names of the text generator and the feature check, for the other datasets' stand-ins (berg_ray.standins).
+#: the encyclopedia-style sentence templates (``{A}``/``{The}``: the item with its article; ``{a}``/``{the}`` lower)
+SENTENCE_TEMPLATES: tuple[str, ...] = _TEMPLATES
+
+
+def topic_table() -> tuple[_Topic, ...]:
+    """The 24 topics of ``synthetic_topics.json`` (slug, category nouns, 7 items, adjectives and phrases)."""
+    return _topics()
+
+
+def with_article(item: str, capital: bool) -> tuple[str, str]:
+    """``(a/an item, the item)``, capitalised when ``capital``."""
+    return _article(item, capital)
+
+
+def fill_template(template: str, topic: _Topic, item: str, rng: np.random.Generator) -> str:
+    """One sentence: ``template`` filled for ``item`` of ``topic``, its adjectives and phrases drawn from ``rng``."""
+    return _fill(template, topic, item, rng)
+
+
+def check_features(features: np.ndarray, rank: int, noise: float, n_rows: int, rows: str) -> np.ndarray:
+    """``features`` as float64 (n_rows, d) after checking shape, finiteness, ``1 <= rank <= d`` and ``noise >= 0``
+    (:class:`~berg_ray.errors.InvalidInputError` otherwise; ``rows`` names what a row is in the message)."""
+    return _check_features(features, rank, noise, n_rows=n_rows, rows=rows)

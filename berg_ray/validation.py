@@ -148,8 +148,9 @@ def check_subjects(subjects: Any, dataset: Any = None) -> str | list[str | int]:
     """``"all"``, or the requested subject ids as a non-empty list (ids are normalised and looked up later, against
     the loaded dataset, by :func:`berg_ray.neural.check_subject`).
 
-    ``"all"`` and ``["all"]`` (the CLI's default) mean every subject. For a known dataset name (``"brainscore"``,
-    ``"synthetic"``) the ids are checked against the nine Pereira2018 subjects here already.
+    ``"all"`` and ``["all"]`` (the CLI's default) mean every subject. For a dataset name (``"brainscore"``,
+    ``"synthetic"``, a brainscore id, ``"synthetic:<id>"``) the ids are checked against that dataset's subjects here
+    already.
     """
     if isinstance(subjects, str) or (isinstance(subjects, numbers.Integral) and not isinstance(subjects, bool)):
         subjects = [subjects]
@@ -168,10 +169,23 @@ def check_subjects(subjects: Any, dataset: Any = None) -> str | list[str | int]:
         if len(chosen) > 1:
             raise InvalidInputError(f"subjects={chosen!r}: 'all' cannot be combined with subject ids")
         return "all"
-    if isinstance(dataset, str) and dataset in KNOWN_DATASETS:
+    layout = _named_layout(dataset)
+    if layout is not None and layout.subjects:
         for subject in chosen:
-            check_subject_id(subject)
+            check_subject_id(subject, layout.subjects, dataset=layout.identifier)
     return chosen
+
+
+def _named_layout(dataset: Any):
+    """The layout a dataset name stands for (``"brainscore"``, ``"synthetic"``, a brainscore id,
+    ``"synthetic:<id>"``), or None (a path, a URL, an unknown name: checked when it loads)."""
+    from berg_ray.dataset_layouts import ALIASES, LAYOUTS
+
+    if not isinstance(dataset, str):
+        return None
+    name = dataset.removeprefix("synthetic:") if dataset.startswith("synthetic:") else dataset
+    name = "Pereira2018.language" if name == "synthetic" else ALIASES.get(name, name)
+    return LAYOUTS.get(name)
 
 
 def normalize_subject(subject: Any) -> str | None:

@@ -17,12 +17,12 @@ PACKAGE = Path(__file__).resolve().parents[1] / "berg_ray"
 #: lowest first. A new module must be placed here (the test fails until it is).
 LAYERS: dict[str, tuple[str, ...]] = {
     "foundation": ("errors", "options", "validation", "provenance", "quiet", "_environment", "precision", "fsio",
-                   "hashing", "verified_store"),
+                   "hashing", "verified_store", "dataset_layouts"),
     "core": ("regression", "scoring", "localizer", "registry", "registry.spec", "registry.hf_cache",
              "registry.expressions", "registry.localizer_plugins", "registry.plugins", "registry.builtin",
              "registry.sources", "registry.custom", "registry.lookup", "request", "encoding_model", "model_loading",
              "features", "layers", "synthetic", "offline_models", "reductions", "model_status", "delegated",
-             "code_models", "pls_batched"),
+             "code_models", "pls_batched", "ridge_fit", "standins"),
     "data": ("corpus_io", "neural", "store", "plots", "corpus_outputs", "ranking", "corpus.inputs",
              "corpus.plan", "corpus.read", "corpus.output_folder", "corpus.request_identity", "corpus.manifest"),
     "compute": ("fitting",),

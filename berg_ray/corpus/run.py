@@ -47,7 +47,8 @@ def encode_corpus(model_id: str | ModelSpec | ModelRequest, input: str, output: 
                   context: str | None = None,
                   batch_size: int = DEFAULT_BATCH_SIZE, num_extractors: int = 1, num_gpus: float = 0.0,
                   device: str = "auto",
-                  dtype: str | None = None, n_components: int = 25, rows_per_part: int = DEFAULT_ROWS_PER_PART,
+                  dtype: str | None = None, n_components: int = 25, regression: str = "pls",
+                  rows_per_part: int = DEFAULT_ROWS_PER_PART,
                   num_cpus_per_extractor: float | None = None, show_progress: bool = True,
                   overwrite: bool = False, write: str | Iterable[str] = DEFAULT_OUTPUTS,
                   predictions_dtype: str = DEFAULT_PREDICTION_DTYPE, address: str | None = None,
@@ -69,8 +70,9 @@ def encode_corpus(model_id: str | ModelSpec | ModelRequest, input: str, output: 
         overwrite: delete an existing output of any request (only the files this pipeline writes) and encode
             from scratch.
         subjects: ``"all"`` or subject ids; encoding models not yet in ``cache`` are fitted first (on Ray).
-        context: ``None``: the dataset's default; ``"sentence"`` (parts of ``rows_per_part`` rows), ``"passage"`` (column ``passage``; a whole file
-            is one part, so passages are never split) or ``"running"`` (one running context per file).
+        context: ``None``: the dataset's default; ``"sentence"`` (parts of ``rows_per_part`` rows), ``"passage"``
+            (column ``passage``; a whole file is one part, so passages are never split) or ``"running"`` (one
+            running context per file).
         num_extractors: actors in the pool; each loads the model once.
         num_gpus: GPUs per actor (fractions let small models share a GPU); 0 = CPU.
         write: the outputs: ``"voxels"`` (every voxel's prediction, ``predictions/``) and/or ``"rois"`` (per
@@ -131,7 +133,7 @@ def encode_corpus(model_id: str | ModelSpec | ModelRequest, input: str, output: 
     # dtype="auto" (asked here, or carried by a request built with it): the precision of the actors' device
     model_request = request_for_actors(model_request, None if isinstance(model_id, ModelRequest) else dtype,
                                        resources["num_gpus"])
-    settings = settings_for(assembly, n_components)
+    settings = settings_for(assembly, n_components, regression)
     cache_keys = {s: model_request.cache_key(s, assembly.sha256, settings)
                   for s in resolve_subjects(assembly, subjects)}
     request = corpus_request(model_request, cache_keys, assembly.sha256, settings.to_dict(), input, rows_per_part,
