@@ -365,7 +365,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
                       contexts=tuple(args.contexts) if args.contexts else None,
                       dataset=None if args.datasets else args.dataset, datasets=args.datasets, cache=args.cache,
                       out=args.out, protocol=args.protocol, n_components=args.n_components, device=args.device,
-                      dtype=args.dtype, batch_size=args.batch_size, benchmarks=args.benchmarks,
+                      dtype=args.dtype, batch_size=args.batch_size, regression=args.regression,
+                      benchmarks=args.benchmarks,
                       benchmark_dataset=args.benchmark_dataset)
     print(table.to_string(index=False))
     if "benchmarks" in table.attrs:

@@ -330,16 +330,24 @@ def markdown_table(frame: pd.DataFrame, float_format: str = "{:.3f}") -> str:
     return "\n".join([header, rule, *body])
 
 
+def _mapping(pls: dict[str, Any] | None) -> str:
+    """``"; PLS: 25 components"``, ``"; ridge (RidgeCV, one alpha per neuroid)"`` or ``""`` (no settings)."""
+    if not pls:
+        return ""
+    if pls.get("regression") == "ridge":
+        return "; ridge (RidgeCV, one alpha per neuroid)"
+    return f"; PLS: {pls['n_components']} components"
+
+
 def _dataset_lines(meta: dict[str, Any]) -> list[str]:
     """The report's lines on what was run: the protocol and CV of the one dataset, or one line per dataset."""
     if len(meta["datasets"]) == 1:
-        return [f"- protocol: `{meta['protocol']}`; CV: {meta['cv']}"
-                + (f"; PLS: {meta['pls']['n_components']} components" if meta.get("pls") else ""),
+        return [f"- protocol: `{meta['protocol']}`; CV: {meta['cv']}" + _mapping(meta.get("pls")),
                 f"- dataset: `{meta['dataset']}` (sha256 `{meta['dataset_sha256'][:16]}…`, synthetic: "
                 f"{meta['synthetic']})"]
     lines = [f"- protocol: `{meta['protocol']}`; {len(meta['datasets'])} datasets, each with its own splits:"]
     for d in meta["datasets"]:
-        pls = f"; PLS: {d['pls']['n_components']} components" if d.get("pls") else ""
+        pls = _mapping(d.get("pls"))
         state = f"; **no cell runs**: {d['refusal']}" if d["refusal"] else ""
         refused = f"; contexts skipped: {', '.join(d['refused_contexts'])}" if d["refused_contexts"] else ""
         lines.append(f"  - `{d['label']}` (`{d['source']}`, sha256 `{d['sha256'][:16]}…`, synthetic: "

@@ -95,16 +95,17 @@ def dataset_labels(assemblies: Sequence[NeuralAssembly]) -> list[str]:
 
 
 def dataset_settings(name: str, label: str, assembly: NeuralAssembly,
-                     settings: PLSSettings | Mapping[str, PLSSettings] | None, n_components: int) -> PLSSettings:
+                     settings: PLSSettings | Mapping[str, PLSSettings] | None, n_components: int,
+                     regression: str = "pls") -> PLSSettings:
     """A dataset's settings: ``settings`` itself (one for every dataset), its entry in a mapping (keyed by the
     dataset's name as given, its label or its brainscore id), else the dataset's own CV splits with
-    ``n_components`` (:func:`~berg_ray.fitting.settings_for`)."""
+    ``n_components`` and ``regression`` (:func:`~berg_ray.fitting.settings_for`)."""
     if isinstance(settings, PLSSettings):
         return settings
     for key in (name, label, assembly.identifier):
         if settings and key in settings:
             return settings[key]
-    return settings_for(assembly, n_components)
+    return settings_for(assembly, n_components, regression)
 
 
 def settings_refusal(assembly: NeuralAssembly, settings: PLSSettings) -> str:
@@ -154,8 +155,8 @@ def dataset_subjects(assemblies: Sequence[NeuralAssembly], subjects: str | list[
 
 
 def plan_datasets(loaded: Sequence[tuple[str, NeuralAssembly]], axes: GridAxes, scorer: Scorer,
-                  settings: PLSSettings | Mapping[str, PLSSettings] | None, n_components: int
-                  ) -> list[SweepDataset]:
+                  settings: PLSSettings | Mapping[str, PLSSettings] | None, n_components: int,
+                  regression: str = "pls") -> list[SweepDataset]:
     """Each loaded dataset with its axis of the grid: label, subjects, contexts (and refused ones), settings, and
     the reason no cell of it can run (the protocol refuses it, its settings cannot split it, none of the requested
     subjects is in it)."""
@@ -164,7 +165,7 @@ def plan_datasets(loaded: Sequence[tuple[str, NeuralAssembly]], axes: GridAxes, 
     planned = []
     for (name, assembly), label, subjects in zip(loaded, labels, dataset_subjects(assemblies, axes.subjects),
                                                  strict=True):
-        chosen = dataset_settings(name, label, assembly, settings, n_components)
+        chosen = dataset_settings(name, label, assembly, settings, n_components, regression)
         contexts, refused = dataset_contexts(assembly, axes.contexts)
         refusal = scorer.refusal(assembly) or settings_refusal(assembly, chosen)
         if not subjects:
@@ -182,7 +183,7 @@ def run_sweep(models: str | Sequence[str], subjects: str | Iterable[str] = "all"
               dataset: str | os.PathLike | NeuralAssembly | None = None,
               cache: str | os.PathLike | EncodingModelStore | None = "berg_dir", out: str | os.PathLike = "sweep_out",
               protocol: str = "pls-groupkfold", n_components: int = 25, device: str = "auto", *,
-              datasets: Sequence[str | os.PathLike | NeuralAssembly] | None = None,
+              regression: str = "pls", datasets: Sequence[str | os.PathLike | NeuralAssembly] | None = None,
               settings: PLSSettings | Mapping[str, PLSSettings] | None = None, num_gpus: float = 0.0,
               dtype: str | None = None, batch_size: int = DEFAULT_BATCH_SIZE, max_extractors: int | None = None,
               plots: bool = True, benchmarks: Sequence[str] | None = None,
@@ -215,6 +216,8 @@ def run_sweep(models: str | Sequence[str], subjects: str | Iterable[str] = "all"
             (``oasm-sigma*``, ``randomembedding-*``) are scored alike and reported beside the language models.
         n_components: PLS components (ignored for the datasets ``settings`` gives settings for).
         device: ``"auto"``, ``"cpu"`` or ``"cuda"`` for the extractor actors.
+        regression: ``"pls"`` or ``"ridge"`` (``pls-groupkfold``'s mapping; ignored for the datasets ``settings``
+            gives settings for).
         datasets: several datasets (each as ``dataset``), an axis of the grid: each is loaded once and its cells use
             its own settings and subjects. Not with ``dataset``.
         settings: full PLS/CV settings: one for every dataset (a dataset its CV cannot split becomes ``skipped``
@@ -254,7 +257,8 @@ def run_sweep(models: str | Sequence[str], subjects: str | Iterable[str] = "all"
         logger.warning("protocol %r with contexts %s: BrainScore's benchmark digests each passage separately; add "
                        "%r for comparable scores", protocol, axes.contexts, scorer.comparable_context)
 
-    planned = plan_datasets(load_datasets(dataset_names(dataset, datasets)), axes, scorer, settings, n_components)
+    planned = plan_datasets(load_datasets(dataset_names(dataset, datasets)), axes, scorer, settings, n_components,
+                            regression)
     by_label = {d.label: d for d in planned}
     assemblies = {d.label: d.assembly for d in planned}
     cv_of = {d.label: scorer.describe(d.axis.settings)["cv"] for d in planned}
