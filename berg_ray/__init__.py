@@ -33,6 +33,9 @@ _EXPORTS = {
     "encode_corpus": "berg_ray.corpus",
     "rank_sentences": "berg_ray.ranking",
     "run_sweep": "berg_ray.sweep",
+    "score": "berg_ray.benchmark_score",
+    "BenchmarkScore": "berg_ray.benchmark_score",
+    "benchmark_ids": "berg_ray.benchmarks",
 }
 
 __all__ = sorted(_EXPORTS)

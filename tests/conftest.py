@@ -161,6 +161,33 @@ def gpt2_synthetic(tiny_gpt2, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def gpt2_standins(tiny_gpt2, tmp_path_factory) -> dict[str, dict]:
+    """Layout-exact stand-ins of Tuckute2024, Blank2014 and Fedorenko2016 (:mod:`berg_ray.standins`) whose planted
+    features are the tiny GPT-2's, read as each dataset is read (its default context: Blank2014 per story,
+    Fedorenko2016 per sentence, Tuckute2024 each sentence alone); rank 5, noise 0.5.
+
+    Returns ``{identifier: {"path", "features" (n_presentations, 32) in file order, "rank", "noise"}}``.
+    """
+    from berg_ray.dataset_layouts import get_layout
+    from berg_ray.features import extract_features
+    from berg_ray.standins import STANDIN_IDS, standin_stimuli, write_standin
+
+    folder = tmp_path_factory.mktemp("gpt2_standins")
+    made = {}
+    for identifier in STANDIN_IDS:
+        layout = get_layout(identifier)
+        stimuli = standin_stimuli(identifier, seed=0)
+        texts = [str(t) for t in stimuli[layout.text_coord]]
+        groups = [str(g) for g in stimuli[layout.context_coord]]
+        features = extract_features(tiny_gpt2.model_id, texts, context=layout.default_context,
+                                    passages=groups if layout.default_context == "passage" else None)
+        path = write_standin(identifier, folder / f"{layout.short_name}.nc", features, seed=0, rank=5, noise=0.5,
+                             planted_model=tiny_gpt2.model_id)
+        made[identifier] = {"path": str(path), "features": features, "rank": 5, "noise": 0.5}
+    return made
+
+
+@pytest.fixture(scope="session")
 def gpt2_berg(tiny_gpt2, gpt2_synthetic, tmp_path_factory):
     """``BERG`` over the GPT-2-planted synthetic file with the tiny GPT-2's encoding models for FITTED_SUBJECTS.
 
