@@ -220,18 +220,20 @@ def test_benchmarks_after_the_grid_with_a_stand_in_scorer(two_datasets, tiny_gpt
     assert fake_benchmark_score[2:] == [(tiny_gpt2.model_id, "Blank2014-ridge", "synthetic", "float32")]
 
 
-@pytest.mark.slow
 @pytest.mark.skipif(not HAS_BENCHMARK_SCORE, reason="berg_ray.benchmark_score (branch hB) is not on this branch yet")
-def test_benchmarks_with_the_real_scorer(two_datasets, tiny_gpt2, tmp_path):
-    """``--benchmarks`` with the real :func:`berg_ray.score` on a stand-in of Tuckute2024's data."""
+def test_benchmarks_with_the_real_scorer(two_datasets, tiny_gpt2, tuckute_file):
+    """``--benchmarks`` with the real :func:`berg_ray.score`: Tuckute2024-linear on the Tuckute-layout file (its
+    planted map: a positive raw score; Tuckute2024 has no ceiling in brainscore, so no normalized score)."""
     from berg_ray.sweep import run_sweep
 
-    arguments = {**two_datasets["arguments"], "plots": False, "benchmarks": ["Tuckute2024-linear"],
-                 "benchmark_dataset": "synthetic"}
+    arguments = {**two_datasets["arguments"], "plots": False, "out": str(two_datasets["root"] / "real_benchmarks"),
+                 "benchmarks": ["Tuckute2024-linear"], "benchmark_dataset": tuckute_file}
     table = run_sweep([tiny_gpt2.model_id], **arguments)
     row = table.attrs["benchmarks"].iloc[0]
-    assert row["status"] == "ok", row["reason"]
-    assert np.isfinite(row["raw"])
+    assert (row["model"], row["benchmark"], row["status"]) == (tiny_gpt2.model_id, "Tuckute2024-linear", "ok"), \
+        row["reason"]
+    assert row["raw"] > 0.2 and np.isnan(row["ceiling"]) and np.isnan(row["normalized"])
+    assert "no ceiling" in row["reason"]
 
 
 def test_cli_sweep_takes_datasets_and_benchmarks():
