@@ -11,6 +11,7 @@
         [--write voxels rois] [--predictions-dtype float32|float16]
     berg-ray rank OUTPUT [--by network|ROI] [--subject all|S] [--top N] [--bottom N] [--out DIR]
     berg-ray sweep --models M ... --out DIR [--layers mapped|all] [--contexts sentence passage]
+        [--datasets D1 D2 ...] [--benchmarks B1 B2 ...] [--benchmark-dataset D]
     berg-ray demo [--dataset synthetic|brainscore|PATH] [--model MODEL] [--out DIR]
 """
 
@@ -147,7 +148,21 @@ def build_parser() -> argparse.ArgumentParser:
     sweep = sub.add_parser("sweep", help="score a model × layer × context × subject grid")
     sweep.add_argument("--models", nargs="+", required=True)
     sweep.add_argument("--layers", default="mapped", help="'mapped', 'all', or comma-separated layer names")
-    sweep.add_argument("--contexts", nargs="+", default=["sentence"], choices=options.CONTEXTS)
+    sweep.add_argument("--contexts", nargs="+", default=None, choices=options.CONTEXTS,
+                       help="context policies (default: each dataset's own: sentence for Pereira and Tuckute2024, "
+                            "passage for Blank2014 and Fedorenko2016); a context a dataset cannot be read with "
+                            "becomes a skipped row for that dataset")
+    sweep.add_argument("--datasets", nargs="+", default=None, metavar="D",
+                       help="several datasets as an axis of the grid (brainscore ids, 'synthetic', "
+                            "'synthetic:<id>', paths or URLs of .nc files), each with its own CV splits; "
+                            "replaces --dataset")
+    sweep.add_argument("--benchmarks", nargs="+", default=None, metavar="B",
+                       help="brainscore benchmark ids to score every model on after the grid (berg_ray.score), "
+                            "e.g. Pereira2018.384sentences-linear-shuffle Tuckute2024-linear: benchmarks.csv and "
+                            "the report's Benchmarks section")
+    sweep.add_argument("--benchmark-dataset", default=None, metavar="D",
+                       help="the data --benchmarks score on (default: each benchmark's brainscore data; "
+                            "'synthetic': its stand-in; or a path/URL of a .nc file)")
     sweep.add_argument("--protocol", default=options.DEFAULT_PROTOCOL, choices=options.PROTOCOLS)
     sweep.add_argument("--out", required=True)
     sweep.add_argument("--address", default=None)
@@ -346,11 +361,17 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
     init_ray(args.address)
     layers = args.layers if args.layers in ("mapped", "all") else args.layers.split(",")
-    table = run_sweep(args.models, subjects=args.subjects, layers=layers, contexts=tuple(args.contexts),
-                      dataset=args.dataset, cache=args.cache, out=args.out, protocol=args.protocol,
-                      n_components=args.n_components, device=args.device, dtype=args.dtype,
-                      batch_size=args.batch_size)
+    table = run_sweep(args.models, subjects=args.subjects, layers=layers,
+                      contexts=tuple(args.contexts) if args.contexts else None,
+                      dataset=None if args.datasets else args.dataset, datasets=args.datasets, cache=args.cache,
+                      out=args.out, protocol=args.protocol, n_components=args.n_components, device=args.device,
+                      dtype=args.dtype, batch_size=args.batch_size, regression=args.regression,
+                      benchmarks=args.benchmarks,
+                      benchmark_dataset=args.benchmark_dataset)
     print(table.to_string(index=False))
+    if "benchmarks" in table.attrs:
+        print()
+        print(table.attrs["benchmarks"].drop(columns=["key", "computed_at"]).to_string(index=False))
     return 0
 
 

@@ -27,7 +27,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
              "corpus.plan", "corpus.read", "corpus.output_folder", "corpus.request_identity", "corpus.manifest"),
     "compute": ("fitting", "benchmark_score"),
     "ray": ("distributed", "corpus", "corpus.duplicate_ids", "corpus.encoder", "corpus.run", "sweep", "sweep.grid",
-            "sweep.protocols", "sweep.cells", "sweep.scheduler", "sweep.report", "sweep.run"),
+            "sweep.benchmarks", "sweep.protocols", "sweep.cells", "sweep.scheduler", "sweep.report", "sweep.run"),
     "front doors": ("api", "demo", "cli", "__init__"),
 }
 LEVEL = {module: level for level, modules in enumerate(LAYERS.values()) for module in modules}

@@ -326,7 +326,8 @@ def test_scoring_tasks_batch_a_layers_subjects_and_still_fill_the_cpus():
     from berg_ray.sweep.scheduler import _scoring_groups
 
     def cells(layers: int) -> list:
-        return [SimpleNamespace(request=f"layer{layer}", subject=s) for layer in range(layers) for s in SUBJECTS]
+        return [SimpleNamespace(request=f"layer{layer}", subject=s, dataset="Pereira2018.language")
+                for layer in range(layers) for s in SUBJECTS]
 
     def shape(groups: list) -> list:
         return [(group[0].request, len(group)) for group in groups]
@@ -336,6 +337,10 @@ def test_scoring_tasks_batch_a_layers_subjects_and_still_fill_the_cpus():
     assert shape(_scoring_groups(cells(2), True, 8.0)) == [(f"layer{i}", n) for i in range(2) for n in (3, 2, 2, 2)]
     assert shape(_scoring_groups(cells(1), True, 16.0)) == [("layer0", 1)] * 9
     assert shape(_scoring_groups(cells(2), False, 2.0)) == [(f"layer{i}", 1) for i in range(2) for _ in SUBJECTS]
+    other = [SimpleNamespace(**{**vars(cell), "dataset": "Tuckute2024.language"}) for cell in cells(1)]
+    by_dataset = _scoring_groups(cells(1) + other, True, 2.0)  # one layer on two datasets: never one task
+    assert [{cell.dataset for cell in group} for group in by_dataset] == [{"Pereira2018.language"},
+                                                                          {"Tuckute2024.language"}]
     for layers, cpus in ((3, 4.0), (1, 2.0), (2, 8.0)):  # every cell in exactly one task
         groups = _scoring_groups(cells(layers), True, cpus)
         assert sorted((c.request, c.subject) for g in groups for c in g) == sorted(

@@ -32,8 +32,8 @@ logger = logging.getLogger(__name__)
 
 #: the per-cell table's columns, in order (per-ROI columns ``roi_<ROI>`` follow ``mean_r``)
 COLUMNS: tuple[str, ...] = (
-    "model", "hub_id", "layer", "layer_index", "n_layers", "mapped_layer", "context", "subject", "protocol",
-    "status", "reason", "n_voxels", "median_r", "mean_r", "fit_seconds", "features_seconds", "from_cache",
+    "dataset", "model", "hub_id", "layer", "layer_index", "n_layers", "mapped_layer", "context", "subject", "protocol",
+    "cv", "status", "reason", "n_voxels", "median_r", "mean_r", "fit_seconds", "features_seconds", "from_cache",
     "dataset_sha256", "synthetic", "cell_id", "voxel_r_file", "cache_key", "computed_at",
 )
 _NAN = float("nan")
@@ -53,6 +53,8 @@ class CellRow:
     dataset_sha256: str
     synthetic: bool
     reason: str = ""
+    dataset: str | None = None  # the dataset's label in the sweep (None: a row for every dataset)
+    cv: str | None = None  # the held-out splits the cell was scored with (e.g. "GroupKFold(10) by story")
     layer_index: int | None = None
     n_layers: int | None = None
     mapped_layer: bool | None = None
@@ -69,18 +71,24 @@ class CellRow:
     computed_at: str | None = None
 
     @classmethod
-    def for_cell(cls, cell: Cell, protocol: str, assembly: PereiraAssembly, status: str, reason: str = ""
-                 ) -> CellRow:
+    def for_cell(cls, cell: Cell, protocol: str, assembly: PereiraAssembly, status: str, reason: str = "",
+                 cv: str | None = None) -> CellRow:
+        """The row of a grid cell on ``assembly`` (its dataset), scored with the splits ``cv`` describes."""
         return cls(model=cell.spec.model_id, hub_id=cell.spec.source, layer=cell.layer.name, context=cell.context,
                    subject=cell.subject, protocol=protocol, status=status, reason=reason,
                    dataset_sha256=assembly.sha256, synthetic=assembly.synthetic, layer_index=cell.layer.index,
-                   n_layers=cell.layer.n_layers, mapped_layer=cell.mapped_layer, cell_id=cell.cell_id)
+                   n_layers=cell.layer.n_layers, mapped_layer=cell.mapped_layer, cell_id=cell.cell_id,
+                   dataset=cell.dataset, cv=cv)
 
     @classmethod
-    def skipped(cls, row: SkippedRow, protocol: str, assembly: PereiraAssembly) -> CellRow:
-        return cls(model=row.model, hub_id=row.hub_id, layer=row.layer, context=None, subject=None,
-                   protocol=protocol, status=row.status, reason=row.reason, dataset_sha256=assembly.sha256,
-                   synthetic=assembly.synthetic)
+    def skipped(cls, row: SkippedRow, protocol: str, assembly: PereiraAssembly | None, dataset: str | None = None
+                ) -> CellRow:
+        """The row of a skipped model, layer or context: ``assembly`` and ``dataset`` (its label) are the dataset it
+        is skipped for (``None``: a row for every dataset of the sweep)."""
+        return cls(model=row.model, hub_id=row.hub_id, layer=row.layer, context=row.context, subject=None,
+                   protocol=protocol, status=row.status, reason=row.reason,
+                   dataset_sha256=assembly.sha256 if assembly is not None else "",
+                   synthetic=bool(assembly is not None and assembly.synthetic), dataset=dataset)
 
     def record(self) -> dict[str, Any]:
         """The row as one flat record (``roi_<ROI>`` keys for the ROI medians)."""

@@ -60,6 +60,11 @@ class Scorer(ABC):
     #: cells of one model × layer × context in one task, one :meth:`score_many` call; otherwise one task per cell)
     batches_subjects: ClassVar[bool] = False
 
+    def refusal(self, assembly: PereiraAssembly) -> str:
+        """Why this protocol cannot score ``assembly`` (``""``: it can); the sweep turns a refused dataset's cells
+        into skipped rows with this reason."""
+        return ""
+
     @abstractmethod
     def identity(self, settings: PLSSettings) -> dict[str, Any]:
         """The settings that change this protocol's numbers (hashed into every cell id)."""
@@ -74,7 +79,7 @@ class Scorer(ABC):
         """Score one cell: ``subject``'s responses from the features of ``request`` (one layer, one context).
 
         Args:
-            features: array of shape (384, n_units), rows in ``assembly`` order.
+            features: array of shape (n_presentations, n_units), rows in ``assembly`` order.
             cache: where to save the fit (protocols with :attr:`caches_fits`); ignored otherwise.
         """
 
@@ -91,8 +96,23 @@ class Scorer(ABC):
         return None
 
 
+#: the datasets brainscore's Pereira2018 metrics can be computed on (their presentations, stories and stimulus ids)
+PEREIRA_DATASETS: tuple[str, ...] = ("Pereira2018.language", "Pereira2018.auditory")
+
+
+def pereira_only(name: str, assembly: PereiraAssembly) -> str:
+    """The refusal of a Pereira2018 benchmark metric for a dataset of another layout (``""`` for Pereira's)."""
+    if assembly.identifier in PEREIRA_DATASETS:
+        return ""
+    return (f"protocol {name!r} is brainscore's Pereira2018.384sentences metric (its splits, seeds and alphas) and "
+            f"scores only {' / '.join(PEREIRA_DATASETS)}, not {assembly.identifier}; use protocol 'pls-groupkfold' "
+            "(the dataset's own splits), or --benchmarks for the dataset's own brainscore benchmarks")
+
+
 class PLSGroupKFold(Scorer):
-    """BERG's encoding model: PLS on all 384 sentences, scored by GroupKFold-by-story CV (the fit is cached)."""
+    """BERG's encoding model: PLS (or ridge, ``settings.regression``) on every presentation of the dataset, scored by
+    the dataset's own held-out splits (``settings``: Pereira's GroupKFold by story, Tuckute2024's ShuffleSplit, ...;
+    :func:`berg_ray.fitting.settings_for`); the fit is cached. Any dataset."""
 
     name = "pls-groupkfold"
     caches_fits = True
@@ -103,7 +123,7 @@ class PLSGroupKFold(Scorer):
         return {"pls": settings.to_dict()}
 
     def describe(self, settings: PLSSettings) -> dict[str, Any]:
-        return {"cv": f"GroupKFold({settings.cv_folds}) by {settings.cv_group}", "pls": settings.to_dict()}
+        return {"cv": settings.describe_cv(), "pls": settings.to_dict()}
 
     def score(self, request: ModelRequest, subject: str, features: np.ndarray, assembly: PereiraAssembly,
               settings: PLSSettings, cache: EncodingModelStore | None = None) -> VoxelScores:
@@ -147,6 +167,9 @@ class BrainscoreLinear(Scorer):
     comparable_context = "passage"
     pooled_meaning = "the benchmark's raw score where `brainscore_comparable`"
 
+    def refusal(self, assembly: PereiraAssembly) -> str:
+        return pereira_only(self.name, assembly)
+
     def identity(self, settings: PLSSettings) -> dict[str, Any]:
         return {"cv": BRAINSCORE_CV}
 
@@ -175,6 +198,9 @@ class BrainscoreRidge(Scorer):
     pooled_meaning = "the benchmark's raw score where `brainscore_comparable`"
     _pooled: ClassVar[OrderedDict[tuple[str, str], np.ndarray]] = OrderedDict()
     _lock: ClassVar[threading.Lock] = threading.Lock()
+
+    def refusal(self, assembly: PereiraAssembly) -> str:
+        return pereira_only(self.name, assembly)
 
     def identity(self, settings: PLSSettings) -> dict[str, Any]:
         return {"cv": BRAINSCORE_RIDGE_CV, "alphas": list(RIDGE_ALPHAS), "alpha_for": "all voxels of all subjects"}

@@ -1,4 +1,5 @@
-"""A sweep's outputs: the per-cell table, the per-layer summary, ``last_run.json``, the plots and ``report.md``.
+"""A sweep's outputs: the per-cell table, the per-layer summary, the dataset × model table, the benchmark table,
+``last_run.json``, the plots and ``report.md``.
 
 Every file goes through the sweep's :class:`~berg_ray.sweep.cells.CellStore` (atomic writes, local or ``s3://``).
 """
@@ -9,20 +10,20 @@ import datetime
 import io
 import json
 import os
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from berg_ray.neural import PereiraAssembly
-from berg_ray.regression import PLSSettings
 from berg_ray.scoring import aggregate_split_r
 from berg_ray.sweep.cells import COLUMNS, CellRow, CellStore
+from berg_ray.sweep.grid import SweepDataset
 from berg_ray.sweep.protocols import get_scorer
 
 SUMMARY_COLUMNS: tuple[str, ...] = (
-    "model", "layer", "layer_index", "n_layers", "mapped_layer", "context", "protocol", "n_subjects", "median_r",
-    "mean_subject_median_r", "pooled_score", "best_layer", "brainscore_comparable", "synthetic",
+    "dataset", "model", "layer", "layer_index", "n_layers", "mapped_layer", "context", "protocol", "n_subjects",
+    "median_r", "mean_subject_median_r", "pooled_score", "best_layer", "brainscore_comparable", "synthetic",
 )
 
 
@@ -47,9 +48,10 @@ def assemble_table(rows: list[CellRow]) -> pd.DataFrame:
     return table.reset_index(drop=True)
 
 
-def summarize_layers(table: pd.DataFrame, out: str | os.PathLike | CellStore, n_dataset_subjects: int | None = None
-                     ) -> pd.DataFrame:
-    """One row per model × layer × context (finished cells only): scores across subjects and pooled over voxels.
+def summarize_layers(table: pd.DataFrame, out: str | os.PathLike | CellStore,
+                     n_dataset_subjects: int | Mapping[str, int] | None = None) -> pd.DataFrame:
+    """One row per dataset × model × layer × context (finished cells only): scores across subjects and pooled over
+    voxels.
 
     Columns: ``median_r`` (median over subjects of each subject's median r), ``mean_subject_median_r``,
     ``pooled_score`` (BrainScore's aggregation over the pooled voxels of all subjects in the grid: for per-split
@@ -60,13 +62,17 @@ def summarize_layers(table: pd.DataFrame, out: str | os.PathLike | CellStore, n_
 
     Args:
         out: the sweep's output root (or its store), where the rows' ``voxel_r_file`` s are.
+        n_dataset_subjects: the subjects of the dataset (one number) or of each (``{dataset label: number}``).
     """
     store = out if isinstance(out, CellStore) else CellStore(out)
-    ok = table[table["status"] == "ok"]
+    ok = table[table["status"] == "ok"].copy()
     if ok.empty:
         return pd.DataFrame(columns=list(SUMMARY_COLUMNS))
+    ok["dataset"] = ok["dataset"].fillna("")
     records = []
-    for (model, layer, context), group in ok.groupby(["model", "layer", "context"], sort=False):
+    for (dataset, model, layer, context), group in ok.groupby(["dataset", "model", "layer", "context"], sort=False):
+        n_subjects = (n_dataset_subjects.get(dataset) if isinstance(n_dataset_subjects, Mapping)
+                      else n_dataset_subjects)
         split_parts, voxel_parts = [], []
         for relative in group["voxel_r_file"]:
             arrays = store.voxel_arrays(relative)
@@ -80,17 +86,18 @@ def summarize_layers(table: pd.DataFrame, out: str | os.PathLike | CellStore, n_
             pooled = float(np.nanmedian(np.concatenate(voxel_parts)))
         first = group.iloc[0]
         records.append({
-            "model": model, "layer": layer, "layer_index": first["layer_index"], "n_layers": first["n_layers"],
+            "dataset": dataset, "model": model, "layer": layer, "layer_index": first["layer_index"],
+            "n_layers": first["n_layers"],
             "mapped_layer": first["mapped_layer"], "context": context, "protocol": protocol,
             "n_subjects": int(group["subject"].nunique()), "median_r": float(np.nanmedian(group["median_r"])),
             "mean_subject_median_r": float(np.nanmean(group["median_r"])), "pooled_score": pooled,
             "brainscore_comparable": bool(get_scorer(protocol).comparable_context == context
-                                          and n_dataset_subjects is not None
-                                          and group["subject"].nunique() == n_dataset_subjects),
+                                          and n_subjects is not None
+                                          and group["subject"].nunique() == n_subjects),
             "synthetic": bool(first["synthetic"]),
         })
     summary = pd.DataFrame.from_records(records)
-    best = summary.groupby(["model", "context"])["median_r"].transform("max")
+    best = summary.groupby(["dataset", "model", "context"])["median_r"].transform("max")
     summary["best_layer"] = summary["median_r"] == best
     for column in ("layer_index", "n_layers"):
         summary[column] = pd.array(pd.to_numeric(summary[column], errors="coerce"), dtype="Int64")
@@ -98,8 +105,8 @@ def summarize_layers(table: pd.DataFrame, out: str | os.PathLike | CellStore, n_
 
 
 #: the columns of the controls table (``controls.csv``, the report's Controls section)
-CONTROL_COLUMNS: tuple[str, ...] = ("context", "kind", "model", "layer", "n_subjects", "median_r", "pooled_score",
-                                    "vs_best_language_model")
+CONTROL_COLUMNS: tuple[str, ...] = ("dataset", "context", "kind", "model", "layer", "n_subjects", "median_r",
+                                    "pooled_score", "vs_best_language_model")
 LANGUAGE_MODEL = "language model"
 
 
@@ -134,30 +141,37 @@ def controls_table(summary: pd.DataFrame) -> pd.DataFrame:
     if set(kinds.values()) == {LANGUAGE_MODEL} or LANGUAGE_MODEL not in kinds.values():
         return pd.DataFrame(columns=list(CONTROL_COLUMNS))
     records = []
-    for context, group in summary.groupby("context", sort=False):
+    for (dataset, context), group in summary.groupby(["dataset", "context"], sort=False):
         rows = group[group["best_layer"]].drop_duplicates(["model"])
         best = rows[rows["model"].map(kinds) == LANGUAGE_MODEL]["pooled_score"].max()
         for row in rows.itertuples(index=False):
-            records.append({"context": context, "kind": kinds[row.model], "model": row.model, "layer": row.layer,
+            records.append({"dataset": dataset, "context": context, "kind": kinds[row.model], "model": row.model,
+                            "layer": row.layer,
                             "n_subjects": row.n_subjects, "median_r": row.median_r, "pooled_score": row.pooled_score,
                             "vs_best_language_model": row.pooled_score / best if best and best > 0 else float("nan")})
     table = pd.DataFrame.from_records(records, columns=list(CONTROL_COLUMNS))
     table["_lm"] = table["kind"] != LANGUAGE_MODEL  # language models first, then each kind of control
-    table = table.sort_values(["context", "_lm", "kind", "pooled_score"], ascending=[True, True, True, False],
-                              kind="stable")
+    table = table.sort_values(["dataset", "context", "_lm", "kind", "pooled_score"],
+                              ascending=[True, True, True, True, False], kind="stable")
     return table.drop(columns="_lm").reset_index(drop=True)
 
 
 def controls_verdicts(controls: pd.DataFrame, protocol: str) -> list[str]:
-    """One sentence per context and kind of control: does its best member come near the best language model?"""
+    """One sentence per dataset, context and kind of control: does its best member come near the best language
+    model? (The dataset is named where the controls hold several.)"""
     lines = []
-    for context, group in controls.groupby("context", sort=False):
-        best = group[group["kind"] == LANGUAGE_MODEL].sort_values("pooled_score", ascending=False).iloc[0]
+    several = controls["dataset"].nunique() > 1
+    for (dataset, context), group in controls.groupby(["dataset", "context"], sort=False):
+        languages = group[group["kind"] == LANGUAGE_MODEL]
+        if languages.empty:
+            continue
+        best = languages.sort_values("pooled_score", ascending=False).iloc[0]
         for kind, members in group[group["kind"] != LANGUAGE_MODEL].groupby("kind", sort=True):
             control = members.sort_values("pooled_score", ascending=False).iloc[0]
             ratio = control["vs_best_language_model"]
             encodes = kind.removeprefix("control: ")
-            head = (f"`{protocol}`, context `{context}`, {encodes}: best `{control['model']}` "
+            where = f" on `{dataset}`" if several else ""
+            head = (f"`{protocol}`{where}, context `{context}`, {encodes}: best `{control['model']}` "
                     f"{control['pooled_score']:.3f} vs best language model `{best['model']}` "
                     f"{best['pooled_score']:.3f}")
             if not np.isfinite(ratio):
@@ -176,40 +190,127 @@ def controls_verdicts(controls: pd.DataFrame, protocol: str) -> list[str]:
     return lines
 
 
-def write_outputs(table: pd.DataFrame, out: str | os.PathLike | CellStore, assembly: PereiraAssembly,
-                  protocol: str, settings: PLSSettings, run: dict[str, Any], plots: bool = True,
-                  extraction: dict[str, Any] | None = None) -> dict[str, str]:
-    """``scores.parquet``/``.csv``, ``summary.parquet``/``.csv``, ``last_run.json`` and (``plots``) PNGs and
-    ``report.md`` under ``out``; returns ``{name: path or URL}``.
+#: the columns of the dataset × model table (``datasets.csv``, the report's Datasets × models section)
+DATASET_MODEL_COLUMNS: tuple[str, ...] = ("dataset", "synthetic", "model", "context", "layer", "n_subjects",
+                                          "median_r", "pooled_score")
+
+
+def dataset_model_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """Each model's mapped layer (the registry's language-system layer) on each dataset and context: one row per
+    dataset × model × context with its ``median_r`` (median over subjects of the median CV r) and ``pooled_score``;
+    empty when no mapped layer was scored.
 
     Args:
+        summary: :func:`summarize_layers` of the sweep.
+    """
+    if summary.empty:
+        return pd.DataFrame(columns=list(DATASET_MODEL_COLUMNS))
+    mapped = summary[summary["mapped_layer"].fillna(False).astype(bool)]
+    return mapped[list(DATASET_MODEL_COLUMNS)].reset_index(drop=True)
+
+
+def dataset_model_markdown(frame: pd.DataFrame) -> str:
+    """:func:`dataset_model_table` as a model × dataset grid of ``median_r`` (a column per dataset, and per context
+    where the sweep has several), each synthetic dataset's column marked SYNTHETIC."""
+    several_contexts = frame["context"].nunique() > 1
+
+    def column(row: pd.Series) -> str:
+        name = f"{row['dataset']} (SYNTHETIC)" if row["synthetic"] else str(row["dataset"])
+        return f"{name} · {row['context']}" if several_contexts else name
+
+    frame = frame.assign(column=frame.apply(column, axis=1))
+    grid = frame.pivot_table(index="model", columns="column", values="median_r", aggfunc="first", sort=False)
+    grid = grid.reindex(columns=list(dict.fromkeys(frame["column"])))
+    return markdown_table(grid.reset_index().rename_axis(columns=None))
+
+
+def _dataset_meta(dataset: SweepDataset, protocol: str) -> dict[str, Any]:
+    """What ``last_run.json`` records of one dataset: where it came from, what the grid took from it, its CV."""
+    assembly, axis = dataset.assembly, dataset.axis
+    return {"label": axis.label, "name": dataset.name, "identifier": assembly.identifier, "source": assembly.source,
+            "sha256": assembly.sha256, "synthetic": assembly.synthetic, "subjects": list(axis.subjects),
+            "n_dataset_subjects": len(assembly.subjects), "contexts": list(axis.contexts),
+            "refused_contexts": dict(axis.refused_contexts), "refusal": axis.refusal,
+            **get_scorer(protocol).describe(axis.settings)}
+
+
+def run_meta(datasets: Sequence[SweepDataset], protocol: str, run: dict[str, Any],
+             extraction: dict[str, Any] | None) -> dict[str, Any]:
+    """``last_run.json``: the run's counts, the protocol, every dataset (``datasets``) and, as before datasets were
+    an axis, the one dataset's ``dataset``/``dataset_sha256``/``cv``/``pls`` (with several: their labels, ``None``
+    and ``"per dataset"``); ``synthetic`` is whether any dataset is."""
+    described = [_dataset_meta(dataset, protocol) for dataset in datasets]
+    one = described[0] if len(described) == 1 else None
+    return {"run": run, "protocol": protocol,
+            "cv": one["cv"] if one else "per dataset (see datasets)", "pls": one["pls"] if one else None,
+            "extraction": extraction or {},
+            "dataset": one["source"] if one else [d["label"] for d in described],
+            "dataset_sha256": one["sha256"] if one else None,
+            "synthetic": any(d["synthetic"] for d in described), "datasets": described,
+            "finished": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
+
+
+def _file_safe(label: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in label)
+
+
+def _render_plots(table: pd.DataFrame, summary: pd.DataFrame, datasets: Sequence[SweepDataset],
+                  store: CellStore) -> dict[str, str]:
+    """The PNGs, written next to the report: ``{name: file name}``; with several datasets one set per dataset,
+    named ``<name>:<dataset label>`` and prefixed with the dataset's label."""
+    from berg_ray.plots import render_plots
+
+    pngs: dict[str, str] = {}
+    if len(datasets) == 1:
+        for name, (filename, png) in render_plots(table, summary, datasets[0].assembly.synthetic).items():
+            store.write_file(filename, png)
+            pngs[name] = filename
+        return pngs
+    for dataset in datasets:
+        rows = table[table["dataset"] == dataset.label]
+        layers = summary[summary["dataset"] == dataset.label]
+        for name, (filename, png) in render_plots(rows, layers, dataset.assembly.synthetic).items():
+            filename = f"{_file_safe(dataset.label)}_{filename}"
+            store.write_file(filename, png)
+            pngs[f"{name}:{dataset.label}"] = filename
+    return pngs
+
+
+def write_outputs(table: pd.DataFrame, out: str | os.PathLike | CellStore, datasets: Sequence[SweepDataset],
+                  protocol: str, run: dict[str, Any], plots: bool = True, extraction: dict[str, Any] | None = None,
+                  benchmarks: pd.DataFrame | None = None) -> dict[str, str]:
+    """``scores.parquet``/``.csv``, ``summary.parquet``/``.csv``, ``datasets.csv`` (dataset × model at the mapped
+    layer), ``benchmarks.csv`` (given ``benchmarks``), ``last_run.json`` and (``plots``) PNGs and ``report.md``
+    under ``out``; returns ``{name: path or URL}``.
+
+    Args:
+        datasets: the sweep's datasets (with their settings), in grid order.
         run: this run's counts and seconds.
         extraction: the forward-pass settings (dtype, batch size, device) recorded in ``last_run.json``.
+        benchmarks: the benchmark table (:func:`berg_ray.sweep.benchmarks.score_benchmarks`), if any.
     """
     store = out if isinstance(out, CellStore) else CellStore(out)
     files: dict[str, str] = {}
-    summary = summarize_layers(table, store, len(assembly.subjects))
+    summary = summarize_layers(table, store, {d.label: len(d.assembly.subjects) for d in datasets})
     for name, frame in (("scores", table), ("summary", summary)):
         store.write_file(f"{name}.csv", frame.to_csv(index=False).encode())
         buffer = io.BytesIO()
         frame.to_parquet(buffer, index=False)
         files[name] = store.write_file(f"{name}.parquet", buffer.getvalue())
-    scorer = get_scorer(protocol)
-    meta = {"run": run, "protocol": protocol, **scorer.describe(settings), "extraction": extraction or {},
-            "dataset": assembly.source, "dataset_sha256": assembly.sha256, "synthetic": assembly.synthetic,
-            "finished": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
+    by_dataset = dataset_model_table(summary)
+    files["datasets"] = store.write_file("datasets.csv", by_dataset.to_csv(index=False).encode())
+    if benchmarks is not None:
+        files["benchmarks"] = store.write_file("benchmarks.csv", benchmarks.to_csv(index=False).encode())
+    meta = run_meta(datasets, protocol, run, extraction)
     files["last_run"] = store.write_file("last_run.json", json.dumps(meta, indent=2, default=str).encode())
     controls = controls_table(summary)
     if not controls.empty:
         files["controls"] = store.write_file("controls.csv", controls.to_csv(index=False).encode())
     if plots:
-        from berg_ray.plots import render_plots
-
-        pngs = {}
-        for name, (filename, png) in render_plots(table, summary, assembly.synthetic).items():
-            files[name] = store.write_file(filename, png)
-            pngs[name] = filename
-        report = report_markdown(table, summary, pngs, meta, scorer.pooled_meaning, controls)
+        pngs = _render_plots(table, summary, datasets, store)
+        files.update({name: store.url(filename) for name, filename in pngs.items()})
+        report = report_markdown(table, summary, pngs, meta, get_scorer(protocol).pooled_meaning, controls,
+                                 by_dataset, benchmarks)
         files["report"] = store.write_file("report.md", report.encode())
     return files
 
@@ -229,23 +330,60 @@ def markdown_table(frame: pd.DataFrame, float_format: str = "{:.3f}") -> str:
     return "\n".join([header, rule, *body])
 
 
+def _mapping(pls: dict[str, Any] | None) -> str:
+    """``"; PLS: 25 components"``, ``"; ridge (RidgeCV, one alpha per neuroid)"`` or ``""`` (no settings)."""
+    if not pls:
+        return ""
+    if pls.get("regression") == "ridge":
+        return "; ridge (RidgeCV, one alpha per neuroid)"
+    return f"; PLS: {pls['n_components']} components"
+
+
+def _dataset_lines(meta: dict[str, Any]) -> list[str]:
+    """The report's lines on what was run: the protocol and CV of the one dataset, or one line per dataset."""
+    if len(meta["datasets"]) == 1:
+        return [f"- protocol: `{meta['protocol']}`; CV: {meta['cv']}" + _mapping(meta.get("pls")),
+                f"- dataset: `{meta['dataset']}` (sha256 `{meta['dataset_sha256'][:16]}…`, synthetic: "
+                f"{meta['synthetic']})"]
+    lines = [f"- protocol: `{meta['protocol']}`; {len(meta['datasets'])} datasets, each with its own splits:"]
+    for d in meta["datasets"]:
+        pls = _mapping(d.get("pls"))
+        state = f"; **no cell runs**: {d['refusal']}" if d["refusal"] else ""
+        refused = f"; contexts skipped: {', '.join(d['refused_contexts'])}" if d["refused_contexts"] else ""
+        lines.append(f"  - `{d['label']}` (`{d['source']}`, sha256 `{d['sha256'][:16]}…`, synthetic: "
+                     f"{d['synthetic']}): CV {d['cv']}{pls}; contexts {', '.join(d['contexts']) or '-'}{refused}; "
+                     f"{len(d['subjects'])} subject(s){state}")
+    return lines
+
+
+def _benchmark_lines(benchmarks: pd.DataFrame) -> list[str]:
+    """The report's Benchmarks section: model × benchmark raw, ceiling and normalized scores."""
+    columns = ["model", "benchmark", "dataset", "status", "raw", "ceiling", "normalized", "synthetic", "reason"]
+    return ["## Benchmarks", "",
+            ("Each model scored as brainscore-language scores its benchmarks (`berg_ray.score`): `raw` is the "
+             "benchmark's metric, `normalized` = raw / ceiling."), "",
+            markdown_table(benchmarks[columns], float_format="{:.4f}"), ""]
+
+
 def report_markdown(table: pd.DataFrame, summary: pd.DataFrame, pngs: dict[str, str], meta: dict[str, Any],
-                    pooled_meaning: str, controls: pd.DataFrame | None = None) -> str:
-    """``report.md``: what was run, the per-layer table, the plots (``pngs``: name -> file name next to the
-    report), the controls beside the language models (``controls``: :func:`controls_table`, if not empty), and
-    every skipped or failed cell (``pooled_meaning``: the protocol's reading of ``pooled_score``)."""
+                    pooled_meaning: str, controls: pd.DataFrame | None = None,
+                    by_dataset: pd.DataFrame | None = None, benchmarks: pd.DataFrame | None = None) -> str:
+    """``report.md``: what was run, the dataset × model table (``by_dataset``: :func:`dataset_model_table`), the
+    per-layer table, the plots (``pngs``: name -> file name next to the report), the controls beside the language
+    models (``controls``: :func:`controls_table`, if not empty), the benchmarks (``benchmarks``), and every skipped
+    or failed cell (``pooled_meaning``: the protocol's reading of ``pooled_score``)."""
     from berg_ray.plots import SYNTHETIC_BANNER
 
     run = meta["run"]
     extraction = meta.get("extraction") or {}
+    several = len(meta["datasets"]) > 1
     lines = ["# berg-ray sweep report", ""]
-    if meta["synthetic"]:
+    synthetic = [d["label"] for d in meta["datasets"] if d["synthetic"]]
+    if synthetic and not several:
         lines += [f"> **{SYNTHETIC_BANNER}.** Dataset `{meta['dataset']}` is synthetic.", ""]
-    lines += [
-        f"- protocol: `{meta['protocol']}`; CV: {meta['cv']}"
-        + (f"; PLS: {meta['pls']['n_components']} components" if meta.get("pls") else ""),
-        f"- dataset: `{meta['dataset']}` (sha256 `{meta['dataset_sha256'][:16]}…`, synthetic: {meta['synthetic']})",
-    ]
+    elif synthetic:
+        lines += [f"> **{SYNTHETIC_BANNER}.** Synthetic datasets: {', '.join(f'`{s}`' for s in synthetic)}.", ""]
+    lines += _dataset_lines(meta)
     if extraction:
         lines.append("- features: " + ", ".join(f"{key} `{value}`" for key, value in extraction.items()))
     lines += [
@@ -253,21 +391,31 @@ def report_markdown(table: pd.DataFrame, summary: pd.DataFrame, pngs: dict[str, 
          f"{run['computed']} computed, {run['failed']} failed); {run['skipped']} skipped; {run['seconds']} s; "
          f"finished {meta['finished']}"),
         ("- tables: [`scores.csv`](scores.csv) / `scores.parquet` (one row per cell), [`summary.csv`](summary.csv) "
-         "(one row per model × layer × context); per-voxel r: `voxel_r/<cell-id>.npz`"),
+         "(one row per dataset × model × layer × context), [`datasets.csv`](datasets.csv) (dataset × model at the "
+         "mapped layer)" + (", [`benchmarks.csv`](benchmarks.csv)" if benchmarks is not None else "")
+         + "; per-voxel r: `voxel_r/<cell-id>.npz`"),
         "",
     ]
+    if by_dataset is not None and not by_dataset.empty:
+        lines += ["## Datasets × models", "",
+                  ("Median over subjects of the median CV r of each model's mapped layer (the registry's "
+                   "language-system layer), each dataset scored with its own splits; SYNTHETIC: a stand-in with a "
+                   "planted map, not brain data."), "", dataset_model_markdown(by_dataset), ""]
     if not summary.empty:
         best = summary[summary["best_layer"]]
-        lines += ["## Best layer per model and context", "",
-                  markdown_table(best[["model", "context", "layer", "layer_index", "n_subjects", "median_r",
-                                       "pooled_score", "mapped_layer"]]), ""]
+        columns = ["dataset"] * several + ["model", "context", "layer", "layer_index", "n_subjects", "median_r",
+                                           "pooled_score", "mapped_layer"]
+        lines += ["## Best layer per model and context", "", markdown_table(best[columns]), ""]
         for name, title in (("heatmap", "Model × subject"), ("layer_curves", "Layer-wise curves"),
                             ("roi_bars", "Per-ROI scores")):
-            if name in pngs:
-                lines += [f"## {title}", "", f"![{title}]({pngs[name]})", ""]
+            for key, filename in pngs.items():
+                if key == name or key.startswith(f"{name}:"):
+                    where = f" ({key.split(':', 1)[1]})" if ":" in key else ""
+                    lines += [f"## {title}{where}", "", f"![{title}{where}]({filename})", ""]
         legend = ("`median_r`: median over subjects of each subject's median r over voxels. `pooled_score`: "
                   f"BrainScore's aggregation over all subjects' voxels pooled ({pooled_meaning}).")
-        lines += ["## All layers", "", legend, "", markdown_table(summary.drop(columns=["synthetic", "protocol"])), ""]
+        dropped = ["synthetic", "protocol"] + ["dataset"] * (not several)
+        lines += ["## All layers", "", legend, "", markdown_table(summary.drop(columns=dropped)), ""]
     if controls is not None and not controls.empty:
         lines += ["## Controls", "",
                   ("Control models scored with the same protocol and data as the language models (each language "
@@ -280,8 +428,10 @@ def report_markdown(table: pd.DataFrame, summary: pd.DataFrame, pngs: dict[str, 
                    "its predictions are one constant per fold."), "",
                   *[f"- {line}" for line in controls_verdicts(controls, meta["protocol"])], "",
                   markdown_table(controls), ""]
+    if benchmarks is not None and not benchmarks.empty:
+        lines += _benchmark_lines(benchmarks)
     problems = table[table["status"] != "ok"]
     if len(problems):
-        lines += ["## Skipped and failed", "",
-                  markdown_table(problems[["model", "layer", "context", "subject", "status", "reason"]]), ""]
+        columns = ["dataset"] * several + ["model", "layer", "context", "subject", "status", "reason"]
+        lines += ["## Skipped and failed", "", markdown_table(problems[columns]), ""]
     return "\n".join(lines)

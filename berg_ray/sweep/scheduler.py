@@ -1,10 +1,10 @@
 """Running a sweep's cells on Ray: extractor actors read the features, Ray tasks score the cells.
 
-* **features once per model × context**: one :class:`LayerFeaturesActor` per model loads the model once and, for
-  each context, reads *every* requested layer in one forward pass (:meth:`berg_ray.features.FeatureExtractor.extract`),
-  so ``layers="all"`` costs one pass, not one per layer. Each layer's (384 × units) features go to the object store
-  as a separate object; the actor is released as soon as its passes are done (at most ``max_extractors`` models are
-  loaded at a time).
+* **features once per model × dataset × context**: one :class:`LayerFeaturesActor` per model loads the model once
+  and, for each dataset and context, reads *every* requested layer in one forward pass
+  (:meth:`berg_ray.features.FeatureExtractor.extract`), so ``layers="all"`` costs one pass, not one per layer. Each
+  layer's (presentations × units) features go to the object store as a separate object; the actor is released as
+  soon as its passes are done (at most ``max_extractors`` models are loaded at a time).
 * **one Ray task per layer's cells** (:func:`score_cells`) runs the protocol's scorer on those features: for a
   protocol that batches subjects (``pls-groupkfold``: one pass of the batched PLS engine for all subjects), one task
   scores all the cells of one model × layer × context (split over more tasks when a pass has fewer layers than the
@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,11 +57,12 @@ class CellOutcome:
 
 @dataclass
 class _FeaturePass:
-    """One actor call in flight: every requested layer of one model under one context."""
+    """One actor call in flight: every requested layer of one model on one dataset under one context."""
 
     model_id: str
+    dataset: str
     context: str
-    layer_refs: dict[str, Any]  # layer -> ObjectRef of its (384, units) features
+    layer_refs: dict[str, Any]  # layer -> ObjectRef of its (n_presentations, units) features
 
 
 @dataclass
@@ -90,7 +91,7 @@ class LayerFeaturesActor:
         self.extractor = make_extractor(request, device=device)
 
     def features(self, sentences: Sequence[str], context: str, passages: Sequence[Any] | None) -> tuple:
-        """One (384, units) array per layer in ``self.layers`` order, then the seconds it took."""
+        """One (n_presentations, units) array per layer in ``self.layers`` order, then the seconds it took."""
         started = time.perf_counter()
         features = self.extractor.extract(sentences, self.layers, context=context, passages=passages)
         return (*[features[name] for name in self.layers], time.perf_counter() - started)
@@ -121,7 +122,7 @@ def score_cells(request: ModelRequest, subjects: Sequence[str], features: np.nda
 
     Args:
         request: the cells' one-layer request (layer, context, dtype).
-        features: array of shape (384, n_units), rows in ``assembly`` order.
+        features: array of shape (n_presentations, n_units), rows in ``assembly`` order.
         cache_url: a fit cache the task writes itself (an object store: :func:`berg_ray.distributed.task_cache_url`).
         keep_fit: return the fits instead, for the driver to write into its local cache folder.
 
@@ -158,16 +159,16 @@ def score_cell(request: ModelRequest, subject: str, features: np.ndarray, assemb
 
 def _scoring_groups(cells: list[Cell], batches: bool, cpus: float) -> list[list[Cell]]:
     """The scoring tasks of one feature pass's cells: one per cell, or (``batches``) one per layer with all its
-    subjects (the cells of one request differ only in their subject). A pass with fewer layers than the cluster
-    has CPUs splits each layer's subjects into as many tasks as the CPUs allow
+    subjects (the cells of one dataset and request differ only in their subject). A pass with fewer layers than the
+    cluster has CPUs splits each layer's subjects into as many tasks as the CPUs allow
     (:func:`berg_ray.fitting.subject_groups`), so that a one-layer sweep still fills the cluster."""
     if not batches:
         return [[cell] for cell in cells]
     from berg_ray.fitting import subject_groups
 
-    by_request: dict[ModelRequest, list[Cell]] = {}
+    by_request: dict[tuple[str, ModelRequest], list[Cell]] = {}
     for cell in cells:
-        by_request.setdefault(cell.request, []).append(cell)
+        by_request.setdefault((cell.dataset, cell.request), []).append(cell)
     groups = []
     for layer_cells in by_request.values():
         by_subject = {cell.subject: cell for cell in layer_cells}
@@ -194,12 +195,15 @@ def _default_extractors(num_gpus_per_actor: float, n_models: int) -> int:
     return max(1, min(limit, n_models))
 
 
-def compute_cells(todo: list[Cell], assembly: PereiraAssembly, protocol: str, settings: PLSSettings,
-                  cache_url: str | None, actors: ActorSettings,
+def compute_cells(todo: list[Cell], assemblies: Mapping[str, PereiraAssembly], protocol: str,
+                  settings: Mapping[str, PLSSettings], cache_url: str | None, actors: ActorSettings,
                   on_outcome: Callable[[CellOutcome], None]) -> int:
     """Compute ``todo`` on the connected Ray cluster; returns the number of feature passes that ran.
 
-    ``on_outcome`` is called on the driver once per cell, in completion order.
+    Args:
+        assemblies: ``{dataset label: assembly}`` of every cell's :attr:`~berg_ray.sweep.grid.Cell.dataset`.
+        settings: ``{dataset label: its settings}``.
+        on_outcome: called on the driver once per cell, in completion order.
     """
     import ray
     import torch
@@ -215,8 +219,9 @@ def compute_cells(todo: list[Cell], assembly: PereiraAssembly, protocol: str, se
     resources, torch_device = actor_resources(actors.num_gpus, device=request.device)
     resolve_dtype(request.dtype, torch.device(torch_device))  # float16 on CPU fails here, not in every actor
     limit = actors.max_extractors or _default_extractors(resources["num_gpus"], len(by_model))
-    assembly_ref = ray.put(assembly)
-    sentences, passages = list(assembly.sentences), list(assembly.passages)
+    needed = list(dict.fromkeys(cell.dataset for cell in todo))
+    assembly_refs = {label: ray.put(assemblies[label]) for label in needed}
+    texts = {label: (list(assemblies[label].sentences), list(assemblies[label].passages)) for label in needed}
     actor_class = ray.remote(LayerFeaturesActor).options(max_restarts=0, **resources)
     batches = get_scorer(protocol).batches_subjects
     cpus = float(ray.cluster_resources().get("CPU", 1))
@@ -234,16 +239,19 @@ def compute_cells(todo: list[Cell], assembly: PereiraAssembly, protocol: str, se
         cells = by_model[model_id]
         layer_names = list(dict.fromkeys(c.layer.name for c in sorted(cells, key=lambda c: c.layer.index or 0)))
         actor = actor_class.remote(cells[0].request.replace(layers=tuple(layer_names)), torch_device)
-        contexts = list(dict.fromkeys(c.context for c in cells))
-        for context in contexts:
+        passes_of = list(dict.fromkeys((c.dataset, c.context) for c in cells))
+        for label, context in passes_of:
+            sentences, passages = texts[label]
             refs = actor.features.options(num_returns=len(layer_names) + 1).remote(sentences, context, passages)
-            pending[refs[-1]] = _FeaturePass(model_id, context, dict(zip(layer_names, refs[:-1], strict=True)))
-        loaded[model_id] = _LoadedModel(actor, len(contexts))
-        logger.info("sweep: extracting %d layer(s) × %d context(s) of %s", len(layer_names), len(contexts), model_id)
+            pending[refs[-1]] = _FeaturePass(model_id, label, context,
+                                             dict(zip(layer_names, refs[:-1], strict=True)))
+        loaded[model_id] = _LoadedModel(actor, len(passes_of))
+        logger.info("sweep: extracting %d layer(s) × %d dataset-context pass(es) of %s", len(layer_names),
+                    len(passes_of), model_id)
 
     def features_done(ref: Any, done: _FeaturePass) -> None:
         nonlocal passes
-        cells = [c for c in by_model[done.model_id] if c.context == done.context]
+        cells = [c for c in by_model[done.model_id] if (c.dataset, c.context) == (done.dataset, done.context)]
         try:
             seconds = float(ray.get(ref))
         except Exception as error:  # noqa: BLE001  (the model failed to load or run: its cells fail)
@@ -254,8 +262,8 @@ def compute_cells(todo: list[Cell], assembly: PereiraAssembly, protocol: str, se
             for group in _scoring_groups(cells, batches, cpus):
                 subjects = [c.subject for c in group] if batches else group[0].subject
                 task = score_task.remote(group[0].request, subjects,
-                                         done.layer_refs[group[0].layer.name], assembly_ref, protocol, settings,
-                                         task_cache, keep_fit)
+                                         done.layer_refs[group[0].layer.name], assembly_refs[done.dataset], protocol,
+                                         settings[done.dataset], task_cache, keep_fit)
                 pending[task] = _ScoringTask(group, seconds)
         model = loaded[done.model_id]
         model.passes_left -= 1
