@@ -45,6 +45,7 @@ import functools
 import json
 import logging
 import math
+import warnings
 import os
 import socket
 import time
@@ -437,7 +438,9 @@ def score_assembly(request: Any, spec: BenchmarkSpec | str, data: Any, *, data_s
                                show_progress=show_progress)[layer]
     predictions = benchmark_predictions(features, spec, scored, order, layer)
     metric = spec.load_metric()
-    with brainscore_progress(show_progress):
+    # brainscore's rdm of one neuroid divides 0 by 0 (its score is NaN, as brainscore's): no numpy warning for that
+    quiet = _quiet_nan_warnings() if spec.metric == "rdm" else contextlib.nullcontext()
+    with brainscore_progress(show_progress), quiet:
         raw_score = metric(predictions, scored)
         raw = float(raw_score)
         seconds = time.perf_counter() - started
@@ -464,6 +467,14 @@ def default_ceiling_cache_dir(cache_dir: str | os.PathLike | None) -> Path:
     if shared and "://" not in shared:
         return Path(shared).expanduser() / "ceilings"
     return Path("~/.cache/berg_ray/ceilings").expanduser()
+
+
+@contextlib.contextmanager
+def _quiet_nan_warnings():
+    """numpy's warnings of a correlation over one value (``corrcoef`` of a one-neuroid row): its NaN is the result."""
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=RuntimeWarning, module="numpy")
+        yield
 
 
 def score(model_id: str, benchmark: str, dataset: str | None = None, *, cache_dir: str | os.PathLike | None = None,

@@ -2,6 +2,7 @@
 
     berg-ray models [--all]
     berg-ray datasets [--json]
+    berg-ray score MODEL BENCHMARK ...|all [--dataset D] [--json]   (brainscore's neural benchmarks, its raw score)
     berg-ray register MODEL_ID --source DIR_OR_HUB_ID --layer LAYER [--revision R] [--replace]
     berg-ray register MODEL_ID --source DIR_OR_HUB_ID --layer L1 --layer L2 ... --localizer-top-k K  (localizer model:
         --layer once per layer, K a fraction in (0, 1) such as 0.1 or a number of units such as 4096)
@@ -132,6 +133,22 @@ def build_parser() -> argparse.ArgumentParser:
     datasets = sub.add_parser("datasets", help="list the neural datasets berg-ray trains on (offline)")
     datasets.add_argument("--json", action="store_true", help="print JSON")
 
+    score = sub.add_parser("score", help="score a model on brainscore-language's neural benchmarks, as brainscore "
+                                         "does (raw, ceiling, normalised)")
+    score.add_argument("model")
+    score.add_argument("benchmarks", nargs="+", help="benchmark ids (e.g. Tuckute2024-linear Blank2014-ridge), or "
+                                                     "'all' for the twelve neural benchmarks")
+    score.add_argument("--dataset", default=None,
+                       help="data to score on: default brainscore's own; 'synthetic' (each benchmark's stand-in "
+                            "with a planted map, marked SYNTHETIC) or a path/URL to a .nc file in the benchmark's "
+                            "dataset layout")
+    score.add_argument("--cache", default=DEFAULT_CACHE,
+                       help="cache root: downloaded data and computed ceilings (default: %(default)s)")
+    score.add_argument("--device", default="auto", help="cpu, cuda or auto (default: %(default)s)")
+    score.add_argument("--dtype", default=None, choices=options.DTYPE_CHOICES)
+    score.add_argument("--batch-size", type=int, default=options.DEFAULT_BATCH_SIZE)
+    score.add_argument("--json", action="store_true", help="print JSON")
+
     rank = sub.add_parser("rank", help="list the sentences of a corpus output with the highest and lowest "
                                        "predicted response (drive / suppress)")
     rank.add_argument("output", help="a finished encode-corpus output folder, local or s3://")
@@ -239,6 +256,32 @@ def _cmd_datasets(args: argparse.Namespace) -> int:
         print(f"    source: {entry['url']} (sha1 {entry['sha1'][:12]}…)\n")
     print("'brainscore' = Pereira2018.language; 'synthetic' or 'synthetic:<dataset>' is a stand-in with a planted "
           "map; a path or URL to a .nc file in one of these layouts works too.")
+    return 0
+
+
+def _cmd_score(args: argparse.Namespace) -> int:
+    from berg_ray.benchmark_score import score
+    from berg_ray.benchmarks import benchmark_ids, get_benchmark
+
+    chosen = benchmark_ids() if args.benchmarks == ["all"] else args.benchmarks
+    for benchmark in chosen:  # every id checked before any model runs
+        get_benchmark(benchmark)
+    results = []
+    for benchmark in chosen:
+        result = score(args.model, benchmark, dataset=args.dataset, cache_dir=args.cache, device=args.device,
+                       dtype=args.dtype, batch_size=args.batch_size, show_progress=True)
+        results.append(result)
+        if not args.json:
+            def shown(value: float | None) -> str:
+                return "-" if value is None else f"{value:.4f}"
+
+            label = "  SYNTHETIC data" if result.synthetic else ""
+            print(f"{benchmark:42s} raw {shown(result.raw)}  ceiling {shown(result.ceiling)}  normalized "
+                  f"{shown(result.normalized)}{label}")
+            if result.ceiling is None and result.ceiling_note:
+                print(f"    {result.ceiling_note}")
+    if args.json:
+        print(json.dumps([r.describe() for r in results], indent=2))
     return 0
 
 
@@ -390,9 +433,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"models": _cmd_models, "datasets": _cmd_datasets, "register": _cmd_register, "fit": _cmd_fit,
-            "encode": _cmd_encode,
-            "encode-corpus": _cmd_encode_corpus, "rank": _cmd_rank, "sweep": _cmd_sweep, "demo": _cmd_demo}
+COMMANDS = {"models": _cmd_models, "datasets": _cmd_datasets, "score": _cmd_score, "register": _cmd_register,
+            "fit": _cmd_fit, "encode": _cmd_encode, "encode-corpus": _cmd_encode_corpus, "rank": _cmd_rank,
+            "sweep": _cmd_sweep, "demo": _cmd_demo}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

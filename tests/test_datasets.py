@@ -261,3 +261,19 @@ def test_cli_fits_and_encodes_a_fedorenko_model(gpt2_standins, tiny_gpt2, tmp_pa
     assert np.load(out).shape == (8, 18)
     assert main(["fit", tiny_gpt2.model_id, "--dataset", path, "--subjects", "018"]) == 2
     assert "Fedorenko2016.language subjects are 1, 2, 3, 4, 5" in capsys.readouterr().err
+
+
+def test_cli_score_gives_berg_ray_score_and_names_bad_ids(gpt2_standins, tiny_gpt2, tmp_path, capsys):
+    from berg_ray import score
+    from berg_ray.cli import main
+
+    path = gpt2_standins["Tuckute2024.language"]["path"]
+    assert main(["score", tiny_gpt2.model_id, "Tuckute2024-linear", "Tuckute2024-cka", "--dataset", path,
+                 "--cache", str(tmp_path), "--device", "cpu", "--json"]) == 0
+    printed = {entry["benchmark"]: entry for entry in json.loads(capsys.readouterr().out)}
+    direct = score(tiny_gpt2.model_id, "Tuckute2024-linear", dataset=path, cache_dir=tmp_path, device="cpu")
+    assert printed["Tuckute2024-linear"]["raw"] == pytest.approx(direct.raw, abs=1e-12)
+    assert printed["Tuckute2024-linear"]["ceiling"] is None and printed["Tuckute2024-cka"]["synthetic"] is True
+    assert main(["score", tiny_gpt2.model_id, "Tuckute2024-linear", "Blank2014-linear", "--dataset", path]) == 2
+    error = capsys.readouterr().err
+    assert "Blank2014-linear" in error and "Blank2014-linear-shuffle" in error
