@@ -355,18 +355,22 @@ def _load_synthetic(layout: DatasetLayout, cache: Path) -> RawAssembly:
     read as the dataset is read (its default context)."""
     from berg_ray import synthetic
 
+    pereira = layout.identifier.startswith("Pereira2018")
+    # Pereira's two atlases share coordinates: the auditory stand-in is Pereira's generator with another seed (other
+    # sentences and planted map: the real files share their sentences), auditory because it is asked for by that name
+    seed = 1 if layout.identifier == "Pereira2018.auditory" else 0
     if layout.identifier == "Pereira2018.language":
         path = cache / f"synthetic_pereira_{synthetic.DEFAULT_PLANTED_MODEL}_seed0_rank10_noise1.nc"
     else:
-        path = cache / f"synthetic_{layout.short_name}_{synthetic.DEFAULT_PLANTED_MODEL}_seed0_rank10_noise1.nc"
+        path = cache / f"synthetic_{layout.short_name}_{synthetic.DEFAULT_PLANTED_MODEL}_seed{seed}_rank10_noise1.nc"
     if path.is_file():
         _logger.info("reusing synthetic %s stand-in %s", layout.identifier, path)
     else:
         _logger.info("generating synthetic %s stand-in %s (planted model %s)", layout.identifier, path,
                      synthetic.DEFAULT_PLANTED_MODEL)
-        if layout.identifier == "Pereira2018.language":
-            features = default_planted_features(synthetic.synthetic_stimuli(seed=0)["sentence"].tolist())
-            synthetic.write_synthetic_pereira(path, features, seed=0, rank=10, noise=1.0,
+        if pereira:
+            features = default_planted_features(synthetic.synthetic_stimuli(seed=seed)["sentence"].tolist())
+            synthetic.write_synthetic_pereira(path, features, seed=seed, rank=10, noise=1.0,
                                               planted_model=synthetic.DEFAULT_PLANTED_MODEL)
         else:
             from berg_ray import standins
