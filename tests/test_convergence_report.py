@@ -3,7 +3,7 @@ summary of ``berg-ray fit`` and of the demo (no Python warning there), with the 
 
 from __future__ import annotations
 
-import functools
+import dataclasses
 import warnings
 
 import numpy as np
@@ -15,7 +15,7 @@ from berg_ray import api
 from berg_ray.cli import main as cli_main
 from berg_ray.encoding_model import convergence_summary
 from berg_ray.features import extract_features
-from berg_ray.fitting import fit_subjects
+from berg_ray.fitting import fit_subjects, settings_for
 from berg_ray.neural import load_pereira
 from berg_ray.regression import PLSSettings
 from berg_ray.request import ModelRequest
@@ -78,7 +78,10 @@ def test_converged_fits_say_nothing(tiny_gpt2, gpt2_synthetic):
 
 
 def test_cli_fit_says_it_once_in_its_summary(tiny_gpt2, gpt2_synthetic, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(api, "PLSSettings", functools.partial(PLSSettings, max_iter=MAX_ITER))
+    def few_iterations(assembly, n_components=25, regression="pls"):  # the dataset's settings, a low max_iter
+        return dataclasses.replace(settings_for(assembly, n_components, regression), max_iter=MAX_ITER)
+
+    monkeypatch.setattr(api, "settings_for", few_iterations)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         rc = cli_main(["fit", tiny_gpt2.model_id, "--subjects", *SUBJECTS, "--dataset", gpt2_synthetic["path"],

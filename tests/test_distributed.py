@@ -519,3 +519,22 @@ def _wait_for(condition, what: str, timeout: float = 60.0) -> None:
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out waiting for {what}")
         time.sleep(0.2)
+
+
+def test_ray_fits_of_another_dataset_equal_in_process_fits(ray_session, tiny_gpt2, gpt2_standins, tmp_path):
+    """A Blank2014 stand-in on Ray: its context (each fragment with its story so far), its splits (GroupKFold by
+    story, seed 1234) and its neuroids travel to the actor and the fit tasks; the fits equal the in-process ones and
+    land in that dataset's cache folder (written by the driver)."""
+    from berg_ray import BERG
+
+    path = gpt2_standins["Blank2014.fROI"]["path"]
+    local = BERG(tmp_path / "local", dataset=path)
+    on_ray = BERG(tmp_path / "ray", dataset=path)
+    subjects = ["061", "098"]
+    expected = local.fit(local.request(tiny_gpt2.model_id, device="cpu"), subjects, use_ray=False)
+    got = on_ray.fit(on_ray.request(tiny_gpt2.model_id, device="cpu"), subjects, use_ray=True)
+    for subject in subjects:
+        assert got[subject].context == "passage" and got[subject].dataset == "Blank2014.fROI"
+        assert_same_fit(got[subject], expected[subject])
+    entries = manifests(str(tmp_path / "ray"))
+    assert len(entries) == 2 and all("train_dataset-synthetic-blank2014-froi" in str(e) for e in entries)
