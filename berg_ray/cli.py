@@ -152,7 +152,10 @@ def build_parser() -> argparse.ArgumentParser:
     rank = sub.add_parser("rank", help="list the sentences of a corpus output with the highest and lowest "
                                        "predicted response (drive / suppress)")
     rank.add_argument("output", help="a finished encode-corpus output folder, local or s3://")
-    rank.add_argument("--by", default="network", help="'network' or an ROI name of the output (default: network)")
+    rank.add_argument("--by", default="network",
+                      help="'network' (a subject's mean over its neuroids; Tuckute2024: the language network's "
+                           "response) or an ROI of the output's dataset (Pereira2018: roi, Tuckute2024: "
+                           "lang_LH_netw, Blank2014: fROI_area; Fedorenko2016 has none) (default: network)")
     rank.add_argument("--subject", default="all",
                       help="a subject of the output, or 'all': the mean over its subjects (default: all)")
     rank.add_argument("--top", type=int, default=100, help="sentences with the highest score (default: 100)")

@@ -32,6 +32,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from berg_ray.dataset_layouts import DEFAULT_DATASET, get_layout
 from berg_ray.errors import InvalidInputError
 from berg_ray.fsio import FileRoot
 from berg_ray.reductions import (
@@ -95,20 +96,43 @@ def kind_of(name: str) -> str:
     return {"predictions": "voxels", "rois": "rois", "sentences": SENTENCES}.get(folder, "bad_rows")
 
 
-def model_voxel_rois(models: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    """Subject -> ROI label of each voxel (prediction column order) of fitted
-    :class:`~berg_ray.encoding_model.EncodingModel` s, as ``voxels.parquet`` stores them (strings).
+def models_dataset(models: Mapping[str, Any]) -> str:
+    """The dataset identifier (``EncodingModel.dataset``) shared by fitted models of one output.
 
     Raises:
-        InvalidInputError: a model whose voxel table has no ``roi`` column (the dataset labels no ROIs).
+        InvalidInputError: no models, or models trained on different datasets.
     """
-    found = {}
+    found = {subject: str(getattr(model, "dataset", DEFAULT_DATASET)) for subject, model in models.items()}
+    if len(set(found.values())) != 1:
+        raise InvalidInputError(f"the encoding models of one output must share a dataset, got {found or 'none'}")
+    return next(iter(found.values()))
+
+
+def roi_column(dataset: str) -> str | None:
+    """The neuroid coordinate whose groups are the ROIs of ``dataset``'s outputs (``None``: no ROIs, only the
+    network mean); see :mod:`berg_ray.reductions`."""
+    return get_layout(dataset).roi_coord
+
+
+def model_reduction(models: Mapping[str, Any]) -> RoiReduction:
+    """The network/ROI reduction of fitted :class:`~berg_ray.encoding_model.EncodingModel` s (their voxel tables,
+    in prediction column order; ROI labels from their dataset's :func:`roi_column`, as strings as
+    ``voxels.parquet`` stores them; a dataset without one gets the network mean alone).
+
+    Raises:
+        InvalidInputError: models of different datasets, or a voxel table without the dataset's ROI column.
+    """
+    dataset = models_dataset(models)
+    column = roi_column(dataset)
+    if column is None:
+        return RoiReduction.network_only({subject: len(model.voxels) for subject, model in models.items()})
     for subject, model in models.items():
-        if "roi" not in model.voxels:
-            raise InvalidInputError(f"the voxel table of subject {subject!r} has no 'roi' column, so there is no ROI "
-                                    "output to write; use write=('voxels',)")
-        found[subject] = model.voxels["roi"].astype(str).to_numpy()
-    return found
+        if column not in model.voxels:
+            raise InvalidInputError(f"the voxel table of subject {subject!r} has no {column!r} column (the ROI "
+                                    f"labels of {dataset}; it has {', '.join(map(str, model.voxels.columns))}), so "
+                                    "there is no ROI output to write; use write=('voxels',)")
+    return RoiReduction.from_voxels({subject: model.voxels[column].astype(str).to_numpy()
+                                     for subject, model in models.items()})
 
 
 def parquet_bytes(table: pa.Table) -> bytes:
@@ -130,13 +154,14 @@ class PartWriter:
 
     def __init__(self, predictor: Any, write: Sequence[str] = DEFAULT_OUTPUTS,
                  predictions_dtype: str = DEFAULT_PREDICTION_DTYPE,
-                 voxel_rois: Mapping[str, Iterable[Any]] | None = None):
+                 voxel_rois: RoiReduction | Mapping[str, Iterable[Any]] | None = None):
         """
         Args:
             predictor: the :class:`~berg_ray.encoding_model.StackedPredictor` of the output's subjects.
             write: outputs to write (:data:`~berg_ray.reductions.OUTPUT_KINDS`).
             predictions_dtype: element type of the voxel output.
-            voxel_rois: subject -> ROI label of each voxel (prediction column order); needed for ``"rois"``.
+            voxel_rois: the reduction (:func:`model_reduction`), or subject -> ROI label of each voxel (prediction
+                column order); needed for ``"rois"``.
         """
         self.write = check_output_options(write, predictions_dtype)
         self.predictions_dtype = predictions_dtype
@@ -146,7 +171,8 @@ class PartWriter:
         if "rois" in self.write:
             if voxel_rois is None:
                 raise InvalidInputError("the ROI output needs each subject's voxel ROI labels (voxel_rois)")
-            self.reduction = RoiReduction.from_voxels(voxel_rois)
+            self.reduction = (voxel_rois if isinstance(voxel_rois, RoiReduction)
+                              else RoiReduction.from_voxels(voxel_rois))
             self.folded = self.reduction.fold(predictor)
 
     def write_part(self, out: FileRoot, part_id: str, rows: Sequence[Mapping[str, Any]],
@@ -265,14 +291,24 @@ def read_part_table(out: FileRoot, name: str, columns: Sequence[str] | None = No
     return pq.read_table(io.BytesIO(out.read(out.path(name))), columns=list(columns) if columns else None)
 
 
-def read_voxel_rois(out: FileRoot, subjects: Sequence[str]) -> dict[str, np.ndarray]:
-    """Subject -> ROI label of each voxel (prediction column order), from ``voxels.parquet``."""
-    voxels = read_part_table(out, "voxels.parquet", ["subject", "voxel_index", "roi"]).to_pandas()
-    found = {}
-    for subject in subjects:
-        rows = voxels[voxels["subject"] == subject].sort_values("voxel_index")
-        found[subject] = rows["roi"].astype(str).to_numpy()
-    return found
+def manifest_roi_column(manifest: Mapping[str, Any]) -> str | None:
+    """The neuroid column of ``voxels.parquet`` holding the output's ROI labels (``None``: no ROIs); manifests
+    written before outputs recorded it are Pereira outputs: ``"roi"``."""
+    return manifest["roi_column"] if "roi_column" in manifest else "roi"
+
+
+def read_reduction(out: FileRoot, manifest: Mapping[str, Any], subjects: Sequence[str]) -> RoiReduction:
+    """The network/ROI reduction of a finished output's ``subjects``, from ``voxels.parquet`` (prediction column
+    order = ``voxel_index``) and the manifest's ROI column."""
+    column = manifest_roi_column(manifest)
+    voxels = read_part_table(out, "voxels.parquet").to_pandas()
+    if column is not None and column not in voxels:
+        raise InvalidInputError(f"{out.url!r}: voxels.parquet has no {column!r} column (the manifest's ROI column); "
+                                "the output is damaged (encode it again)")
+    rows = {subject: voxels[voxels["subject"] == subject].sort_values("voxel_index") for subject in subjects}
+    if column is None:
+        return RoiReduction.network_only({subject: len(table) for subject, table in rows.items()})
+    return RoiReduction.from_voxels({subject: table[column].astype(str).to_numpy() for subject, table in rows.items()})
 
 
 def read_rois(output: str, subject: str | None = None) -> pd.DataFrame:

@@ -16,6 +16,19 @@ identifier                 kind    presentations → neuroids     fed to the mod
 ``Blank2014.fROI``         fMRI    1,317 fragments → 60         per ``story``: each TR fragment with the story so far
 ``Fedorenko2016.language`` ECoG    416 words → 97 electrodes    per ``sentence_id``: each word with its sentence so far
 =========================  ======  ===========================  ===============================================
+
+Network and ROIs (the corpus reductions, ``encode_corpus(write="rois")``, and ``berg-ray rank --by``;
+:attr:`DatasetLayout.roi_coord`): ``network`` is always a subject's mean over all its neuroids; ROIs are the groups
+of a neuroid coordinate, where the dataset has one:
+
+=========================  =========================================  ==========================================
+identifier                 ``network``                                ROIs (``--by <ROI>``)
+=========================  =========================================  ==========================================
+``Pereira2018.*``          mean over a subject's voxels               ``roi`` (e.g. ``LH_AntTemp``), voxel means
+``Tuckute2024.language``   the one neuroid: the LH language network   ``roi``: ``lang_LH_netw`` (= ``network``)
+``Blank2014.fROI``         mean over a subject's 12 fROIs             ``fROI_area``: each fROI (one neuroid each)
+``Fedorenko2016.language`` mean over a subject's electrodes           none (electrodes are not grouped)
+=========================  =========================================  ==========================================
 """
 
 from __future__ import annotations
@@ -56,6 +69,11 @@ class DatasetLayout:
         n_neuroids: neuroids of the real file after selection (``dropna('neuroid')`` for Pereira).
         subjects: subject ids of the real file, as berg-ray names them (strings).
         neuroids_per_subject: neuroids of each subject in the real file (after selection), in ``subjects`` order.
+        neuroid_unit: what one neuroid is: ``"voxel"``, ``"network"`` (Tuckute2024's one network response),
+            ``"fROI"`` or ``"electrode"``.
+        roi_coord: neuroid coordinate that groups neuroids into ROIs for corpus reductions and ranking (``"roi"``,
+            ``"fROI_area"``), or ``None``: the dataset has no ROI grouping (Fedorenko2016's electrodes), so only
+            the whole-network mean exists. See :mod:`berg_ray.reductions`.
     """
 
     identifier: str
@@ -79,6 +97,8 @@ class DatasetLayout:
     n_neuroids: int
     subjects: tuple[str, ...] = field(default=())
     neuroids_per_subject: tuple[int, ...] = field(default=())
+    neuroid_unit: str = "voxel"
+    roi_coord: str | None = "roi"
 
     @property
     def filename(self) -> str:
@@ -117,7 +137,8 @@ LAYOUTS: dict[str, DatasetLayout] = {layout.identifier: layout for layout in (
         presentation_coords=_PEREIRA_PRESENTATION, experiment="384sentences",
         contexts=("sentence", "passage", "running"), benchmarks=_PEREIRA_BENCHMARKS, n_presentations=384,
         n_neuroids=12155, subjects=_PEREIRA_SUBJECTS,
-        neuroids_per_subject=(1358, 1358, 1341, 1356, 1323, 1355, 1355, 1352, 1357)),
+        neuroids_per_subject=(1358, 1358, 1341, 1356, 1323, 1355, 1355, 1352, 1357), neuroid_unit="voxel",
+        roi_coord="roi"),
     DatasetLayout(
         identifier="Pereira2018.auditory", title="Pereira et al. (2018), auditory-atlas voxels, 384 sentences",
         modality="fMRI", unit="sentence", response_units="z-scored BOLD response per voxel",
@@ -125,7 +146,7 @@ LAYOUTS: dict[str, DatasetLayout] = {layout.identifier: layout for layout in (
         cv_coord="story", cv_folds=10, cv_seed=None, subject_coord="subject", neuroid_coords=_PEREIRA_NEUROID,
         presentation_coords=_PEREIRA_PRESENTATION, experiment="384sentences",
         contexts=("sentence", "passage", "running"), benchmarks=(), n_presentations=384, n_neuroids=0,
-        subjects=_PEREIRA_SUBJECTS),
+        subjects=_PEREIRA_SUBJECTS, neuroid_unit="voxel", roi_coord="roi"),
     DatasetLayout(
         identifier="Tuckute2024.language",
         title="Tuckute et al. (2024), left-hemisphere language network, mean of 5 participants, 1,000 sentences",
@@ -136,7 +157,8 @@ LAYOUTS: dict[str, DatasetLayout] = {layout.identifier: layout for layout in (
         neuroid_coords=("neuroid_id", "subject_UID", "roi"),
         presentation_coords=("stimulus_id", "stimulus"), experiment=None, contexts=("sentence", "running"),
         benchmarks=("Tuckute2024-linear", "Tuckute2024-ridge", "Tuckute2024-rdm", "Tuckute2024-cka"),
-        n_presentations=1000, n_neuroids=1, subjects=("848-853-865-875-876",), neuroids_per_subject=(1,)),
+        n_presentations=1000, n_neuroids=1, subjects=("848-853-865-875-876",), neuroids_per_subject=(1,),
+        neuroid_unit="network", roi_coord="roi"),
     DatasetLayout(
         identifier="Blank2014.fROI",
         title="Blank et al. (2014), 12 language fROIs of 5 subjects, 8 stories in 2 s TR fragments",
@@ -146,7 +168,8 @@ LAYOUTS: dict[str, DatasetLayout] = {layout.identifier: layout for layout in (
         neuroid_coords=("neuroid_id", "subject_id", "fROI_area"),
         presentation_coords=("stimulus_id", "stimulus", "story"), experiment=None, contexts=("passage",),
         benchmarks=("Blank2014-linear-shuffle", "Blank2014-ridge"), n_presentations=1317, n_neuroids=60,
-        subjects=("061", "085", "088", "090", "098"), neuroids_per_subject=(12, 12, 12, 12, 12)),
+        subjects=("061", "085", "088", "090", "098"), neuroids_per_subject=(12, 12, 12, 12, 12),
+        neuroid_unit="fROI", roi_coord="fROI_area"),
     DatasetLayout(
         identifier="Fedorenko2016.language",
         title="Fedorenko et al. (2016), ECoG language electrodes of 5 subjects, 52 sentences × 8 words",
@@ -157,7 +180,7 @@ LAYOUTS: dict[str, DatasetLayout] = {layout.identifier: layout for layout in (
         presentation_coords=("stimulus_id", "stimulus", "word", "word_num", "sentence_id"), experiment=None,
         contexts=("passage",), benchmarks=("Fedorenko2016-linear-shuffle", "Fedorenko2016-ridge"),
         n_presentations=416, n_neuroids=97, subjects=("1", "2", "3", "4", "5"),
-        neuroids_per_subject=(47, 8, 9, 15, 18)),
+        neuroids_per_subject=(47, 8, 9, 15, 18), neuroid_unit="electrode", roi_coord=None),
 )}
 
 #: what BERG calls the Pereira language data, and berg-ray's name for a synthetic stand-in
@@ -192,7 +215,8 @@ def describe_layout(layout: DatasetLayout) -> dict:
         "n_presentations": layout.n_presentations, "n_neuroids": layout.n_neuroids or None,
         "subjects": dict(zip(layout.subjects, layout.neuroids_per_subject)) if layout.neuroids_per_subject
         else list(layout.subjects),
-        "response_units": layout.response_units, "contexts": list(layout.contexts),
+        "response_units": layout.response_units, "neuroid_unit": layout.neuroid_unit,
+        "rois_from": layout.roi_coord, "contexts": list(layout.contexts),
         "default_context": layout.default_context, "read_with": layout.context_coord,
         "cv": (f"GroupKFold({layout.cv_folds}) by {layout.cv_coord}" if layout.cv_coord else
                f"ShuffleSplit({layout.cv_folds}, train 0.9)")

@@ -8,6 +8,13 @@ predictions (``predictions/``) part by part with the averaging weights of ``voxe
 scores (to float32 rounding). Ties are broken by input order (the earlier sentence ranks first on either side). The
 sentence text comes from the output's ``sentences/`` (see :mod:`berg_ray.corpus_outputs`).
 
+What ``by`` may name depends on the dataset the output's encoding models were trained on (the manifest's
+``dataset`` and ``roi_column``; see :mod:`berg_ray.reductions`): ``"network"`` always (a subject's mean over its
+neuroids; for Tuckute2024.language, whose one neuroid is the left-hemisphere language network, that neuroid: the
+paper's drive/suppress procedure at network level), or an ROI: Pereira2018's ``roi`` labels, Tuckute2024's
+``lang_LH_netw`` (the same scores as ``network``), Blank2014's ``fROI_area`` names; Fedorenko2016's electrodes have
+no ROIs. Any other ``by`` is refused with the output's dataset and its allowed values.
+
 :func:`write_rank_outputs` writes what ``berg-ray rank`` leaves in ``--out``: the table as CSV and Parquet, a PNG
 (score distribution with the top and bottom marked; ROI profile of top vs bottom) and ``report.md``.
 """
@@ -24,7 +31,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from berg_ray.corpus_outputs import read_manifest, read_part_table, read_plan, read_voxel_rois
+from berg_ray.corpus_outputs import manifest_roi_column, read_manifest, read_part_table, read_plan, read_reduction
 from berg_ray.errors import InvalidInputError
 from berg_ray.fsio import FileRoot
 from berg_ray.reductions import NETWORK, RoiReduction
@@ -202,6 +209,19 @@ class _Extremes:
         return frame
 
 
+def unknown_by_message(by: str, manifest: dict[str, Any], reduction: RoiReduction) -> str:
+    """The error for a ``by`` that is neither ``network`` nor an ROI of the output: the output's dataset, its ROI
+    grouping and every allowed value."""
+    dataset = manifest.get("dataset", "Pereira2018.language")
+    column = manifest_roi_column(manifest)
+    if not reduction.rois:
+        unit = manifest.get("neuroid_unit", "neuroid")
+        return (f"by must be 'network' for an output of {dataset} (the mean over each subject's {unit}s): its "
+                f"{unit}s are not grouped into ROIs, got {by!r}")
+    return (f"by must be 'network' or one of the ROIs of this {dataset} output (its neuroids' {column!r}: "
+            f"{', '.join(reduction.rois)}), got {by!r}")
+
+
 def rank_corpus(output: str, by: str = NETWORK, subject: str = "all", top: int = 100, bottom: int = 100,
                 source: str = "auto") -> RankResult:
     """:func:`rank_sentences`, with what a report needs besides the table (profiles, score histogram, provenance).
@@ -227,14 +247,13 @@ def rank_corpus(output: str, by: str = NETWORK, subject: str = "all", top: int =
         source = "rois" if "rois" in outputs else "voxels"
     if source not in outputs:
         raise InvalidInputError(f"{output!r} holds no {source} output (it holds {', '.join(outputs)})")
-    reduction = RoiReduction.from_voxels(read_voxel_rois(out, subjects))
+    reduction = read_reduction(out, manifest, subjects)
     columns = list(reduction.columns)
     if source == "rois" and manifest.get("rois") != columns:
         raise InvalidInputError(f"{output!r}: the ROI output's columns {manifest.get('rois')} differ from those of "
                                 f"voxels.parquet {columns}; the output is damaged (encode it again)")
     if by not in columns:
-        raise InvalidInputError(f"by must be 'network' or one of the output's ROIs ({', '.join(reduction.rois)}), "
-                                f"got {by!r}")
+        raise InvalidInputError(unknown_by_message(by, manifest, reduction))
     column = columns.index(by)
     if not any(reduction.present[s][column] for s in chosen):
         raise InvalidInputError(f"subject {subject!r} has no voxels in ROI {by!r}: nothing to rank by")
@@ -273,7 +292,8 @@ def rank_sentences(output: str, by: str = NETWORK, subject: str = "all", top: in
 
     Args:
         output: a finished :func:`~berg_ray.corpus.encode_corpus` output folder.
-        by: ``"network"`` (the mean over all of a subject's voxels) or an ROI name (the mean over its voxels; the
+        by: ``"network"`` (the mean over all of a subject's voxels, or neuroids) or an ROI name (the mean over its
+            voxels; ROI names come from the dataset's ROI coordinate, see the module docstring; the
             ROI names of ``voxels.parquet``).
         subject: a subject of the output, or ``"all"``: the mean of the per-subject scores over the output's
             subjects (over those with voxels in the ROI).
@@ -306,15 +326,19 @@ def rank_report(result: RankResult, png_name: str = "rank.png") -> str:
     manifest = result.manifest
     who = (f"the mean over {len(result.subjects)} subjects ({', '.join(result.subjects)})" if result.subject == "all"
            else f"subject {result.subject}")
-    what = "the language network (mean over all voxels)" if result.by == NETWORK else f"ROI {result.by}"
+    unit = manifest.get("neuroid_unit", "voxel")
+    network = ("the language network (its one neuroid: the network's response)" if unit == "network"
+               else f"the language network (mean over all {unit}s)")
+    what = network if result.by == NETWORK else f"ROI {result.by}"
+    dataset = manifest.get("dataset", "Pereira2018.language")
     folder = "rois/" if result.source == "rois" else "predictions/ (reduced part by part)"
     lines = [f"# Sentences that drive and suppress {what}", ""]
     if result.synthetic:
-        lines += ["> **SYNTHETIC DATA**: the encoding models were trained on a synthetic Pereira-shaped dataset with a "
-                  "planted map; these scores rank sentences by that map, not by any brain's response.", ""]
+        lines += [f"> **SYNTHETIC DATA**: the encoding models were trained on a synthetic {dataset}-shaped dataset "
+                  "with a planted map; these scores rank sentences by that map, not by any brain's response.", ""]
     lines += [f"- corpus output: `{result.output}` ({result.n_sentences} sentences ranked, read from {folder})",
               f"- model: {manifest.get('model_id')} (layer `{manifest.get('layer')}`, context "
-              f"{manifest.get('context')}), dataset sha256 {str(manifest.get('dataset_sha256'))[:12]}…",
+              f"{manifest.get('context')}), dataset {dataset} (sha256 {str(manifest.get('dataset_sha256'))[:12]}…)",
               f"- score: predicted response of {what}, {who}; z-units of the training data",
               "- ties: ranked by input order (the earlier sentence first)", "",
               f"![score distribution]({png_name})", ""]

@@ -7,6 +7,17 @@ diagonal (total_voxels × n_subjects·(1 + n_rois)) averaging matrix ``W`` (:met
 the :class:`~berg_ray.encoding_model.StackedPredictor`'s factored map — the mean over voxels of ``S Q_s + b_s`` is
 ``S (Q_s W_s) + b_s W_s`` — it costs a (sum of ranks × outputs) product per sentence instead of predicting every voxel
 (:meth:`RoiReduction.fold`), so ``write=("rois",)`` never computes the voxels at all.
+
+"Voxel" here means any neuroid of the dataset, and the ROI labels come from the neuroid coordinate its layout names
+(:attr:`~berg_ray.dataset_layouts.DatasetLayout.roi_coord`):
+
+- Pereira2018: ``network`` = mean over a subject's voxels; ROIs = the ``roi`` column (voxel means per ROI).
+- Tuckute2024.language: one neuroid, the left-hemisphere language network's response (``roi`` ``lang_LH_netw``):
+  ``network`` is that neuroid, and so is the one ROI ``lang_LH_netw`` (the same numbers).
+- Blank2014.fROI: ``network`` = mean over a subject's 12 language fROIs; ROIs = ``fROI_area`` (each fROI is one
+  neuroid, so an ROI column is that fROI's own prediction).
+- Fedorenko2016.language: ``network`` = mean over a subject's electrodes; no ROIs (electrodes carry no grouping:
+  :meth:`RoiReduction.network_only`), so the ROI output has the ``network`` column alone.
 """
 
 from __future__ import annotations
@@ -116,6 +127,22 @@ class RoiReduction:
             weights[subject] = member / np.maximum(counts, 1)
             present[subject] = counts > 0
         return cls(names, weights, present)
+
+    @classmethod
+    def network_only(cls, n_voxels: Mapping[str, int]) -> RoiReduction:
+        """No ROIs: the network mean alone, from subject -> number of voxels (neuroids) in prediction column order
+        (a dataset whose layout has no ROI coordinate, as Fedorenko2016's electrodes).
+
+        Raises:
+            InvalidInputError: a subject without voxels.
+        """
+        weights, present = {}, {}
+        for subject, count in n_voxels.items():
+            if int(count) < 1:
+                raise InvalidInputError(f"subject {subject!r} has no voxels: it has no network mean")
+            weights[subject] = np.full((int(count), 1), 1.0 / int(count))
+            present[subject] = np.ones(1, dtype=bool)
+        return cls((), weights, present)
 
     def matrix(self) -> np.ndarray:
         """The whole reduction as one block-diagonal (total_voxels × n_subjects·(1 + n_rois)) float64 matrix:

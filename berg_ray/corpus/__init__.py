@@ -39,9 +39,11 @@ Output folder::
     rois/part-<id>.parquet                      sentence_id, subject, network, <ROI>... (write=("rois", ...))
     sentences/part-<id>.parquet                 sentence_id, sentence (what ranking lists)
     bad_rows.parquet                            source, row, sentence_id, reason, value
-    voxels.parquet                              subject, voxel_index, neuroid_id, roi, coordinates
+    voxels.parquet                              subject, voxel_index, neuroid_id, the dataset's neuroid coordinates
+                                                (roi, fROI_area, electrode, voxel coordinates)
     parts.parquet                               the planned parts in input order: part_id, source, path, rows, counts
-    _manifest.json                              model, layer, context, cache keys, dataset, counts, versions
+    _manifest.json                              model, layer, context, cache keys, dataset (id, neuroid_unit,
+                                                roi_column: the ROI grouping), counts, versions
     _request.json                               the request identity this folder holds (checked on every rerun)
     _parts/part-<id>.json                       per-part completion markers (resume)
     _bad_rows/part-<id>.parquet                 per-part bad rows (gathered into bad_rows.parquet)

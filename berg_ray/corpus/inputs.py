@@ -1,5 +1,6 @@
 """Input files of the corpus pipeline: listing a file, folder or glob (local or ``s3://``), the input root that part
-paths and automatic sentence ids are relative to, and the fingerprint of a file (checked again when a part is read).
+paths and automatic sentence ids are relative to, the fingerprint of a file (checked again when a part is read), and
+whether the files can carry the ``passage`` labels a ``"passage"`` context needs (:func:`check_passage_inputs`).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import posixpath
 from typing import Any
 
 import fsspec
+import pyarrow.parquet as pq
 
 from berg_ray.corpus_io import INPUT_SUFFIXES
 from berg_ray.errors import InvalidInputError
@@ -115,3 +117,53 @@ def list_inputs(spec: str) -> list[str]:
     if not files:
         raise InvalidInputError(f"input {spec!r} holds no {', '.join(INPUT_SUFFIXES)} files")
     return [prefix + p for p in files]
+
+
+def can_carry_passages(source: str) -> bool:
+    """Whether rows of input file ``source`` can carry a ``passage`` label: a Parquet ``passage`` column (schema
+    only); in JSON lines, the text ``"passage"`` (or a ``\\u`` escape, which could spell it) on some line, read
+    until the first one; never in a ``.txt`` file (one sentence per line, nothing else)."""
+    suffix = os.path.splitext(source)[1].lower()
+    if suffix == ".parquet":
+        try:
+            with fsspec.open(source, "rb") as handle:
+                return "passage" in pq.ParquetFile(handle).schema_arrow.names
+        except Exception:  # an unreadable file is refused, naming it, when the corpus is planned
+            return True
+    if suffix == ".jsonl":
+        with fsspec.open(source, "rb") as handle:
+            return any(b'"passage"' in line or b"\\u" in line for line in handle)
+    return False
+
+
+def check_passage_inputs(files: list[str], dataset: str, context: str = "passage",
+                         other_contexts: tuple[str, ...] = ()) -> None:
+    """Refuse, before anything runs, input files that cannot carry a ``passage`` label under a ``"passage"``
+    context (each sentence is read with the earlier sentences of its passage, so every row needs one).
+
+    A single row without one (in a file that has them elsewhere) is a bad row of the output, as before; a file
+    with none at all would make every row bad, so it is refused here.
+
+    Args:
+        files: the input files (:func:`list_inputs`).
+        dataset: the dataset identifier the encoding models are trained on (named in the error).
+        context: the request's context; nothing is checked unless ``"passage"``.
+        other_contexts: the dataset's contexts that need no passages (suggested in the error; Blank2014 and
+            Fedorenko2016 have none).
+
+    Raises:
+        InvalidInputError: naming the files without passages, the dataset and how to give them.
+    """
+    if context != "passage":
+        return
+    missing = [source for source in files if not can_carry_passages(source)]
+    if not missing:
+        return
+    shown = ", ".join(repr(source) for source in missing[:5]) + (f" and {len(missing) - 5} more"
+                                                                   if len(missing) > 5 else "")
+    raise InvalidInputError(
+        f"context 'passage' (models of {dataset}) reads each sentence with the earlier sentences of its passage, "
+        f"so every input row needs a 'passage' field; {len(missing)} of {len(files)} input file(s) have none: "
+        f"{shown}. Give .jsonl rows {{\"sentence\": ..., \"passage\": ...}} or a Parquet 'passage' column "
+        "(.txt files cannot carry one)" + (f", or use context {' or '.join(map(repr, other_contexts))}"
+                                          if other_contexts else f"; {dataset} is read only with context 'passage'"))

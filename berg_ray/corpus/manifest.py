@@ -20,12 +20,18 @@ from berg_ray.corpus.output_folder import remove_path, to_parquet_bytes, unplann
 from berg_ray.corpus.plan import Part
 from berg_ray.corpus.read import BAD_ROWS_SCHEMA
 from berg_ray.corpus.request_identity import request_sha256
-from berg_ray.corpus_outputs import expected_rows, manifest_outputs, model_voxel_rois, output_folders, read_manifest
+from berg_ray.corpus_outputs import (
+    expected_rows,
+    manifest_outputs,
+    model_reduction,
+    output_folders,
+    read_manifest,
+    roi_column,
+)
 from berg_ray.encoding_model import EncodingModel
 from berg_ray.errors import InvalidInputError
 from berg_ray.fsio import FileRoot
 from berg_ray.provenance import package_versions
-from berg_ray.reductions import RoiReduction
 from berg_ray.registry import ModelSpec
 
 logger = logging.getLogger(__name__)
@@ -111,6 +117,10 @@ def finish_output(out: FileRoot, spec: ModelSpec, models: dict[str, EncodingMode
         "model_id": spec.model_id, "source": spec.source, "layer": spec.layer, "context": context,
         "dtype": request["dtype"], "subjects": list(models), "n_voxels": {s: m.n_voxels for s, m in models.items()},
         "cache_keys": {s: m.cache_key for s, m in models.items()},
+        # the dataset (brainscore's id), what its neuroids are and which of their coordinates groups them into ROIs
+        # (None: network mean only); ranking reads the ROI labels of voxels.parquet from that column
+        "dataset": assembly.identifier, "neuroid_unit": assembly.layout.neuroid_unit,
+        "roi_column": roi_column(assembly.identifier),
         "dataset_sha256": assembly.sha256, "synthetic": assembly.synthetic, "input": input, "files": files,
         "rows_per_part": request["rows_per_part"], "request_sha256": digest, "parts": "parts.parquet",
         "n_parts": len(parts), "rows_read": n_rows, "sentences_encoded": n_written, "bad_rows": bad.num_rows,
@@ -118,7 +128,7 @@ def finish_output(out: FileRoot, spec: ModelSpec, models: dict[str, EncodingMode
         "seconds_this_run": round(time.perf_counter() - started, 2), "versions": package_versions(),
         # per output: files and bytes from the folder listings, rows from the markers checked against them above
         **manifest_outputs(outputs, request["output_dtype"], summaries, sizes,
-                           RoiReduction.from_voxels(model_voxel_rois(models)) if "rois" in outputs else None),
+                           model_reduction(models) if "rois" in outputs else None),
     }
     if n_written + bad.num_rows != n_rows:
         raise RuntimeError(f"row accounting mismatch: {n_rows} read, {n_written} encoded, {bad.num_rows} bad")

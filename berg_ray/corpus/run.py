@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from berg_ray.corpus.duplicate_ids import mark_duplicate_ids
 from berg_ray.corpus.encoder import PartEncoder
-from berg_ray.corpus.inputs import check_output_outside_input, input_root, list_inputs
+from berg_ray.corpus.inputs import check_output_outside_input, check_passage_inputs, input_root, list_inputs
 from berg_ray.corpus.manifest import finish_output, write_voxels
 from berg_ray.corpus.output_folder import (
     check_output_links,
@@ -25,7 +25,7 @@ from berg_ray.corpus.output_folder import (
 from berg_ray.corpus.plan import plan_parts
 from berg_ray.corpus.read import InputChangedError
 from berg_ray.corpus.request_identity import check_output, corpus_request, request_sha256, whole_file_parts
-from berg_ray.corpus_outputs import PartWriter, model_voxel_rois
+from berg_ray.corpus_outputs import PartWriter, model_reduction
 from berg_ray.encoding_model import StackedPredictor
 from berg_ray.fsio import FileRoot
 from berg_ray.options import DEFAULT_BATCH_SIZE
@@ -58,7 +58,10 @@ def encode_corpus(model_id: str | ModelSpec | ModelRequest, input: str, output: 
     Args:
         model_id: registered id, :class:`ModelSpec`, or a :class:`ModelRequest` (then ``context``, ``device``,
             ``dtype`` and ``batch_size`` come from it).
-        dataset: ``"brainscore"``, ``"synthetic"``, a path/URL to a Pereira ``.nc`` file, or a loaded assembly.
+        dataset: a dataset id (``"brainscore"`` = ``"Pereira2018.language"``, ``"Tuckute2024.language"``,
+            ``"Blank2014.fROI"``, ``"Fedorenko2016.language"``), ``"synthetic"`` / ``"synthetic:<id>"``, a path/URL
+            to a ``.nc`` file in one of their layouts, or a loaded assembly. It sets the default ``context``, the
+            network/ROI grouping of ``write="rois"`` (:mod:`berg_ray.reductions`), and the manifest's ``dataset``.
         input: a ``.txt``/``.jsonl``/``.parquet`` file, a folder or a glob, local or ``s3://``. Automatic sentence
             ids are ``"<path relative to the input's folder>:<row>"``; a repeated explicit ``id`` is a bad row after
             its first occurrence (input order).
@@ -70,9 +73,11 @@ def encode_corpus(model_id: str | ModelSpec | ModelRequest, input: str, output: 
         overwrite: delete an existing output of any request (only the files this pipeline writes) and encode
             from scratch.
         subjects: ``"all"`` or subject ids; encoding models not yet in ``cache`` are fitted first (on Ray).
-        context: ``None``: the dataset's default; ``"sentence"`` (parts of ``rows_per_part`` rows), ``"passage"``
-            (column ``passage``; a whole file is one part, so passages are never split) or ``"running"`` (one
-            running context per file).
+        context: ``None``: the dataset's default (Pereira2018, Tuckute2024: ``"sentence"``; Blank2014,
+            Fedorenko2016: ``"passage"``, the only one they allow); ``"sentence"`` (parts of ``rows_per_part``
+            rows), ``"passage"`` (column ``passage``; a whole file is one part, so passages are never split; an
+            input file with no ``passage`` field at all is refused before Ray starts, a row without one is a bad
+            row) or ``"running"`` (one running context per file).
         num_extractors: actors in the pool; each loads the model once.
         num_gpus: GPUs per actor (fractions let small models share a GPU); 0 = CPU.
         write: the outputs: ``"voxels"`` (every voxel's prediction, ``predictions/``) and/or ``"rois"`` (per
@@ -123,6 +128,9 @@ def encode_corpus(model_id: str | ModelSpec | ModelRequest, input: str, output: 
         model_id, context=context or assembly.layout.default_context, dtype=dtype, batch_size=batch_size,
         device=device)
     check_context_for(assembly.layout, model_request.context)
+    # a passage context (Blank2014, Fedorenko2016 by default) needs passage labels: refuse files without any now
+    check_passage_inputs(files, assembly.identifier, model_request.context,
+                         tuple(c for c in assembly.layout.contexts if c != "passage"))
     spec = model_request.spec
     init_ray(address)
     out = FileRoot(output)
@@ -151,7 +159,7 @@ def encode_corpus(model_id: str | ModelSpec | ModelRequest, input: str, output: 
         raise RuntimeError(f"encoding models have cache keys {[m.cache_key for m in models.values()]}, the request "
                            f"{list(cache_keys.values())}")
     predictor = StackedPredictor.from_models(models)
-    writer = PartWriter(predictor, writes, predictions_dtype, model_voxel_rois(models) if "rois" in writes else None)
+    writer = PartWriter(predictor, writes, predictions_dtype, model_reduction(models) if "rois" in writes else None)
     if overwrite:
         remove_output(out)
     if not resuming:
