@@ -80,6 +80,15 @@ _ALTERNATIVES = (
 )
 
 
+def _alternatives(layout: DatasetLayout) -> str:
+    """What to do instead of brainscore's download of ``layout``'s file (Pereira's words as before)."""
+    if layout.identifier == BRAINSCORE_IDENTIFIER:
+        return _ALTERNATIVES
+    return (f"Alternatives: pass a local path or an s3:// or https:// URL to a .nc file in the {layout.identifier} "
+            f"layout (e.g. BERG(d, dataset='/data/{layout.filename}')), or dataset='synthetic:{layout.identifier}' "
+            "for a layout-exact stand-in with a planted linear map (not real brain data).")
+
+
 def default_cache_dir() -> Path:
     """Folder for downloaded and generated datasets: ``$XDG_CACHE_HOME/berg_ray/datasets`` (default ``~/.cache``)."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
@@ -282,8 +291,7 @@ def load_raw_assembly(dataset: str | os.PathLike = "brainscore", *, identifier: 
         raise InvalidInputError(f"dataset must be a brainscore dataset id ({', '.join(LAYOUTS)}), 'brainscore', "
                                 f"'synthetic', 'synthetic:<id>', a path or a URL, got {dataset!r}")
     expected = get_layout(identifier) if identifier is not None else None
-    named = dataset_layout_for(dataset) if (dataset in ("synthetic",) or dataset.startswith(SYNTHETIC_PREFIX)
-                                            or dataset in LAYOUTS or dataset in ALIASES) else None
+    named = dataset_layout_for(dataset)  # None for a path or URL
     if named is not None and dataset == "synthetic" and expected is not None:
         named = expected  # "synthetic" for a benchmark's dataset: that dataset's stand-in
     if named is not None and expected is not None and named.identifier != expected.identifier:
@@ -397,10 +405,10 @@ def _load_brainscore(layout: DatasetLayout) -> RawAssembly:
             raise DatasetError(
                 f"The {layout.identifier} file in brainio's cache ({home}/<sha1>/{layout.filename}) does not match "
                 f"the checksum of brainscore-language's registry: {error}. brainio keeps the bad file; delete it to "
-                f"download it again. {_ALTERNATIVES}") from error
+                f"download it again. {_alternatives(layout)}") from error
         raise DatasetError(
             f"Could not load {layout.identifier} from the BrainScore S3 bucket ({layout.url}, cached under "
-            f"{home}): the bucket could not be reached or the download failed: {error!r}. {_ALTERNATIVES}"
+            f"{home}): the bucket could not be reached or the download failed: {error!r}. {_alternatives(layout)}"
         ) from error
     path, sha256 = _brainio_cached_file(Path(fetch.get_local_data_path()), layout)
     source = "brainscore" if layout.identifier == BRAINSCORE_IDENTIFIER else layout.identifier

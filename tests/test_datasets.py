@@ -277,3 +277,21 @@ def test_cli_score_gives_berg_ray_score_and_names_bad_ids(gpt2_standins, tiny_gp
     assert main(["score", tiny_gpt2.model_id, "Tuckute2024-linear", "Blank2014-linear", "--dataset", path]) == 2
     error = capsys.readouterr().err
     assert "Blank2014-linear" in error and "Blank2014-linear-shuffle" in error
+
+
+def test_offline_a_dataset_id_names_its_own_alternatives(tmp_path, monkeypatch, isolated_aws):
+    import socket
+
+    from brainscore_core.supported_data_standards.brainio import fetch
+
+    monkeypatch.setattr(fetch, "_local_data_path", str(tmp_path / "brainio"))
+    with socket.socket() as sock:  # a port that nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    isolated_aws.setenv("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{port}")
+    isolated_aws.setenv("AWS_CONNECT_TIMEOUT", "2")
+    with pytest.raises(DatasetError) as info:
+        BERG(tmp_path, dataset="Fedorenko2016.language").assembly()
+    message = str(info.value)
+    assert "Could not load Fedorenko2016.language" in message and "assy_Fedorenko2016_language.nc" in message
+    assert "synthetic:Fedorenko2016.language" in message and "Pereira" not in message
