@@ -521,7 +521,7 @@ def _wait_for(condition, what: str, timeout: float = 60.0) -> None:
         time.sleep(0.2)
 
 
-def test_ray_fits_of_another_dataset_equal_in_process_fits(ray_session, tiny_gpt2, gpt2_standins, tmp_path):
+def test_ray_fits_of_another_dataset_equal_in_process_fits(ray_cluster, tiny_gpt2, gpt2_standins, tmp_path):
     """A Blank2014 stand-in on Ray: its context (each fragment with its story so far), its splits (GroupKFold by
     story, seed 1234) and its neuroids travel to the actor and the fit tasks; the fits equal the in-process ones and
     land in that dataset's cache folder (written by the driver)."""
