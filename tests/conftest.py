@@ -127,6 +127,22 @@ def isolated_aws(monkeypatch, tmp_path):
     return monkeypatch
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread_where_marked(request: pytest.FixtureRequest) -> Iterator[None]:
+    """For modules marked ``one_torch_thread``: torch on one thread while the module runs (its old value after)."""
+    if request.node.get_closest_marker("one_torch_thread") is None:
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tiny_gpt2(tmp_path_factory) -> LocalModel:
     """A random 3-layer GPT-2 (width 32) with a 64-token context, so running contexts overflow and get truncated."""

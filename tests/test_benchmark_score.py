@@ -38,17 +38,7 @@ PATCHED_CEILING = 0.5
 
 BLANK_STORIES = ("Aqua", "Boar", "Elvis", "HighSchool", "KingOfBirds", "MatchstickSeller", "MrSticky", "Tulips")
 
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """One torch thread: two threads of tiny forward passes spin against each other on a shared 2-core machine."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.one_torch_thread  # conftest.py: torch on one thread in this module
 
 
 @pytest.fixture(scope="module", autouse=True)

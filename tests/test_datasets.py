@@ -21,7 +21,7 @@ from berg_ray.errors import DatasetError, InvalidInputError, UnknownSubjectError
 from berg_ray.neural import load_dataset
 from berg_ray.standins import STANDIN_IDS, standin_neuroids, standin_stimuli
 from berg_ray.synthetic import planted_map
-from support import single_blas_thread
+from support import free_port, single_blas_thread
 
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 
@@ -280,15 +280,10 @@ def test_cli_score_gives_berg_ray_score_and_names_bad_ids(gpt2_standins, tiny_gp
 
 
 def test_offline_a_dataset_id_names_its_own_alternatives(tmp_path, monkeypatch, isolated_aws):
-    import socket
-
     from brainscore_core.supported_data_standards.brainio import fetch
 
     monkeypatch.setattr(fetch, "_local_data_path", str(tmp_path / "brainio"))
-    with socket.socket() as sock:  # a port that nothing listens on
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    isolated_aws.setenv("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{port}")
+    isolated_aws.setenv("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{free_port()}")  # nothing listens there
     isolated_aws.setenv("AWS_CONNECT_TIMEOUT", "2")
     with pytest.raises(DatasetError) as info:
         BERG(tmp_path, dataset="Fedorenko2016.language").assembly()

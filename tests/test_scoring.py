@@ -24,17 +24,7 @@ warnings.filterwarnings("ignore", category=FutureWarning)  # brainscore's xarray
 SUBJECTS = ("018", "288", "407")
 VOXEL_STEP = 5
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """One torch thread: on a shared 2-core machine two threads of tiny forward passes (brainscore's batch-size-1
-    digestion above all) spin against each other and run up to 10x slower."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.one_torch_thread  # conftest.py: torch on one thread in this module
 
 
 @pytest.fixture(scope="module")

@@ -28,17 +28,7 @@ CONTEXTS = ("sentence", "passage")
 SUBJECTS = ("018", "199", "288", "289", "296", "343", "366", "407", "426")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """One torch thread in this process (Ray workers already get one): on a shared 2-core machine two threads of
-    tiny forward passes spin against each other and run up to 10x slower."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.one_torch_thread  # conftest.py: torch on one thread in this module
 
 
 class Killed(BaseException):
@@ -636,7 +626,6 @@ def test_ridge_protocol_cells_are_brainscores_ridge_of_all_subjects(ray_session,
     assert summary["pooled_score"].iloc[0] == pytest.approx(aggregate_split_r(np.concatenate(pooled, axis=1)),
                                                             abs=1e-10)
     assert json.loads((out / "last_run.json").read_text())["protocol"] == "brainscore-ridge"
-
 
 
 def test_the_sweep_actor_runs_torch_on_the_cpus_it_holds(ray_session, tiny_gpt2):

@@ -30,16 +30,7 @@ PEREIRA_LABEL = "synthetic:Pereira2018.language"
 TUCKUTE_LABEL = "Tuckute2024.language"
 HAS_BENCHMARK_SCORE = importlib.util.find_spec("berg_ray.benchmark_score") is not None
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """One torch thread in this process (see tests/test_sweep.py)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.one_torch_thread  # conftest.py: torch on one thread in this module
 
 
 @pytest.fixture(scope="module")
