@@ -215,8 +215,7 @@ def test_raw_score_equals_brainscore_benchmark(benchmark_id, standin_files, tiny
 
 #: the real sizes of the two stand-ins the default tier cuts: Blank2014 (1,317 TRs), Tuckute2024 (1,000 sentences)
 @pytest.mark.slow
-@pytest.mark.parametrize("benchmark_id", ["Blank2014-linear-shuffle", "Blank2014-ridge", "Tuckute2024-linear",
-                                          "Tuckute2024-ridge", "Tuckute2024-cka"])
+@pytest.mark.parametrize("benchmark_id", ["Blank2014-linear-shuffle", "Tuckute2024-linear"])
 def test_raw_score_equals_brainscore_benchmark_at_real_size(benchmark_id, real_size_files, tiny_gpt2, request_,
                                                             tmp_path, monkeypatch):
     monkeypatch.setattr("brainscore_language.benchmarks.blank2014.ceiling.ExtrapolationCeiling",
@@ -309,29 +308,6 @@ def test_real_extrapolation_ceiling_on_a_small_standin(request_, tiny_gpt2, tmp_
     again, note = extrapolation_ceiling(spec, data, data_sha256="c" * 64, cache_dir=tmp_path)
     assert again == value and "cached" in note
     assert time.perf_counter() - started < 120
-
-
-@pytest.mark.slow
-def test_real_extrapolation_ceiling_of_fedorenko_standin_is_cached(real_size_files, request_, tmp_path):
-    """brainscore's ExtrapolationCeiling on the real-size Fedorenko2016 stand-in (5 subjects, 97 electrodes): minutes
-    the first time, read from the JSON cache the second."""
-    from berg_ray.benchmark_score import score_assembly
-
-    data = load_file(real_size_files["Fedorenko2016.language"])
-    started = time.perf_counter()
-    first = score_assembly(request_, "Fedorenko2016-linear-shuffle", data, data_sha256="9" * 64,
-                           ceiling_cache_dir=str(tmp_path))
-    computed = time.perf_counter() - started
-    started = time.perf_counter()
-    second = score_assembly(request_, "Fedorenko2016-linear-shuffle", data, data_sha256="9" * 64,
-                            ceiling_cache_dir=str(tmp_path))
-    cached = time.perf_counter() - started
-    assert "computed" in first.ceiling_note and "cached" in second.ceiling_note
-    assert second.ceiling == first.ceiling and 0 < first.ceiling and first.normalized == second.normalized
-    assert cached < computed
-    (entry,) = tmp_path.iterdir()
-    assert len(json.loads(entry.read_text())["neuroid_ceiling"]) == 97
-    print(f"Fedorenko2016 stand-in ceiling {first.ceiling:.4f}: computed {computed:.0f} s, cached {cached:.1f} s")
 
 
 def test_pereira_ceiling_unreachable_gives_none_with_a_reason(standin_files, request_, tmp_path, monkeypatch):

@@ -237,21 +237,5 @@ def test_brainscore_benchmark_exact_model_scores_one(identifier, assemblies, mon
     assert raw == pytest.approx(1, abs=1e-6), (identifier, raw)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("identifier", standins.STANDIN_IDS)
-def test_brainscore_benchmark_huggingface_subject(identifier, assemblies, monkeypatch, tiny_gpt2):
-    """brainscore's HuggingfaceSubject (tiny GPT-2, layer transformer.h.2) runs through brainscore's own benchmark
-    on the stand-in to a finite score, recorded with the benchmark's recording type."""
-    from brainscore_language import ArtificialSubject
-    from brainscore_language.model_helpers.huggingface import HuggingfaceSubject
-
-    benchmark = _patched_benchmark(monkeypatch, identifier, assemblies[identifier])
-    subject = HuggingfaceSubject(model_id=tiny_gpt2.folder, region_layer_mapping={
-        ArtificialSubject.RecordingTarget.language_system: "transformer.h.2"})
-    score = benchmark(subject)
-    _, _, recording_type, _ = BENCHMARKS[identifier]
-    assert subject.neural_recordings == [(ArtificialSubject.RecordingTarget.language_system,
-                                          getattr(ArtificialSubject.RecordingType, recording_type))]
-    raw = float(score.attrs["raw"]) if "raw" in score.attrs else float(score)
-    _logger.info("%s tiny GPT-2 HuggingfaceSubject: score %.6f, raw %.6f", identifier, float(score), raw)
-    assert np.isfinite(float(score)) and np.isfinite(raw)
+# brainscore's HuggingfaceSubject through brainscore's own benchmark on every stand-in, compared number for number with
+# berg-ray's score: tests/test_benchmark_score.py (test_raw_score_equals_brainscore_benchmark)
