@@ -8,7 +8,6 @@ sweep's tiny GPT-2 recovers it; the first is the GPT-2-planted synthetic Pereira
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 import types
@@ -28,7 +27,6 @@ TUCKUTE_SUBJECT = "848-853-865-875-876"
 N_TUCKUTE = 80
 PEREIRA_LABEL = "synthetic:Pereira2018.language"
 TUCKUTE_LABEL = "Tuckute2024.language"
-HAS_BENCHMARK_SCORE = importlib.util.find_spec("berg_ray.benchmark_score") is not None
 
 pytestmark = pytest.mark.one_torch_thread  # conftest.py: torch on one thread in this module
 
@@ -211,7 +209,6 @@ def test_benchmarks_after_the_grid_with_a_stand_in_scorer(two_datasets, tiny_gpt
     assert fake_benchmark_score[2:] == [(tiny_gpt2.model_id, "Blank2014-ridge", "synthetic", "float32")]
 
 
-@pytest.mark.skipif(not HAS_BENCHMARK_SCORE, reason="berg_ray.benchmark_score (branch hB) is not on this branch yet")
 def test_benchmarks_with_the_real_scorer(two_datasets, tiny_gpt2, tuckute_file):
     """``--benchmarks`` with the real :func:`berg_ray.score`: Tuckute2024-linear on the Tuckute-layout file (its
     planted map: a positive raw score; Tuckute2024 has no ceiling in brainscore, so no normalized score)."""
