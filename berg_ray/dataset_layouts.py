@@ -225,6 +225,23 @@ def describe_layout(layout: DatasetLayout) -> dict:
     }
 
 
+#: a stand-in of a dataset: ``"synthetic:<dataset id>"`` (``"synthetic"`` alone is Pereira2018.language's)
+SYNTHETIC_PREFIX = "synthetic:"
+
+
+def named_layout(dataset: object) -> DatasetLayout | None:
+    """The layout a dataset name stands for, without loading anything: a brainscore id, ``"brainscore"``,
+    ``"synthetic"`` or ``"synthetic:<id>"``; ``None`` for anything else (a path or URL, checked when it loads).
+    An unknown id after ``"synthetic:"`` raises, as :func:`get_layout` does."""
+    if not isinstance(dataset, str):
+        return None
+    if dataset == "synthetic":
+        return LAYOUTS[DEFAULT_DATASET]
+    if dataset.startswith(SYNTHETIC_PREFIX):
+        return get_layout(dataset[len(SYNTHETIC_PREFIX):])
+    return get_layout(dataset) if is_dataset_id(dataset) else None
+
+
 def is_dataset_id(value: str) -> bool:
     return value in LAYOUTS or value in ALIASES
 

@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 
 from berg_ray import options
-from berg_ray.dataset_layouts import ALIASES, LAYOUTS, DatasetLayout, get_layout
+from berg_ray.dataset_layouts import LAYOUTS, DatasetLayout, get_layout, named_layout
 from berg_ray.errors import DatasetError, InvalidInputError, UnknownSubjectError, closest
 from berg_ray.fsio import atomic_path, atomic_write_bytes
 from berg_ray.hashing import bytes_sha256, file_digests, file_sha256
@@ -70,7 +70,6 @@ BRAINSCORE_FILENAME = "assy_Pereira2018_language.nc"
 BRAINSCORE_URL = f"s3://brainscore-storage/brainscore-language/{BRAINSCORE_FILENAME}"
 BRAINSCORE_SHA1 = "f8434b4022f5b2c862f0ff2854d5b3f5f2a7fb96"  # the registry's checksum of the real file
 DATASET_NAMES: tuple[str, ...] = ("brainscore", "synthetic", *LAYOUTS, *(f"synthetic:{name}" for name in LAYOUTS))
-SYNTHETIC_PREFIX = "synthetic:"
 
 _ALTERNATIVES = (
     "Alternatives: pass a local path or an s3:// or https:// URL to a .nc file in the same layout "
@@ -264,16 +263,7 @@ class RawAssembly:
 
 def dataset_layout_for(dataset: str | os.PathLike) -> DatasetLayout | None:
     """The layout a dataset name stands for without loading anything (``None`` for a path or URL)."""
-    text = os.fspath(dataset) if isinstance(dataset, os.PathLike) else dataset
-    if not isinstance(text, str):
-        return None
-    if text == "synthetic":
-        return LAYOUTS["Pereira2018.language"]
-    if text.startswith(SYNTHETIC_PREFIX):
-        return get_layout(text[len(SYNTHETIC_PREFIX):])
-    if text in LAYOUTS or text in ALIASES:
-        return get_layout(text)
-    return None
+    return named_layout(os.fspath(dataset) if isinstance(dataset, os.PathLike) else dataset)
 
 
 def load_raw_assembly(dataset: str | os.PathLike = "brainscore", *, identifier: str | None = None,

@@ -24,8 +24,6 @@ from berg_ray.options import SUBJECTS
 
 #: output formats of ``berg-ray encode --out`` (see :func:`berg_ray.corpus_io.write_encoded`)
 ENCODE_OUTPUT_SUFFIXES: tuple[str, ...] = (".parquet", ".npy")
-#: dataset names whose subjects are the nine of the published Pereira2018 assembly
-KNOWN_DATASETS: tuple[str, ...] = ("brainscore", "synthetic")
 _DEVICE = re.compile(r"^(cpu|auto|cuda(:\d+)?)$")
 
 
@@ -169,23 +167,13 @@ def check_subjects(subjects: Any, dataset: Any = None) -> str | list[str | int]:
         if len(chosen) > 1:
             raise InvalidInputError(f"subjects={chosen!r}: 'all' cannot be combined with subject ids")
         return "all"
-    layout = _named_layout(dataset)
+    from berg_ray.dataset_layouts import named_layout
+
+    layout = named_layout(dataset)
     if layout is not None and layout.subjects:
         for subject in chosen:
             check_subject_id(subject, layout.subjects, dataset=layout.identifier)
     return chosen
-
-
-def _named_layout(dataset: Any):
-    """The layout a dataset name stands for (``"brainscore"``, ``"synthetic"``, a brainscore id,
-    ``"synthetic:<id>"``), or None (a path, a URL, an unknown name: checked when it loads)."""
-    from berg_ray.dataset_layouts import ALIASES, LAYOUTS
-
-    if not isinstance(dataset, str):
-        return None
-    name = dataset.removeprefix("synthetic:") if dataset.startswith("synthetic:") else dataset
-    name = "Pereira2018.language" if name == "synthetic" else ALIASES.get(name, name)
-    return LAYOUTS.get(name)
 
 
 def normalize_subject(subject: Any) -> str | None:
